@@ -1,0 +1,1 @@
+"""FSDI web service."""

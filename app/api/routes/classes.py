@@ -1,0 +1,56 @@
+"""Defect classes and their support images."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi.responses import JSONResponse
+
+from app.api.deps import Admin, Operator, RuntimeDep
+from app.schemas import ClassCreate, ClassList, ClassPublic, EnrolResponse, ImagePublic
+from app.services import enrolment as svc
+
+router = APIRouter(prefix="/api/v1/classes", tags=["classes"])
+
+
+@router.post("", status_code=201, response_model=ClassPublic)
+def create_class(body: ClassCreate, rt: RuntimeDep, who: Admin) -> ClassPublic:
+    return svc.create_class(rt, body, who)
+
+
+@router.get("", response_model=ClassList)
+def list_classes(rt: RuntimeDep, _: Operator,
+                 group: Annotated[str | None, Query(max_length=64)] = None) -> ClassList:
+    return ClassList(items=svc.list_classes(rt, group))
+
+
+@router.get("/{class_id}", response_model=ClassPublic)
+def get_class(class_id: int, rt: RuntimeDep, _: Operator) -> ClassPublic:
+    return svc.get_class(rt, class_id)
+
+
+@router.delete("/{class_id}", status_code=204)
+async def delete_class(class_id: int, rt: RuntimeDep, who: Admin) -> Response:
+    await svc.delete_class(rt, class_id, who)
+    return Response(status_code=204)
+
+
+@router.get("/{class_id}/images", response_model=list[ImagePublic])
+def list_images(class_id: int, rt: RuntimeDep, _: Operator) -> list[ImagePublic]:
+    return svc.list_images(rt, class_id)
+
+
+@router.post("/{class_id}/images", status_code=201, response_model=EnrolResponse,
+             responses={201: {"description": "all images stored, or none"}})
+async def add_images(class_id: int, rt: RuntimeDep, who: Admin,
+                     files: Annotated[list[UploadFile], File()]) -> JSONResponse:
+    images, cls = await svc.add_images(rt, class_id, files, who)
+    body = EnrolResponse(images=images, class_=cls).model_dump(mode="json", by_alias=True)
+    return JSONResponse(body, status_code=201)
+
+
+@router.delete("/{class_id}/images/{image_id}", status_code=204)
+async def delete_image(class_id: int, image_id: int, rt: RuntimeDep, who: Admin) -> Response:
+    await svc.delete_image(rt, class_id, image_id, who)
+    return Response(status_code=204)

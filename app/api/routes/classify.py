@@ -1,0 +1,55 @@
+"""Classification and operator feedback."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, UploadFile
+
+from app.api.deps import Classifier, Operator, RuntimeDep
+from app.errors import NotFound, Unprocessable
+from app.schemas import ClassifyResponse, FeedbackCreate, FeedbackPublic
+from app.services import classification as svc
+from storage import repositories as repo
+from storage.tables import Feedback
+
+router = APIRouter(prefix="/api/v1", tags=["classify"])
+
+
+@router.post("/classify", response_model=ClassifyResponse)
+async def classify(
+    rt: RuntimeDep, who: Classifier, files: Annotated[list[UploadFile], File()],
+    group: Annotated[str, Query(min_length=1, max_length=64)] = "default",
+    top_k: Annotated[int, Query(ge=1, le=100)] = 3,
+    method: Annotated[str | None, Query(max_length=32)] = None,
+    threshold: Annotated[float | None, Query(gt=0, le=4)] = None,
+    evidence: bool = False,
+) -> ClassifyResponse:
+    """Classify each uploaded image; `threshold` overrides every class's calibrated
+    rejection distance; `evidence=true` adds the nearest support images per class."""
+    top_k = min(top_k, rt.settings.max_top_k)
+    return await svc.classify(rt, files, group, top_k, method, threshold, evidence, who)
+
+
+@router.post("/feedback", status_code=201, response_model=FeedbackPublic)
+def feedback(body: FeedbackCreate, rt: RuntimeDep, who: Operator) -> FeedbackPublic:
+    assert rt.sessions is not None
+    with rt.sessions.begin() as s:
+        res = repo.get_result(s, body.result_id)
+        if res is None:
+            raise NotFound(f"result {body.result_id} not found")
+        if not body.correct and body.class_id is None:
+            raise Unprocessable("give class_id, the right class, when correct is false",
+                                code="class_required")
+        if body.class_id is not None:
+            cls = repo.get_class(s, body.class_id)
+            if cls is None or cls.group_name != res.group_name:
+                raise Unprocessable(f"class {body.class_id} is not in group "
+                                    f"{res.group_name!r}", code="bad_class")
+        fb = repo.add_feedback(s, Feedback(result_id=res.id, correct=body.correct,
+                                           class_id=body.class_id, key_id=who.key_id))
+        s.flush()
+        repo.audit(s, who.actor, "feedback", f"result={res.id} correct={body.correct} "
+                   f"class={body.class_id}")
+        return FeedbackPublic(id=fb.id, result_id=fb.result_id, correct=fb.correct,
+                              class_id=fb.class_id, created_at=fb.created_at)

@@ -1,0 +1,54 @@
+"""The FastAPI application: create_app() wires settings, runtime, routes and middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+
+from app.api.routes import classes, classify, health, keys
+from app.errors import install_handlers
+from app.middleware import BodyLimit, RequestMetrics
+from app.services.runtime import Runtime
+from app.settings import Settings, get_settings
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.get_running_loop().run_in_executor(None, runtime.load)
+        batcher = runtime.make_batcher()
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            await loader
+            runtime.close()
+
+    app = FastAPI(title="FSDI — few-shot defect inspection", version="0.1.0",
+                  lifespan=lifespan)
+    app.state.runtime = runtime
+    install_handlers(app)
+    for r in (health.router, keys.router, classes.router, classify.router):
+        app.include_router(r)
+
+    if (STATIC / "index.html").is_file():
+        @app.get("/", include_in_schema=False)
+        def console() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return app

@@ -1,0 +1,135 @@
+"""Request and response schemas: one family per entity, extra fields forbidden."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GroupName = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassCreate(Strict):
+    name: str = Field(min_length=1, max_length=128)
+    description: str = Field(default="", max_length=2000)
+    group: str = GroupName
+
+
+class ClassPublic(BaseModel):
+    id: int
+    name: str
+    description: str
+    group: str
+    image_count: int
+    created_at: datetime
+
+
+class ClassList(BaseModel):
+    items: list[ClassPublic]
+
+
+class ImagePublic(BaseModel):
+    id: int
+    class_id: int
+    sha256: str
+    original_name: str
+    byte_size: int
+    width: int
+    height: int
+    created_at: datetime
+
+
+class EnrolResponse(BaseModel):
+    images: list[ImagePublic]
+    class_: ClassPublic = Field(serialization_alias="class")
+
+
+class KeyCreate(Strict):
+    role: Literal["admin", "operator", "machine"]
+    label: str = Field(default="", max_length=128)
+
+
+class KeyPublic(BaseModel):
+    id: int
+    role: str
+    label: str
+    prefix: str
+    created_at: datetime
+    revoked: bool
+
+
+class KeyCreated(KeyPublic):
+    key: str
+
+
+class KeyList(BaseModel):
+    items: list[KeyPublic]
+
+
+class Evidence(BaseModel):
+    image_id: int
+    distance: float
+
+
+class TopK(BaseModel):
+    class_id: int
+    label: str
+    score: float
+    distance: float
+    threshold: float
+    evidence: list[Evidence] | None = None
+
+
+class Result(BaseModel):
+    id: int
+    filename: str
+    label: str | None
+    class_id: int | None
+    unknown: bool
+    score: float
+    top_k: list[TopK]
+
+
+class ModelInfo(BaseModel):
+    backbone: str
+    method: str
+    version: str
+    runtime: str
+
+
+class ClassifyResponse(BaseModel):
+    results: list[Result]
+    model: ModelInfo
+
+
+class FeedbackCreate(Strict):
+    result_id: int
+    correct: bool
+    class_id: int | None = None
+
+
+class FeedbackPublic(BaseModel):
+    id: int
+    result_id: int
+    correct: bool
+    class_id: int | None
+    created_at: datetime
+
+
+class AuditPublic(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    detail: str
+
+
+class AuditList(BaseModel):
+    items: list[AuditPublic]
+    offset: int
+    limit: int

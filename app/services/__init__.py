@@ -1,0 +1,1 @@
+"""Services own transactions, clean-up and the in-memory state; handlers stay thin."""

@@ -1,0 +1,114 @@
+"""Classify uploaded images against a group's immutable prototype snapshot."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi import UploadFile
+
+from app.errors import Conflict, Unprocessable
+from app.schemas import ClassifyResponse, Evidence, ModelInfo, Result, TopK
+from app.services.keys import Principal
+from app.services.prototypes import GroupSnapshot
+from app.services.runtime import Runtime
+from app.services.uploads import decode_all, read_parts
+from models.methods import FewShotMethod, MethodOutput, create_method
+from models.methods.protonet import euclidean, score_from_distances
+from storage.tables import ClassificationResult
+
+EVIDENCE_PER_CLASS = 3
+
+
+def check_method(rt: Runtime, method: str | None) -> str:
+    name = method or rt.settings.default_method
+    if name not in rt.methods:
+        raise Unprocessable(f"unknown method {name!r}; valid methods: {', '.join(rt.methods)}",
+                            code="unknown_method")
+    return name
+
+
+def fitted_method(snap: GroupSnapshot, name: str) -> FewShotMethod:
+    """Fit once per (group, support-set version) and reuse: /classify never adapts."""
+    m = snap.fitted.get(name)
+    if m is None:
+        support, labels = snap.support_matrix()
+        m = snap.fitted.setdefault(name, create_method(name).fit(support, labels))
+    return m
+
+
+def predict(rt: Runtime, snap: GroupSnapshot, name: str, q: np.ndarray) -> MethodOutput:
+    if name == "protonet":  # prototypes are already in the snapshot
+        dist = euclidean(q, snap.prototypes)
+        return MethodOutput(score_from_distances(dist, rt.settings.temperature), dist)
+    return fitted_method(snap, name).predict(q)
+
+
+async def classify(
+    rt: Runtime, files: list[UploadFile], group: str, top_k: int, method: str | None,
+    threshold: float | None, evidence: bool, who: Principal,
+) -> ClassifyResponse:
+    assert rt.backbone is not None and rt.batcher is not None and rt.cache is not None
+    t0 = time.perf_counter()
+    name = check_method(rt, method)
+    snap = rt.cache.snapshot(group)
+    if snap is None:
+        raise Conflict(f"group {group!r} has no classes with support images; enrol some first",
+                       code="empty_group")
+    parts = await read_parts(files, rt.settings)
+    uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
+    q = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
+    out = predict(rt, snap, name, q)
+    # Rejection is always judged on prototype distance, whatever ranks the classes.
+    proto_dist = out.distances if name == "protonet" else euclidean(q, snap.prototypes)
+    k = min(top_k, len(snap.entries))
+    rows: list[tuple[str, list[TopK], bool, int, float]] = []
+    for i, u in enumerate(uploads):
+        order = np.argsort(-out.scores[i], kind="stable")[:k]
+        tops = []
+        for c in order:
+            e = snap.entries[c]
+            thr = float(threshold) if threshold is not None else float(snap.thresholds[c])
+            ev = None
+            if evidence:
+                d = np.linalg.norm(e.support - q[i], axis=1)
+                near = np.argsort(d)[:EVIDENCE_PER_CLASS]
+                ev = [Evidence(image_id=e.image_ids[j], distance=round(float(d[j]), 5))
+                      for j in near]
+            tops.append(TopK(class_id=e.class_id, label=e.name,
+                             score=round(float(out.scores[i, c]), 6),
+                             distance=round(float(proto_dist[i, c]), 6),
+                             threshold=round(thr, 6), evidence=ev))
+        best = int(order[0])
+        unknown = bool(proto_dist[i, best] > tops[0].threshold)
+        rows.append((u.sha256, tops, unknown, best, tops[0].score))
+    ids = _store(rt, group, [u.filename for u in uploads], rows, name, who)
+    results = [
+        Result(id=rid, filename=u.filename, unknown=unk, score=score, top_k=tops,
+               label=None if unk else snap.entries[best].name,
+               class_id=None if unk else snap.entries[best].class_id)
+        for rid, u, (_, tops, unk, best, score) in zip(ids, uploads, rows, strict=True)
+    ]
+    m = rt.metrics
+    m.images_classified.labels(group).inc(len(results))
+    m.unknown.labels(group).inc(sum(r.unknown for r in results))
+    m.classify_latency.observe(time.perf_counter() - t0)
+    return ClassifyResponse(results=results, model=ModelInfo(
+        backbone=rt.backbone.name, method=name, version=rt.backbone.version,
+        runtime=rt.embedder.runtime if rt.embedder else "none"))
+
+
+def _store(rt: Runtime, group: str, names: list[str], rows: list, method: str,
+           who: Principal) -> list[int]:
+    assert rt.sessions is not None and rt.backbone is not None
+    with rt.sessions.begin() as s:
+        objs = []
+        for name, (sha, tops, unk, _best, score) in zip(names, rows, strict=True):
+            objs.append(ClassificationResult(
+                group_name=group, filename=name, sha256=sha,
+                class_id=None if unk else tops[0].class_id,
+                label=None if unk else tops[0].label, unknown=unk, score=score,
+                method=method, model_version=rt.backbone.version, key_id=who.key_id))
+        s.add_all(objs)
+        s.flush()
+        return [o.id for o in objs]

@@ -1,0 +1,181 @@
+"""Classes and support images. Enrolment is all-or-nothing: decode and embed every file
+first, then write blobs, then commit rows; any failure removes the blobs this request
+created and leaves no row."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from fastapi import UploadFile
+from sqlalchemy.exc import IntegrityError
+
+from app.errors import Conflict, NotFound
+from app.schemas import ClassCreate, ClassPublic, ImagePublic
+from app.services.keys import Principal
+from app.services.runtime import Runtime
+from app.services.uploads import decode_all, read_parts
+from storage import repositories as repo
+from storage.tables import DefectClass, Embedding, SupportImage
+
+
+def class_public(c: DefectClass, count: int) -> ClassPublic:
+    return ClassPublic(id=c.id, name=c.name, description=c.description, group=c.group_name,
+                       image_count=count, created_at=c.created_at)
+
+
+def image_public(i: SupportImage) -> ImagePublic:
+    return ImagePublic(id=i.id, class_id=i.class_id, sha256=i.sha256,
+                       original_name=i.original_name, byte_size=i.byte_size, width=i.width,
+                       height=i.height, created_at=i.created_at)
+
+
+def create_class(rt: Runtime, body: ClassCreate, who: Principal) -> ClassPublic:
+    assert rt.sessions is not None
+    try:
+        with rt.sessions.begin() as s:
+            if repo.find_class(s, body.group, body.name):
+                raise Conflict(f"class {body.name!r} already exists in group {body.group!r}",
+                               code="duplicate_class")
+            c = DefectClass(name=body.name, description=body.description,
+                            group_name=body.group)
+            s.add(c)
+            s.flush()
+            repo.audit(s, who.actor, "class.create", f"id={c.id} group={body.group} "
+                       f"name={body.name}")
+            return class_public(c, 0)
+    except IntegrityError:  # a concurrent create won the race
+        raise Conflict(f"class {body.name!r} already exists in group {body.group!r}",
+                       code="duplicate_class") from None
+
+
+def list_classes(rt: Runtime, group: str | None) -> list[ClassPublic]:
+    assert rt.sessions is not None
+    with rt.sessions() as s:
+        rows = repo.list_classes(s, group)
+        counts = repo.image_counts(s, [c.id for c in rows])
+        return [class_public(c, counts[c.id]) for c in rows]
+
+
+def get_class(rt: Runtime, class_id: int) -> ClassPublic:
+    assert rt.sessions is not None
+    with rt.sessions() as s:
+        c = repo.get_class(s, class_id)
+        if c is None:
+            raise NotFound(f"class {class_id} not found")
+        return class_public(c, repo.image_counts(s, [c.id])[c.id])
+
+
+def list_images(rt: Runtime, class_id: int) -> list[ImagePublic]:
+    assert rt.sessions is not None
+    with rt.sessions() as s:
+        if repo.get_class(s, class_id) is None:
+            raise NotFound(f"class {class_id} not found")
+        return [image_public(i) for i in repo.images_of_class(s, class_id)]
+
+
+async def add_images(rt: Runtime, class_id: int, files: list[UploadFile],
+                     who: Principal) -> tuple[list[ImagePublic], ClassPublic]:
+    assert rt.sessions is not None and rt.backbone is not None and rt.batcher is not None
+    cls = get_class(rt, class_id)
+    parts = await read_parts(files, rt.settings)
+    uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
+    seen: dict[str, str] = {}
+    for u in uploads:
+        if u.sha256 in seen:
+            raise Conflict(f"{u.filename}: same image as {seen[u.sha256]} in this request",
+                           code="duplicate_image")
+        seen[u.sha256] = u.filename
+    with rt.sessions() as s:
+        dupes = repo.sha_in_class(s, class_id, list(seen))
+    if dupes:
+        name = next(u.filename for u in uploads if u.sha256 in dupes)
+        raise Conflict(f"{name}: this image is already enrolled in class {class_id}",
+                       code="duplicate_image")
+    vectors = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
+    created: list[str] = []
+    try:
+        for u in uploads:
+            digest, new = await asyncio.to_thread(rt.blobs.put, u.data)
+            if new:
+                created.append(digest)
+        images = _commit_images(rt, class_id, uploads, vectors, who)
+    except BaseException:
+        await asyncio.to_thread(_remove_unreferenced, rt, created)
+        raise
+    with rt.sessions() as s:
+        rt.cache.refresh_class(s, class_id, cls.group)  # type: ignore[union-attr]
+    rt.metrics.enrolled.inc(len(images))
+    rt.metrics.classes.set(rt.cache.class_count())  # type: ignore[union-attr]
+    return images, get_class(rt, class_id)
+
+
+def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarray,
+                   who: Principal) -> list[ImagePublic]:
+    assert rt.sessions is not None and rt.backbone is not None
+    bb = rt.backbone
+    try:
+        with rt.sessions.begin() as s:
+            if repo.get_class(s, class_id) is None:
+                raise NotFound(f"class {class_id} not found")
+            rows = []
+            for u, v in zip(uploads, vectors, strict=True):
+                img = SupportImage(class_id=class_id, sha256=u.sha256,
+                                   original_name=u.filename, byte_size=len(u.data),
+                                   width=u.width, height=u.height)
+                img.embeddings.append(Embedding(
+                    backbone=bb.name, weights_sha256=bb.weights_sha256,
+                    model_version=bb.version, dim=int(v.shape[0]),
+                    vector=repo.vector_to_bytes(v)))
+                s.add(img)
+                rows.append(img)
+            s.flush()
+            for img in rows:
+                repo.audit(s, who.actor, "image.add",
+                           f"class={class_id} image={img.id} sha256={img.sha256}")
+            return [image_public(i) for i in rows]
+    except IntegrityError:
+        raise Conflict("an image of this request was enrolled concurrently",
+                       code="duplicate_image") from None
+
+
+def _remove_unreferenced(rt: Runtime, digests: list[str]) -> None:
+    if not digests:
+        return
+    assert rt.sessions is not None
+    with rt.sessions() as s:
+        for d in digests:
+            if not repo.sha_referenced(s, d):
+                rt.blobs.delete(d)
+
+
+async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
+    assert rt.sessions is not None and rt.cache is not None
+    with rt.sessions.begin() as s:
+        c = repo.get_class(s, class_id)
+        if c is None:
+            raise NotFound(f"class {class_id} not found")
+        group = c.group_name
+        digests = repo.delete_class(s, c)
+        repo.audit(s, who.actor, "class.delete", f"id={class_id} group={group}")
+    with rt.sessions() as s:
+        rt.cache.refresh_class(s, class_id, group)
+    rt.metrics.classes.set(rt.cache.class_count())
+    await asyncio.to_thread(_remove_unreferenced, rt, digests)
+
+
+async def delete_image(rt: Runtime, class_id: int, image_id: int, who: Principal) -> None:
+    assert rt.sessions is not None and rt.cache is not None
+    with rt.sessions.begin() as s:
+        img = s.get(SupportImage, image_id)
+        if img is None or img.class_id != class_id:
+            raise NotFound(f"image {image_id} not found in class {class_id}")
+        group = img.defect_class.group_name
+        digest = img.sha256
+        s.delete(img)
+        repo.audit(s, who.actor, "image.delete",
+                   f"class={class_id} image={image_id} sha256={digest}")
+    with rt.sessions() as s:
+        rt.cache.refresh_class(s, class_id, group)
+    rt.metrics.classes.set(rt.cache.class_count())
+    await asyncio.to_thread(_remove_unreferenced, rt, [digest])

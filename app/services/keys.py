@@ -1,0 +1,60 @@
+"""API keys: generated once, stored only as sha256, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from app.errors import Unauthorized
+from app.settings import Settings
+from storage import repositories as repo
+from storage.tables import ApiKey
+
+ROLES = ("admin", "operator", "machine")
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: str
+    key_id: int | None  # None for the FSDI_ADMIN_KEY bootstrap admin
+    actor: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_key() -> str:
+    return "fsdi_" + secrets.token_urlsafe(32)
+
+
+def create_key(s: Session, role: str, label: str) -> tuple[ApiKey, str]:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    key = new_key()
+    row = ApiKey(key_hash=hash_key(key), prefix=key[:10], role=role, label=label)
+    s.add(row)
+    s.flush()
+    return row, key
+
+
+def authenticate(s: Session, presented: str, settings: Settings) -> Principal:
+    digest = hash_key(presented)
+    if settings.admin_key and hmac.compare_digest(digest, hash_key(settings.admin_key)):
+        return Principal("admin", None, "admin-env")
+    row = repo.key_by_hash(s, digest)
+    if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at:
+        raise Unauthorized("invalid or revoked API key")
+    return Principal(row.role, row.id, f"key:{row.id}")
+
+
+def bootstrap_admin(s: Session, settings: Settings) -> str | None:
+    """With no FSDI_ADMIN_KEY and no admin key stored, make one and return it (once)."""
+    if settings.admin_key or repo.count_active_admins(s) > 0:
+        return None
+    _, key = create_key(s, "admin", "bootstrap")
+    return key

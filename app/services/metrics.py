@@ -1,0 +1,29 @@
+"""Prometheus metrics, one registry per app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("fsdi_requests_total", "HTTP requests by route and status",
+                                ["method", "route", "status"], registry=r)
+        self.latency = Histogram("fsdi_request_seconds", "HTTP request latency by route",
+                                 ["route"], registry=r)
+        self.classify_latency = Histogram(
+            "fsdi_classify_seconds", "End-to-end /classify latency", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.images_classified = Counter("fsdi_images_classified_total",
+                                         "Images classified", ["group"], registry=r)
+        self.unknown = Counter("fsdi_unknown_total", "Images rejected as unknown",
+                               ["group"], registry=r)
+        self.enrolled = Counter("fsdi_images_enrolled_total", "Support images enrolled",
+                                registry=r)
+        self.batch_size = Histogram("fsdi_batch_size", "Images per forward pass", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64))
+        self.queue_depth = Gauge("fsdi_queue_images", "Images waiting for inference",
+                                 registry=r)
+        self.classes = Gauge("fsdi_classes_cached", "Classes in the prototype cache",
+                             registry=r)

@@ -1,0 +1,132 @@
+"""The in-memory prototype cache.
+
+Readers take an immutable `GroupSnapshot`; writers build a new snapshot and swap the
+whole mapping in one reference assignment, so a request never sees a half-updated class.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from models.calibration import CalibrationConfig, class_threshold
+from storage import repositories as repo
+
+
+@dataclass(frozen=True)
+class ClassEntry:
+    class_id: int
+    name: str
+    group: str
+    support: np.ndarray  # (n, D) unit vectors
+    image_ids: tuple[int, ...]
+    prototype: np.ndarray  # (D,)
+    threshold: float
+
+
+@dataclass(frozen=True)
+class GroupSnapshot:
+    group: str
+    version: int
+    entries: tuple[ClassEntry, ...]
+    prototypes: np.ndarray  # (C, D)
+    thresholds: np.ndarray  # (C,)
+    # Fitted methods for this exact support set, filled lazily (idempotent).
+    fitted: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def support_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """All support embeddings (N, D) and their class indices (N,)."""
+        sup = np.concatenate([e.support for e in self.entries], axis=0)
+        lab = np.concatenate(
+            [np.full(len(e.image_ids), i, dtype=np.int64) for i, e in enumerate(self.entries)]
+        )
+        return sup, lab
+
+
+def make_entry(
+    class_id: int, name: str, group: str, image_ids: list[int], vectors: list[np.ndarray],
+    calib: CalibrationConfig,
+) -> ClassEntry:
+    support = np.stack(vectors).astype(np.float32)
+    support.setflags(write=False)
+    proto = support.mean(axis=0)
+    proto.setflags(write=False)
+    return ClassEntry(class_id, name, group, support, tuple(image_ids), proto,
+                      class_threshold(support, calib))
+
+
+class PrototypeCache:
+    def __init__(self, model_version: str, calib: CalibrationConfig) -> None:
+        self.model_version = model_version
+        self.calib = calib
+        self._groups: dict[str, GroupSnapshot] = {}
+        self._entries: dict[str, dict[int, ClassEntry]] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    def snapshot(self, group: str) -> GroupSnapshot | None:
+        return self._groups.get(group)
+
+    def groups(self) -> list[str]:
+        return sorted(self._groups)
+
+    def class_count(self) -> int:
+        return sum(len(s.entries) for s in self._groups.values())
+
+    def load_all(self, s: Session) -> None:
+        """Build every group from the database (start-up, or after re-embedding)."""
+        classes = {c.id: c for c in repo.list_classes(s)}
+        by_class: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+        for emb in repo.embeddings_for(s, self.model_version):
+            ids, vecs = by_class.setdefault(emb.class_id, ([], []))
+            ids.append(emb.image_id)
+            vecs.append(emb.vector)
+        entries: dict[str, dict[int, ClassEntry]] = {}
+        for cid, (ids, vecs) in by_class.items():
+            c = classes[cid]
+            entries.setdefault(c.group_name, {})[cid] = make_entry(
+                cid, c.name, c.group_name, ids, vecs, self.calib
+            )
+        with self._lock:
+            self._entries = entries
+            self._groups = {g: self._build(g, e) for g, e in entries.items()}
+
+    def refresh_class(self, s: Session, class_id: int, group: str) -> None:
+        """Re-read one class from the database and swap in its group's new snapshot."""
+        cls = repo.get_class(s, class_id)
+        rows = repo.embeddings_for(s, self.model_version, [class_id]) if cls else []
+        with self._lock:
+            group_entries = dict(self._entries.get(group, {}))
+            if rows and cls is not None:
+                group_entries[class_id] = make_entry(
+                    class_id, cls.name, group, [r.image_id for r in rows],
+                    [r.vector for r in rows], self.calib,
+                )
+            else:
+                group_entries.pop(class_id, None)
+            self._publish(group, group_entries)
+
+    def _publish(self, group: str, group_entries: dict[int, ClassEntry]) -> None:
+        entries = dict(self._entries)
+        groups = dict(self._groups)
+        if group_entries:
+            entries[group] = group_entries
+            groups[group] = self._build(group, group_entries)
+        else:
+            entries.pop(group, None)
+            groups.pop(group, None)
+        self._entries = entries
+        self._groups = groups  # the atomic swap readers see
+
+    def _build(self, group: str, entries: dict[int, ClassEntry]) -> GroupSnapshot:
+        self._counter += 1
+        ordered = tuple(entries[k] for k in sorted(entries))
+        protos = np.stack([e.prototype for e in ordered]).astype(np.float32)
+        thresholds = np.asarray([e.threshold for e in ordered], dtype=np.float32)
+        protos.setflags(write=False)
+        thresholds.setflags(write=False)
+        return GroupSnapshot(group, self._counter, ordered, protos, thresholds)

@@ -1,0 +1,100 @@
+"""Everything the service holds in memory, built in the start-up order:
+migrations -> weights loaded safely -> prototype cache built -> ready."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.services.batcher import MicroBatcher
+from app.services.keys import bootstrap_admin
+from app.services.metrics import Metrics
+from app.services.prototypes import PrototypeCache
+from app.settings import Settings
+from models.backbones import Backbone, create_backbone
+from models.calibration import CalibrationConfig
+from models.embedder import Embedder, make_embedder
+from models.methods import available_methods
+from storage import repositories as repo
+from storage.blobs import BlobStore
+from storage.db import make_engine, make_sessionmaker
+from storage.migrate import upgrade
+
+log = logging.getLogger("fsdi")
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.ready = threading.Event()
+        self.failed: str | None = None
+        self.engine: Engine | None = None
+        self.sessions: sessionmaker[Session] | None = None
+        self.blobs = BlobStore(settings.data_dir / "blobs")
+        self.backbone: Backbone | None = None
+        self.embedder: Embedder | None = None
+        self.cache: PrototypeCache | None = None
+        self.batcher: MicroBatcher | None = None
+        self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
+                                              thread_name_prefix="fsdi-decode")
+        self.methods = available_methods()
+        if settings.default_method not in self.methods:
+            raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
+                             f"{', '.join(self.methods)}")
+
+    def open_database(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(self.settings.resolved_database_url)
+        upgrade(self.engine)
+        self.sessions = make_sessionmaker(self.engine)
+
+    def load(self) -> None:
+        """The slow part of start-up; runs in a thread while /healthz already answers."""
+        try:
+            if self.engine is None:
+                self.open_database()
+            assert self.sessions is not None
+            with self.sessions.begin() as s:
+                key = bootstrap_admin(s, self.settings)
+                if key:
+                    print(f"FSDI generated an admin key (shown once, only its hash is kept):\n"
+                          f"  {key}", flush=True)
+            s_ = self.settings
+            self.backbone = create_backbone(s_.backbone)
+            self.embedder = make_embedder(self.backbone, s_.runtime,
+                                          s_.data_dir / "onnx", s_.threads)
+            self.cache = PrototypeCache(self.backbone.version, CalibrationConfig(
+                margin=s_.calib_margin, k_std=s_.calib_k_std, floor=s_.calib_floor,
+                ceiling=s_.calib_ceiling, fallback=s_.calib_fallback))
+            with self.sessions() as s:
+                removed = self.blobs.sweep(repo.all_referenced_digests(s))
+                if removed:
+                    log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
+                self.cache.load_all(s)
+            self.metrics.classes.set(self.cache.class_count())
+            self.ready.set()
+            log.info("ready: %s (%s), %d classes", self.backbone.version,
+                     self.embedder.runtime, self.cache.class_count())
+        except Exception as exc:
+            self.failed = f"{type(exc).__name__}"
+            log.exception("start-up failed")
+
+    def make_batcher(self) -> MicroBatcher:
+        def embed(batch):  # type: ignore[no-untyped-def]
+            assert self.embedder is not None
+            return self.embedder.embed(batch)
+
+        s = self.settings
+        self.batcher = MicroBatcher(embed, s.batch_max_size, s.batch_max_wait_ms,
+                                    s.queue_max_images, self.metrics.batch_size.observe)
+        return self.batcher
+
+    def close(self) -> None:
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.dispose()

@@ -1,0 +1,56 @@
+"""Every limit and knob of the service, from the environment (prefix FSDI_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FSDI_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    admin_key: str | None = Field(default=None, min_length=16)
+
+    backbone: str = "efficientnet_lite0"
+    runtime: str = "onnxruntime"
+    threads: int = Field(default=2, ge=1, le=64)
+    default_method: str = "protonet"
+    temperature: float = Field(default=0.05, gt=0)
+
+    # Unknown rejection (see README, "Calibration").
+    calib_margin: float = 1.5
+    calib_k_std: float = 3.0
+    calib_floor: float = 0.25
+    calib_ceiling: float = 1.05
+    calib_fallback: float = 0.7
+
+    # Limits: checked before work, every one a 4xx.
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_file_bytes: int = 16 * 1024 * 1024
+    max_files_per_request: int = 64
+    max_image_pixels: int = 40_000_000
+    max_top_k: int = 20
+    page_size: int = 100
+    max_name_length: int = 128
+
+    # Micro-batching and overload.
+    batch_max_size: int = Field(default=16, ge=1)
+    batch_max_wait_ms: float = Field(default=2.0, ge=0)
+    queue_max_images: int = Field(default=512, ge=1)
+    decode_workers: int = Field(default=2, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'fsdi.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,4 @@
+"""Few-shot ML for FSDI: backbones, methods, calibration, training and evaluation.
+
+Importable without FastAPI or a database.
+"""

@@ -1,0 +1,101 @@
+"""Backbone registry: name -> builder. Unknown names raise; weights never download.
+
+Each backbone carries its own preprocessing config, so enrolment and classification
+derive resize and normalisation from the same place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes the network's input: squash-resize (no crop, so a defect at
+    the border is never cut away), then per-channel normalisation."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass
+class Backbone:
+    """A built embedding network plus the facts stored beside every embedding."""
+
+    name: str
+    net: nn.Module
+    preprocess: PreprocessConfig
+    weight_files: list[Path] = field(default_factory=list)
+    weights_sha256: str = ""
+    dim: int = 0
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}@{self.weights_sha256[:12]}"
+
+
+BackboneBuilder = Callable[[], Backbone]
+_REGISTRY: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    def deco(fn: BackboneBuilder) -> BackboneBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def available_backbones() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str) -> Backbone:
+    """Build a registered backbone; raise KeyError naming the valid ones otherwise."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    bb = _REGISTRY[name]()
+    bb.net.eval()
+    bb.weights_sha256 = files_sha256(bb.weight_files)
+    with torch.no_grad():
+        size = bb.preprocess.input_size
+        bb.dim = int(bb.net(torch.zeros(1, 3, size, size)).shape[1])
+    return bb
+
+
+def files_sha256(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def load_state_dict_safely(path: Path) -> dict[str, torch.Tensor]:
+    """Load tensors only: safetensors, or torch.load(weights_only=True). No unsafe fallback."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path.name} is not a plain state dict of tensors")
+    return obj
+
+
+def _load_builtin() -> None:
+    # Importing the module runs its @register_backbone decorators.
+    from models import effnet  # noqa: F401

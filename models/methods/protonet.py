@@ -1,0 +1,51 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017, arXiv:1703.05175).
+
+A class is the mean of its support embeddings; a query scores softmax(-d^2 / T) over
+its squared Euclidean distances d^2 to the prototypes.
+Shapes: support (N, D), labels (N,), query (Q, D) -> scores and distances (Q, C).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.methods.base import FewShotMethod, MethodOutput, register_method, softmax
+
+
+def prototypes(support: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(N, D), (N,) -> (C, D) class means."""
+    protos = np.zeros((n_classes, support.shape[1]), dtype=np.float32)
+    np.add.at(protos, labels, support)
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float32)
+    return protos / np.maximum(counts, 1.0)[:, None]
+
+
+def euclidean(query: np.ndarray, protos: np.ndarray) -> np.ndarray:
+    """(Q, D), (C, D) -> (Q, C) Euclidean distances, via one matrix product."""
+    q2 = np.einsum("qd,qd->q", query, query)[:, None]
+    p2 = np.einsum("cd,cd->c", protos, protos)[None, :]
+    d2 = np.maximum(q2 + p2 - 2.0 * (query @ protos.T), 0.0)
+    return np.sqrt(d2, dtype=np.float32)
+
+
+def score_from_distances(dist: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(-(dist.astype(np.float64) ** 2) / temperature).astype(np.float32)
+
+
+@register_method
+class ProtoNet(FewShotMethod):
+    name = "protonet"
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        self.temperature = temperature
+        self.protos: np.ndarray | None = None
+
+    def fit(self, support: np.ndarray, labels: np.ndarray) -> ProtoNet:
+        self.protos = prototypes(support, labels, int(labels.max()) + 1)
+        return self
+
+    def predict(self, query: np.ndarray) -> MethodOutput:
+        if self.protos is None:
+            raise RuntimeError("fit() before predict()")
+        dist = euclidean(query, self.protos)
+        return MethodOutput(scores=score_from_distances(dist, self.temperature), distances=dist)

@@ -1,0 +1,98 @@
+"""Image decoding and preprocessing shared by enrolment, classification and training."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from models.backbones import PreprocessConfig
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF", "WEBP"})
+
+
+class ImageRejected(ValueError):
+    """The bytes are not an acceptable image. `code` is machine-readable; the message
+    never contains decoder output."""
+
+    def __init__(self, code: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: Image.Image
+    width: int
+    height: int
+    format: str
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode `data` into an upright RGB image, checking format and pixel count from the
+    header before any pixel is decoded. Multi-frame files use their first frame."""
+    if not data:
+        raise ImageRejected("empty_file", "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+            fmt = img.format or ""
+            w, h = img.size
+            if w < 1 or h < 1:
+                raise ImageRejected("bad_dimensions", "the image has no pixels")
+            if w * h > max_pixels:
+                raise ImageRejected(
+                    "too_many_pixels",
+                    f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}",
+                    status=413,
+                )
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            rgb = to_rgb(img)
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(
+            "too_many_pixels", f"image has more than {max_pixels} pixels", status=413
+        ) from exc
+    except Exception as exc:  # any decoder failure: never echo the decoder's words
+        raise ImageRejected(
+            "invalid_image", "not a readable PNG, JPEG, BMP, TIFF or WebP image"
+        ) from exc
+    return DecodedImage(rgb=rgb, width=rgb.width, height=rgb.height, format=fmt)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grey, 16-bit, float, palette, RGBA and CMYK images -> 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(a.astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def to_tensor(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB image -> (3, S, S) float32 normalised as the backbone's config says."""
+    s = cfg.input_size
+    im = rgb.resize((s, s), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    a = np.asarray(im, dtype=np.float32) * (1.0 / 255.0)
+    a = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def load_for_backbone(data: bytes, cfg: PreprocessConfig, max_pixels: int) -> np.ndarray:
+    return to_tensor(decode_image(data, max_pixels).rgb, cfg)

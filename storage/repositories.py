@@ -1,0 +1,180 @@
+"""Repository functions: every query the service runs, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from storage.tables import (
+    ApiKey,
+    AuditEvent,
+    ClassificationResult,
+    DefectClass,
+    Embedding,
+    Feedback,
+    SupportImage,
+    utcnow,
+)
+
+
+def vector_to_bytes(v: np.ndarray) -> bytes:
+    return np.asarray(v, dtype="<f4").tobytes()
+
+
+def bytes_to_vector(b: bytes) -> np.ndarray:
+    return np.frombuffer(b, dtype="<f4").astype(np.float32)
+
+
+# ---- classes ---------------------------------------------------------------------------
+
+
+def get_class(s: Session, class_id: int) -> DefectClass | None:
+    return s.get(DefectClass, class_id)
+
+
+def find_class(s: Session, group: str, name: str) -> DefectClass | None:
+    return s.scalar(
+        select(DefectClass).where(DefectClass.group_name == group, DefectClass.name == name)
+    )
+
+
+def list_classes(s: Session, group: str | None = None) -> Sequence[DefectClass]:
+    q = select(DefectClass).order_by(DefectClass.id)
+    if group is not None:
+        q = q.where(DefectClass.group_name == group)
+    return s.scalars(q).all()
+
+
+def image_counts(s: Session, class_ids: Iterable[int]) -> dict[int, int]:
+    ids = list(class_ids)
+    if not ids:
+        return {}
+    rows = s.execute(
+        select(SupportImage.class_id, func.count(SupportImage.id))
+        .where(SupportImage.class_id.in_(ids))
+        .group_by(SupportImage.class_id)
+    ).all()
+    counts = dict.fromkeys(ids, 0)
+    counts.update({cid: n for cid, n in rows})
+    return counts
+
+
+def delete_class(s: Session, cls: DefectClass) -> list[str]:
+    """Delete a class and its images; return the sha256 of the removed images."""
+    digests = list(s.scalars(select(SupportImage.sha256).where(SupportImage.class_id == cls.id)))
+    s.delete(cls)
+    return digests
+
+
+# ---- images and embeddings ------------------------------------------------------------
+
+
+def images_of_class(s: Session, class_id: int) -> Sequence[SupportImage]:
+    return s.scalars(
+        select(SupportImage).where(SupportImage.class_id == class_id).order_by(SupportImage.id)
+    ).all()
+
+
+def sha_in_class(s: Session, class_id: int, digests: Sequence[str]) -> set[str]:
+    return set(
+        s.scalars(
+            select(SupportImage.sha256).where(
+                SupportImage.class_id == class_id, SupportImage.sha256.in_(list(digests))
+            )
+        )
+    )
+
+
+def sha_referenced(s: Session, digest: str) -> bool:
+    return s.scalar(select(func.count()).where(SupportImage.sha256 == digest)) > 0
+
+
+def all_referenced_digests(s: Session) -> set[str]:
+    return set(s.scalars(select(SupportImage.sha256).distinct()))
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    image_id: int
+    class_id: int
+    vector: np.ndarray
+
+
+def embeddings_for(
+    s: Session, model_version: str, class_ids: Sequence[int] | None = None
+) -> list[StoredEmbedding]:
+    q = (
+        select(SupportImage.id, SupportImage.class_id, Embedding.vector)
+        .join(Embedding, Embedding.image_id == SupportImage.id)
+        .where(Embedding.model_version == model_version)
+        .order_by(SupportImage.id)
+    )
+    if class_ids is not None:
+        q = q.where(SupportImage.class_id.in_(list(class_ids)))
+    return [StoredEmbedding(i, c, bytes_to_vector(v)) for i, c, v in s.execute(q)]
+
+
+def images_missing_version(s: Session, model_version: str, limit: int) -> Sequence[SupportImage]:
+    have = select(Embedding.image_id).where(Embedding.model_version == model_version)
+    return s.scalars(
+        select(SupportImage).where(SupportImage.id.not_in(have)).order_by(SupportImage.id).limit(limit)
+    ).all()
+
+
+def count_images_missing_version(s: Session, model_version: str) -> int:
+    have = select(Embedding.image_id).where(Embedding.model_version == model_version)
+    return int(s.scalar(select(func.count()).where(SupportImage.id.not_in(have))) or 0)
+
+
+def drop_other_versions(s: Session, model_version: str) -> int:
+    res = s.execute(delete(Embedding).where(Embedding.model_version != model_version))
+    return int(getattr(res, "rowcount", 0) or 0)
+
+
+# ---- keys ------------------------------------------------------------------------------
+
+
+def key_by_hash(s: Session, key_hash: str) -> ApiKey | None:
+    return s.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
+
+
+def list_keys(s: Session) -> Sequence[ApiKey]:
+    return s.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+
+
+def count_active_admins(s: Session) -> int:
+    return int(
+        s.scalar(
+            select(func.count()).where(ApiKey.role == "admin", ApiKey.revoked_at.is_(None))
+        )
+        or 0
+    )
+
+
+def revoke_key(s: Session, key: ApiKey) -> None:
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+
+
+# ---- results, feedback, audit ------------------------------------------------------------
+
+
+def get_result(s: Session, result_id: int) -> ClassificationResult | None:
+    return s.get(ClassificationResult, result_id)
+
+
+def add_feedback(s: Session, fb: Feedback) -> Feedback:
+    s.add(fb)
+    return fb
+
+
+def audit(s: Session, actor: str, action: str, detail: str = "") -> None:
+    s.add(AuditEvent(actor=actor, action=action, detail=detail[:4000]))
+
+
+def list_audit(s: Session, offset: int, limit: int) -> Sequence[AuditEvent]:
+    return s.scalars(select(AuditEvent).order_by(AuditEvent.id).offset(offset).limit(limit)).all()
