@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     admin_key: str | None = Field(default=None, min_length=16)
 
+    model_cache_dir: Path | None = None  # exported ONNX files; default data_dir/onnx
     backbone: str = "efficientnet_lite0"
     runtime: str = "onnxruntime"
     threads: int = Field(default=2, ge=1, le=64)
@@ -43,6 +44,10 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     queue_max_images: int = Field(default=512, ge=1)
     decode_workers: int = Field(default=2, ge=1)
+
+    @property
+    def resolved_model_cache(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "onnx"
 
     @property
     def resolved_database_url(self) -> str:

@@ -35,7 +35,7 @@ class GlobalPoolEmbedder(nn.Module):
         self.trunk = trunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.trunk.extract_features(x).mean(dim=(2, 3))
+        f = self.trunk.extract_features(x).mean(dim=(2, 3))  # type: ignore[operator]
         return nn.functional.normalize(f, dim=1)
 
 

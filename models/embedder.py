@@ -6,6 +6,7 @@ contains the weights' sha256, so new weights always mean a new export.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -30,10 +31,8 @@ def pin_threads(threads: int) -> None:
     """One runtime, sized to the cores: oversubscribed runtimes were measured 40x slower."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set once in this process
-        pass
 
 
 class TorchEmbedder:

@@ -53,8 +53,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                 )
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            rgb = to_rgb(img)
+            rgb = to_rgb(ImageOps.exif_transpose(img) or img)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -71,10 +70,10 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Grey, 16-bit, float, palette, RGBA and CMYK images -> 8-bit RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
+        a: np.ndarray = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(a.astype(np.uint8), mode="L")
+        scaled: np.ndarray = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(scaled.astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -89,9 +88,9 @@ def to_tensor(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """RGB image -> (3, S, S) float32 normalised as the backbone's config says."""
     s = cfg.input_size
     im = rgb.resize((s, s), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    a = np.asarray(im, dtype=np.float32) * (1.0 / 255.0)
-    a = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
+    a = np.asarray(im, dtype=np.float32) * np.float32(1.0 / 255.0)
+    norm = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(norm.transpose(2, 0, 1), dtype=np.float32)
 
 
 def load_for_backbone(data: bytes, cfg: PreprocessConfig, max_pixels: int) -> np.ndarray:

@@ -90,7 +90,7 @@ def sha_in_class(s: Session, class_id: int, digests: Sequence[str]) -> set[str]:
 
 
 def sha_referenced(s: Session, digest: str) -> bool:
-    return s.scalar(select(func.count()).where(SupportImage.sha256 == digest)) > 0
+    return bool(s.scalar(select(func.count()).where(SupportImage.sha256 == digest)))
 
 
 def all_referenced_digests(s: Session) -> set[str]:

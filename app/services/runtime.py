@@ -67,7 +67,7 @@ class Runtime:
             s_ = self.settings
             self.backbone = create_backbone(s_.backbone)
             self.embedder = make_embedder(self.backbone, s_.runtime,
-                                          s_.data_dir / "onnx", s_.threads)
+                                          s_.resolved_model_cache, s_.threads)
             self.cache = PrototypeCache(self.backbone.version, CalibrationConfig(
                 margin=s_.calib_margin, k_std=s_.calib_k_std, floor=s_.calib_floor,
                 ceiling=s_.calib_ceiling, fallback=s_.calib_fallback))

@@ -1,0 +1,52 @@
+"""A real app (real database, real backbone, ONNX Runtime) behind Starlette's TestClient."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import ADMIN_KEY
+
+
+def make_settings(data_dir: Path, db_url: str, model_cache: Path, **kw: object) -> Settings:
+    return Settings(data_dir=data_dir, database_url=db_url, admin_key=ADMIN_KEY,
+                    model_cache_dir=model_cache, **kw)  # type: ignore[arg-type]
+
+
+def started(app_settings: Settings) -> TestClient:
+    client = TestClient(create_app(app_settings), raise_server_exceptions=False)
+    client.__enter__()
+    deadline = time.monotonic() + 120
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "service never became ready"
+        time.sleep(0.05)
+    client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(module_db_url: str, model_cache: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    c = started(make_settings(tmp_path_factory.mktemp("data"), module_db_url, model_cache,
+                              max_request_bytes=4 * 1024 * 1024, max_file_bytes=2 * 1024 * 1024,
+                              max_files_per_request=12, max_image_pixels=4_000_000))
+    try:
+        yield c
+    finally:
+        c.__exit__(None, None, None)
+
+
+def as_files(items: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (name, data, "image/png")) for name, data in items]
+
+
+def new_key(client: TestClient, role: str) -> str:
+    r = client.post("/api/v1/keys", json={"role": role, "label": f"test-{role}"})
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])

@@ -1,0 +1,226 @@
+"""The contract's every status code, against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import as_files, new_key
+from tests.imagegen import CLASSES, flat, sample
+
+
+def group() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+def enrol(client: TestClient, grp: str, shots: int = 5) -> dict[str, int]:
+    ids = {}
+    for ci, (name, (surf, defect)) in enumerate(CLASSES.items()):
+        r = client.post("/api/v1/classes", json={"name": name, "group": grp})
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["id"]
+        files = [(f"{name}{j}.png", sample(surf, defect, 100 * ci + j)) for j in range(shots)]
+        r = client.post(f"/api/v1/classes/{ids[name]}/images", files=as_files(files))
+        assert r.status_code == 201, r.text
+        assert r.json()["class"]["image_count"] == shots
+    return ids
+
+
+def error_of(r) -> dict:  # type: ignore[no-untyped-def]
+    body = r.json()
+    assert set(body) == {"error"} and isinstance(body["error"]["message"], str)
+    return body["error"]
+
+
+def test_health_ready_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json()["model"].startswith("efficientnet_lite0@")
+    m = client.get("/metrics")
+    assert m.status_code == 200 and "fsdi_requests_total" in m.text
+
+
+def test_enrol_and_classify_held_out_images(client: TestClient) -> None:
+    grp = group()
+    enrol(client, grp)
+    queries = [(name, sample(surf, defect, 5000 + 13 * ci + j))
+               for ci, (name, (surf, defect)) in enumerate(CLASSES.items()) for j in range(4)]
+    files = [(f"q{n}-{name}.png", data) for n, (name, data) in enumerate(queries)]
+    r = client.post("/api/v1/classify", params={"group": grp, "top_k": 3}, files=as_files(files))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["filename"] for x in body["results"]] == [f for f, _ in files]
+    acc = np.mean([x["top_k"][0]["label"] == name for x, (name, _) in
+                   zip(body["results"], queries, strict=True)])
+    assert acc >= 0.9, acc  # chance is 1/3
+    known = [x for x in body["results"] if not x["unknown"]]
+    assert len(known) >= 0.8 * len(queries)
+    for x in body["results"]:
+        assert 0.0 <= x["score"] <= 1.0 and len(x["top_k"]) == 3
+        assert [t["distance"] for t in x["top_k"]] == sorted(t["distance"] for t in x["top_k"])
+        assert isinstance(x["id"], int)
+    assert body["model"]["method"] == "protonet" and body["model"]["version"]
+
+
+@pytest.mark.parametrize("odd", [flat((128, 128, 128)), flat((250, 20, 20)), flat((0, 0, 0))])
+def test_unlike_everything_is_unknown(client: TestClient, odd: bytes) -> None:
+    grp = group()
+    enrol(client, grp)
+    r = client.post("/api/v1/classify", params={"group": grp}, files=as_files([("x.png", odd)]))
+    x = r.json()["results"][0]
+    assert x["unknown"] is True and x["label"] is None and x["class_id"] is None
+    assert len(x["top_k"]) == 3
+
+
+def test_threshold_override_and_evidence(client: TestClient) -> None:
+    grp = group()
+    enrol(client, grp)
+    q = as_files([("q.png", sample("brick", "scratch", 777))])
+    strict = client.post("/api/v1/classify", params={"group": grp, "threshold": 1e-4}, files=q)
+    assert strict.json()["results"][0]["unknown"] is True
+    q = as_files([("q.png", sample("brick", "scratch", 777))])
+    lax = client.post("/api/v1/classify", params={"group": grp, "threshold": 4, "evidence": True,
+                                                   "top_k": 1}, files=q).json()["results"][0]
+    assert lax["unknown"] is False and lax["label"] == "brick-scratch"
+    ev = lax["top_k"][0]["evidence"]
+    assert 1 <= len(ev) <= 3 and ev[0]["distance"] <= ev[-1]["distance"]
+
+
+def test_class_lifecycle_and_status_codes(client: TestClient) -> None:
+    grp = group()
+    r = client.post("/api/v1/classes", json={"name": "dent", "group": grp, "description": "d"})
+    assert r.status_code == 201
+    cls = r.json()
+    assert cls["group"] == grp and cls["image_count"] == 0 and cls["description"] == "d"
+    r = client.post("/api/v1/classes", json={"name": "dent", "group": grp})
+    assert r.status_code == 409 and error_of(r)["code"] == "duplicate_class"
+    assert client.post("/api/v1/classes", json={"name": "dent", "group": grp + "x"}
+                       ).status_code == 201  # same name, other group
+    assert client.post("/api/v1/classes", json={"name": ""}).status_code == 422
+    assert client.post("/api/v1/classes", json={"name": "a", "bogus": 1}).status_code == 422
+    items = client.get("/api/v1/classes", params={"group": grp}).json()["items"]
+    assert [c["name"] for c in items] == ["dent"]
+    assert client.get(f"/api/v1/classes/{cls['id']}").status_code == 200
+    imgs = as_files([("a.png", sample("brick", "stain", 1)),
+                     ("b.png", sample("brick", "stain", 2))])
+    r = client.post(f"/api/v1/classes/{cls['id']}/images", files=imgs)
+    assert r.status_code == 201 and r.json()["class"]["image_count"] == 2
+    image_id = r.json()["images"][0]["id"]
+    assert len(r.json()["images"][0]["sha256"]) == 64
+    again = as_files([("c.png", sample("brick", "stain", 1))])
+    r = client.post(f"/api/v1/classes/{cls['id']}/images", files=again)
+    assert r.status_code == 409 and "c.png" in error_of(r)["message"]
+    assert client.delete(f"/api/v1/classes/{cls['id']}/images/{image_id}").status_code == 204
+    assert client.delete(f"/api/v1/classes/{cls['id']}/images/{image_id}").status_code == 404
+    assert client.get(f"/api/v1/classes/{cls['id']}").json()["image_count"] == 1
+    assert client.delete(f"/api/v1/classes/{cls['id']}").status_code == 204
+    r = client.get(f"/api/v1/classes/{cls['id']}")
+    assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+    assert client.delete(f"/api/v1/classes/{cls['id']}").status_code == 404
+    r = client.post(f"/api/v1/classes/{cls['id']}/images", files=as_files([("a.png", flat())]))
+    assert r.status_code == 404
+
+
+def test_enrolment_is_all_or_nothing(client: TestClient) -> None:
+    grp = group()
+    cid = client.post("/api/v1/classes", json={"name": "x", "group": grp}).json()["id"]
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    blobs_before = rt.blobs.all_digests()
+    files = as_files([("good.png", sample("grass", "scratch", 11)),
+                      ("bad.png", b"\x89PNG\r\n\x1a\ntruncated")])
+    r = client.post(f"/api/v1/classes/{cid}/images", files=files)
+    assert r.status_code == 422
+    err = error_of(r)
+    assert "bad.png" in err["message"] and err["code"] == "invalid_image"
+    assert client.get(f"/api/v1/classes/{cid}").json()["image_count"] == 0
+    assert rt.blobs.all_digests() == blobs_before
+
+
+def test_classify_errors(client: TestClient) -> None:
+    grp = group()
+    one = as_files([("s.png", sample("brick", None, 3))])
+    r = client.post("/api/v1/classify", params={"group": grp}, files=one)
+    assert r.status_code == 409 and error_of(r)["code"] == "empty_group"
+    enrol(client, grp, shots=2)
+    r = client.post("/api/v1/classify", params={"group": grp, "method": "nope"}, files=one)
+    assert r.status_code == 422 and "protonet" in error_of(r)["message"]
+    r = client.post("/api/v1/classify", params={"group": grp, "top_k": 0}, files=one)
+    assert r.status_code == 422
+    r = client.post("/api/v1/classify", params={"group": grp})
+    assert r.status_code == 422
+
+
+def test_limits(client: TestClient) -> None:
+    grp = group()
+    enrol(client, grp, shots=1)
+    many = as_files([(f"{i}.png", flat((i, i, i), 32)) for i in range(13)])
+    r = client.post("/api/v1/classify", params={"group": grp}, files=many)
+    assert r.status_code == 413 and error_of(r)["code"] == "too_many_files"
+    big = np.random.default_rng(0).integers(0, 255, (1100, 1100, 3), dtype=np.uint8)
+    from PIL import Image
+
+    from tests.imagegen import png_bytes
+    r = client.post("/api/v1/classify", params={"group": grp},
+                    files=as_files([("big.png", png_bytes(Image.fromarray(big)))]))
+    assert r.status_code == 413 and error_of(r)["code"] in {"file_too_large", "too_large"}
+    huge = png_bytes(Image.new("L", (2100, 2100)))
+    r = client.post("/api/v1/classify", params={"group": grp}, files=as_files([("h.png", huge)]))
+    assert r.status_code == 413 and error_of(r)["code"] == "too_many_pixels"
+    body = b"x" * (5 * 1024 * 1024)
+    r = client.post("/api/v1/classify", params={"group": grp},
+                    files=as_files([("a.png", body)]))
+    assert r.status_code == 413 and error_of(r)["code"] == "too_large"
+
+
+def test_auth_and_roles(client: TestClient) -> None:
+    grp = group()
+    ids = enrol(client, grp, shots=1)
+    anon = {"Authorization": ""}
+    r = client.get("/api/v1/classes", headers=anon)
+    assert r.status_code == 401 and error_of(r)["code"] == "unauthorized"
+    r = client.get("/api/v1/classes", headers={"Authorization": "Bearer wrong-key"})
+    assert r.status_code == 401
+    machine, operator = new_key(client, "machine"), new_key(client, "operator")
+    m = {"Authorization": f"Bearer {machine}"}
+    o = {"Authorization": f"Bearer {operator}"}
+    assert client.post("/api/v1/classes", json={"name": "n", "group": grp}, headers=m
+                       ).status_code == 403
+    assert client.post("/api/v1/classes", json={"name": "n", "group": grp}, headers=o
+                       ).status_code == 403
+    assert client.get("/api/v1/classes", headers=m).status_code == 403
+    assert client.get("/api/v1/classes", headers=o).status_code == 200
+    assert client.delete(f"/api/v1/classes/{ids['gravel-hole']}", headers=o).status_code == 403
+    assert client.get("/api/v1/keys", headers=o).status_code == 403
+    q = as_files([("q.png", sample("grass", "stain", 9))])
+    res = client.post("/api/v1/classify", params={"group": grp}, files=q, headers=m)
+    assert res.status_code == 200
+    rid = res.json()["results"][0]["id"]
+    assert client.post("/api/v1/feedback", json={"result_id": rid, "correct": True},
+                       headers=m).status_code == 403
+    r = client.post("/api/v1/feedback", json={"result_id": rid, "correct": False,
+                                              "class_id": ids["grass-stain"]}, headers=o)
+    assert r.status_code == 201 and r.json()["result_id"] == rid
+    assert client.post("/api/v1/feedback", json={"result_id": rid, "correct": False},
+                       headers=o).status_code == 422
+    assert client.post("/api/v1/feedback", json={"result_id": 10**9, "correct": True},
+                       headers=o).status_code == 404
+
+
+def test_keys_are_shown_once_and_revocable(client: TestClient) -> None:
+    r = client.post("/api/v1/keys", json={"role": "operator", "label": "line 4"})
+    assert r.status_code == 201
+    created = r.json()
+    assert created["key"].startswith("fsdi_") and created["label"] == "line 4"
+    listed = client.get("/api/v1/keys").json()["items"]
+    mine = [k for k in listed if k["id"] == created["id"]]
+    assert mine and "key" not in mine[0] and created["key"] not in r.text.replace(
+        created["key"], "", 1)
+    h = {"Authorization": f"Bearer {created['key']}"}
+    assert client.get("/api/v1/classes", headers=h).status_code == 200
+    assert client.delete(f"/api/v1/keys/{created['id']}").status_code == 204
+    assert client.get("/api/v1/classes", headers=h).status_code == 401
+    assert client.delete("/api/v1/keys/999999").status_code == 404
+    assert client.post("/api/v1/keys", json={"role": "root"}).status_code == 422

@@ -1,0 +1,65 @@
+"""Backbone loading: strict, safe, and ONNX Runtime equal to torch."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.backbones import create_backbone, load_state_dict_safely
+from models.embedder import OrtEmbedder, TorchEmbedder
+from models.preprocess import to_tensor
+from tests.imagegen import CLASSES, sample
+
+
+class Boom:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (exec, ("raise SystemExit('payload ran')",))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "evil.pth"
+    with open(p, "wb") as fh:
+        pickle.dump({"w": Boom()}, fh)
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict_safely(p)
+
+
+def test_non_tensor_checkpoint_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "odd.pth"
+    torch.save({"w": [1, 2, 3]}, p)
+    with pytest.raises(ValueError, match="not a plain state dict"):
+        load_state_dict_safely(p)
+
+
+def test_tampered_safetensors_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    p = tmp_path / "head.safetensors"
+    save_file({"w": torch.ones(4, 4)}, str(p))
+    data = bytearray(p.read_bytes())
+    data[10:20] = b"\xff" * 10  # corrupt the JSON header
+    p.write_bytes(bytes(data))
+    with pytest.raises(Exception):  # noqa: B017 - safetensors raises its own error type
+        load_state_dict_safely(p)
+
+
+def test_onnx_matches_torch(model_cache: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    bb = create_backbone("efficientnet_lite0")
+    assert len(bb.weights_sha256) == 64 and bb.dim == 1280
+    imgs = [sample(s, d, i) for i, (s, d) in enumerate(CLASSES.values())] * 3
+    x = np.stack([to_tensor(Image.open(io.BytesIO(b)).convert("RGB"), bb.preprocess)
+                  for b in imgs])
+    ref = TorchEmbedder(bb).embed(x)
+    ort = OrtEmbedder(bb, model_cache, threads=2).embed(x)
+    assert np.abs(ref - ort).max() < 1e-4
+    assert np.allclose(np.linalg.norm(ort, axis=1), 1, atol=1e-4)
+    protos = ref[:3]
+    assert ((ref @ protos.T).argmax(1) == (ort @ protos.T).argmax(1)).all()

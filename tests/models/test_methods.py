@@ -1,0 +1,52 @@
+"""ProtoNet math, calibration and the registries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.backbones import create_backbone
+from models.calibration import CalibrationConfig, class_threshold, loo_distances
+from models.methods import available_methods, create_method
+from models.methods.protonet import euclidean, prototypes
+
+
+def test_prototypes_and_distances() -> None:
+    sup = np.array([[1, 0], [0, 1], [3, 3]], np.float32)
+    protos = prototypes(sup, np.array([0, 0, 1]), 2)
+    assert np.allclose(protos, np.array([[0.5, 0.5], [3, 3]]))
+    d = euclidean(np.array([[0.5, 0.5]], np.float32), protos)
+    assert np.allclose(d, np.array([[0.0, np.sqrt(12.5)]]), atol=1e-3)
+
+
+def test_protonet_classifies_separable_clusters() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)).astype(np.float32) * 3
+    sup = np.concatenate([c + rng.normal(size=(5, 16)) for c in centres]).astype(np.float32)
+    lab = np.repeat(np.arange(4), 5)
+    q = np.concatenate([c + rng.normal(size=(10, 16)) for c in centres]).astype(np.float32)
+    out = create_method("protonet").fit(sup, lab).predict(q)
+    assert out.scores.shape == (40, 4) and np.allclose(out.scores.sum(1), 1, atol=1e-5)
+    assert (out.scores.argmax(1) == np.repeat(np.arange(4), 10)).mean() > 0.95
+
+
+def test_loo_distance_known_value() -> None:
+    sup = np.array([[0, 0], [2, 0]], np.float32)
+    assert np.allclose(loo_distances(sup), [2, 2])
+
+
+def test_threshold_is_clamped_and_one_shot_falls_back() -> None:
+    cfg = CalibrationConfig(margin=1.5, k_std=3, floor=0.25, ceiling=1.05, fallback=0.7)
+    assert class_threshold(np.ones((1, 4), np.float32), cfg) == 0.7
+    tight = np.ones((4, 4), np.float32)
+    assert class_threshold(tight, cfg) == 0.25
+    wide = np.eye(4, dtype=np.float32) * 10
+    assert class_threshold(wide, cfg) == 1.05
+
+
+def test_registries_fail_loudly() -> None:
+    assert "protonet" in available_methods()
+    with pytest.raises(KeyError, match="protonet"):
+        create_method("no-such")
+    with pytest.raises(KeyError, match="efficientnet_lite0"):
+        create_backbone("resnet9000")

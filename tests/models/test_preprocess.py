@@ -1,0 +1,81 @@
+"""Decoding and preprocessing: every mode becomes the same RGB input; bad bytes refused."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.backbones import PreprocessConfig
+from models.preprocess import ImageRejected, decode_image, to_tensor
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 on display
+    dec = decode_image(encode(img, "JPEG", exif=exif), 10**6)
+    assert (dec.width, dec.height) == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
+def test_modes_become_rgb(mode: str) -> None:
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    img = Image.new(mode, (16, 16))
+    dec = decode_image(encode(img, fmt), 10**6)
+    assert dec.rgb.mode == "RGB" and dec.rgb.size == (16, 16)
+
+
+def test_sixteen_bit_keeps_contrast() -> None:
+    a = np.zeros((8, 8), np.uint16)
+    a[:, 4:] = 60000
+    dec = decode_image(encode(Image.fromarray(a), "PNG"), 10**6)
+    rgb = np.asarray(dec.rgb)
+    assert rgb[0, 0, 0] == 0 and rgb[0, 7, 0] == 255
+
+
+def test_transparent_palette_is_composited_on_white() -> None:
+    img = Image.new("RGBA", (8, 8), (0, 0, 0, 0)).convert("P")
+    img.info["transparency"] = 0
+    dec = decode_image(encode(img, "PNG", transparency=0), 10**6)
+    assert np.asarray(dec.rgb).min() == 255
+
+
+@pytest.mark.parametrize("data,code", [
+    (b"", "empty_file"),
+    (b"hello world, not an image", "invalid_image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "invalid_image"),
+    (b"GIF89a" + b"\x00" * 40, "invalid_image"),
+])
+def test_bad_bytes_are_rejected_without_decoder_text(data: bytes, code: str) -> None:
+    with pytest.raises(ImageRejected) as e:
+        decode_image(data, 10**6)
+    assert e.value.code == code
+    assert "cannot identify" not in str(e.value)
+
+
+def test_truncated_jpeg_is_rejected() -> None:
+    data = encode(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")
+    with pytest.raises(ImageRejected):
+        decode_image(data[: len(data) // 2], 10**6)
+
+
+def test_pixel_limit_checked_from_header() -> None:
+    with pytest.raises(ImageRejected) as e:
+        decode_image(encode(Image.new("L", (300, 300))), 300 * 299)
+    assert e.value.code == "too_many_pixels" and e.value.status == 413
+
+
+def test_to_tensor_uses_backbone_config() -> None:
+    cfg = PreprocessConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    t = to_tensor(Image.new("RGB", (100, 50), (255, 255, 255)), cfg)
+    assert t.shape == (3, 32, 32) and t.dtype == np.float32
+    assert np.allclose(t, 1.0)

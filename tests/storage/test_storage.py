@@ -1,0 +1,68 @@
+"""Blob store and repositories on a real SQLite file and a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
+
+from storage import repositories as repo
+from storage.blobs import BlobStore, sha256_hex
+from storage.db import make_engine, make_sessionmaker
+from storage.migrate import upgrade
+from storage.tables import DefectClass, Embedding, SupportImage
+
+
+def test_blob_store_dedups_and_sweeps(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    d1, new1 = store.put(b"abc")
+    d2, new2 = store.put(b"abc")
+    assert d1 == d2 == sha256_hex(b"abc") and new1 and not new2
+    assert store.get(d1) == b"abc"
+    orphan, _ = store.put(b"orphan")
+    leftover = store.path(d1).parent / ".tmp-crash"
+    leftover.write_bytes(b"half")
+    assert store.sweep({d1}) == 2
+    assert store.exists(d1) and not store.exists(orphan) and not leftover.exists()
+    with pytest.raises(ValueError):
+        store.path("../../etc/passwd")
+    assert oct(os.stat(store.path(d1)).st_mode)[-3:] in {"600", "644"}
+
+
+def test_schema_and_repositories(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    upgrade(engine)  # idempotent
+    assert {"classes", "support_images", "embeddings", "api_keys"} <= set(
+        inspect(engine).get_table_names())
+    sessions = make_sessionmaker(engine)
+    vec = np.arange(8, dtype=np.float32) / 7
+    with sessions.begin() as s:
+        c = DefectClass(name="scratch", group_name="line1", description="")
+        img = SupportImage(sha256="a" * 64, original_name="a.png", byte_size=3, width=1,
+                           height=1)
+        img.embeddings.append(Embedding(backbone="b", weights_sha256="f" * 64,
+                                        model_version="b@ff", dim=8,
+                                        vector=repo.vector_to_bytes(vec)))
+        c.images.append(img)
+        s.add(c)
+    with sessions() as s:
+        rows = repo.embeddings_for(s, "b@ff")
+        assert len(rows) == 1 and np.array_equal(rows[0].vector, vec)
+        assert repo.embeddings_for(s, "other@00") == []
+        assert repo.count_images_missing_version(s, "other@00") == 1
+        assert repo.image_counts(s, [c.id]) == {c.id: 1}
+    with pytest.raises(IntegrityError), sessions.begin() as s:
+        s.add(DefectClass(name="scratch", group_name="line1", description=""))
+    with sessions.begin() as s:
+        cls = repo.find_class(s, "line1", "scratch")
+        assert cls is not None
+        assert repo.delete_class(s, cls) == ["a" * 64]
+    with sessions() as s:  # the database cascades images and embeddings
+        assert repo.embeddings_for(s, "b@ff") == []
+        assert not repo.sha_referenced(s, "a" * 64)
+    engine.dispose()
