@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import typer
+import os
+
+# One busy runtime on the cores: BLAS in the request path (prototype distances) stays
+# single-threaded so its spinning threads never fight ONNX Runtime. Set before numpy loads.
+for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import typer  # noqa: E402
 
 from app.settings import get_settings
 

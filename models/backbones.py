@@ -39,9 +39,31 @@ class Backbone:
     weights_sha256: str = ""
     dim: int = 0
 
+    def serving(self) -> ServingNet:
+        return ServingNet(self.net, self.preprocess).eval()
+
     @property
     def version(self) -> str:
         return f"{self.name}@{self.weights_sha256[:12]}"
+
+
+class ServingNet(nn.Module):
+    """The network as served: (N, S, S, 3) uint8 in -> (N, D) embeddings out.
+
+    Normalisation lives inside the graph so ONNX Runtime does it vectorised, and the
+    request path only decodes and resizes.
+    """
+
+    def __init__(self, net: nn.Module, cfg: PreprocessConfig) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(cfg.std))).view(1, 3, 1, 1))
+        self.register_buffer("shift", (torch.tensor(cfg.mean) / torch.tensor(cfg.std)
+                                       ).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).to(torch.float32)
+        return self.net(x * self.scale - self.shift)  # type: ignore[no-any-return]
 
 
 BackboneBuilder = Callable[[], Backbone]

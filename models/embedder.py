@@ -23,7 +23,7 @@ class Embedder(Protocol):
     runtime: str
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) float32 -> (N, D) float32 unit vectors."""
+        """(N, S, S, 3) uint8 -> (N, D) float32 unit vectors."""
         ...
 
 
@@ -40,10 +40,11 @@ class TorchEmbedder:
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
+        self.net = backbone.serving()
 
     @torch.inference_mode()
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        out = self.backbone.net(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+        out = self.net(torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
         return out.numpy().astype(np.float32, copy=False)
 
 
@@ -55,8 +56,8 @@ def export_onnx(backbone: Backbone, target: Path) -> None:
     os.close(fd)
     try:
         torch.onnx.export(
-            backbone.net,
-            (torch.zeros(2, 3, s, s),),
+            backbone.serving(),
+            (torch.zeros(2, s, s, 3, dtype=torch.uint8),),
             tmp,
             input_names=["images"],
             output_names=["embeddings"],
@@ -76,13 +77,15 @@ class OrtEmbedder:
         import onnxruntime as ort
 
         self.backbone = backbone
-        self.path = cache_dir / f"{backbone.name}-{backbone.weights_sha256[:16]}.onnx"
+        self.path = cache_dir / f"{backbone.name}-{backbone.weights_sha256[:16]}-u8.onnx"
         if not self.path.is_file():
             export_onnx(backbone, self.path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning intra-op threads burn the cores that decode the next request's images.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(
@@ -96,7 +99,7 @@ class OrtEmbedder:
             )
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x = np.ascontiguousarray(batch, dtype=np.uint8)
         (out,) = self.session.run(["embeddings"], {"images": x})
         return np.asarray(out, dtype=np.float32)
 

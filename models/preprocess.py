@@ -32,9 +32,13 @@ class DecodedImage:
     format: str
 
 
-def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> DecodedImage:
     """Decode `data` into an upright RGB image, checking format and pixel count from the
-    header before any pixel is decoded. Multi-frame files use their first frame."""
+    header before any pixel is decoded. Multi-frame files use their first frame.
+
+    `draft_to` lets a JPEG decode at a reduced DCT scale that still covers that size:
+    the network sees the same squash-resized input at a fraction of the cost.
+    `width`/`height` are always the file's own dimensions."""
     if not data:
         raise ImageRejected("empty_file", "the file is empty")
     try:
@@ -52,6 +56,8 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
                     status=413,
                 )
             img.seek(0)
+            if draft_to and fmt == "JPEG":
+                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (draft_to, draft_to))
             img.load()
             rgb = to_rgb(ImageOps.exif_transpose(img) or img)
     except ImageRejected:
@@ -64,7 +70,9 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         raise ImageRejected(
             "invalid_image", "not a readable PNG, JPEG, BMP, TIFF or WebP image"
         ) from exc
-    return DecodedImage(rgb=rgb, width=rgb.width, height=rgb.height, format=fmt)
+    if rgb.size != img.size:  # EXIF rotated by 90/270 degrees
+        w, h = h, w
+    return DecodedImage(rgb=rgb, width=w, height=h, format=fmt)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -84,14 +92,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def to_tensor(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB image -> (3, S, S) float32 normalised as the backbone's config says."""
+def to_input(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB image -> (S, S, 3) uint8, squash-resized: what the serving network takes
+    (normalisation runs inside the network, see models.backbones.ServingNet)."""
     s = cfg.input_size
     im = rgb.resize((s, s), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    a = np.asarray(im, dtype=np.float32) * np.float32(1.0 / 255.0)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def normalise(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 normalised: the training-side twin of
+    ServingNet's first layers."""
+    a = batch.astype(np.float32) * np.float32(1.0 / 255.0)
     norm = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return np.ascontiguousarray(norm.transpose(2, 0, 1), dtype=np.float32)
+    return np.ascontiguousarray(norm.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def to_tensor(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """RGB image -> (3, S, S) float32 normalised as the backbone's config says."""
+    return normalise(to_input(rgb, cfg)[None], cfg)[0]
 
 
 def load_for_backbone(data: bytes, cfg: PreprocessConfig, max_pixels: int) -> np.ndarray:
-    return to_tensor(decode_image(data, max_pixels).rgb, cfg)
+    return to_input(decode_image(data, max_pixels, draft_to=cfg.input_size).rgb, cfg)

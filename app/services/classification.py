@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -18,6 +19,14 @@ from models.methods.protonet import euclidean, score_from_distances
 from storage.tables import ClassificationResult
 
 EVIDENCE_PER_CLASS = 3
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores, best first, without sorting all C classes."""
+    if k < scores.shape[0]:
+        idx = np.argpartition(-scores, k - 1)[:k]
+        return idx[np.argsort(-scores[idx], kind="stable")]
+    return np.argsort(-scores, kind="stable")
 
 
 def check_method(rt: Runtime, method: str | None) -> str:
@@ -39,7 +48,7 @@ def fitted_method(snap: GroupSnapshot, name: str) -> FewShotMethod:
 
 def predict(rt: Runtime, snap: GroupSnapshot, name: str, q: np.ndarray) -> MethodOutput:
     if name == "protonet":  # prototypes are already in the snapshot
-        dist = euclidean(q, snap.prototypes)
+        dist = euclidean(q, snap.prototypes, snap.proto_sq)
         return MethodOutput(score_from_distances(dist, rt.settings.temperature), dist)
     return fitted_method(snap, name).predict(q)
 
@@ -60,11 +69,11 @@ async def classify(
     q = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
     out = predict(rt, snap, name, q)
     # Rejection is always judged on prototype distance, whatever ranks the classes.
-    proto_dist = out.distances if name == "protonet" else euclidean(q, snap.prototypes)
+    proto_dist = out.distances if name == "protonet" else euclidean(q, snap.prototypes, snap.proto_sq)
     k = min(top_k, len(snap.entries))
     rows: list[tuple[str, list[TopK], bool, int, float]] = []
     for i, u in enumerate(uploads):
-        order = np.argsort(-out.scores[i], kind="stable")[:k]
+        order = top_indices(out.scores[i], k)
         tops = []
         for c in order:
             e = snap.entries[c]
@@ -82,7 +91,9 @@ async def classify(
         best = int(order[0])
         unknown = bool(proto_dist[i, best] > tops[0].threshold)
         rows.append((u.sha256, tops, unknown, best, tops[0].score))
-    ids = _store(rt, group, [u.filename for u in uploads], rows, name, who)
+    # Off the event loop: a durable commit waits for fsync.
+    ids = await asyncio.to_thread(_store, rt, group, [u.filename for u in uploads], rows,
+                                  name, who)
     results = [
         Result(id=rid, filename=u.filename, unknown=unk, score=score, top_k=tops,
                label=None if unk else snap.entries[best].name,

@@ -35,6 +35,7 @@ class GroupSnapshot:
     entries: tuple[ClassEntry, ...]
     prototypes: np.ndarray  # (C, D)
     thresholds: np.ndarray  # (C,)
+    proto_sq: np.ndarray  # (C,) squared norms, so a request reads the prototypes once
     # Fitted methods for this exact support set, filled lazily (idempotent).
     fitted: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -129,4 +130,6 @@ class PrototypeCache:
         thresholds = np.asarray([e.threshold for e in ordered], dtype=np.float32)
         protos.setflags(write=False)
         thresholds.setflags(write=False)
-        return GroupSnapshot(group, self._counter, ordered, protos, thresholds)
+        sq = np.einsum("cd,cd->c", protos, protos)
+        sq.setflags(write=False)
+        return GroupSnapshot(group, self._counter, ordered, protos, thresholds, sq)

@@ -12,7 +12,7 @@ from fastapi import UploadFile
 from app.errors import ApiError, TooLarge, Unprocessable
 from app.settings import Settings
 from models.backbones import PreprocessConfig
-from models.preprocess import ImageRejected, decode_image, to_tensor
+from models.preprocess import ImageRejected, decode_image, to_input
 from storage.blobs import sha256_hex
 
 
@@ -51,10 +51,10 @@ async def read_parts(files: list[UploadFile], settings: Settings) -> list[tuple[
 
 def _decode_one(name: str, data: bytes, cfg: PreprocessConfig, max_pixels: int) -> Upload:
     try:
-        img = decode_image(data, max_pixels)
+        img = decode_image(data, max_pixels, draft_to=cfg.input_size)
     except ImageRejected as exc:
         raise ApiError(f"{name}: {exc}", code=exc.code, status=exc.status) from None
-    return Upload(name, data, sha256_hex(data), img.width, img.height, to_tensor(img.rgb, cfg))
+    return Upload(name, data, sha256_hex(data), img.width, img.height, to_input(img.rgb, cfg))
 
 
 async def decode_all(

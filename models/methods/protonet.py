@@ -20,10 +20,14 @@ def prototypes(support: np.ndarray, labels: np.ndarray, n_classes: int) -> np.nd
     return protos / np.maximum(counts, 1.0)[:, None]
 
 
-def euclidean(query: np.ndarray, protos: np.ndarray) -> np.ndarray:
-    """(Q, D), (C, D) -> (Q, C) Euclidean distances, via one matrix product."""
+def euclidean(query: np.ndarray, protos: np.ndarray, p2: np.ndarray | None = None
+              ) -> np.ndarray:
+    """(Q, D), (C, D) -> (Q, C) Euclidean distances, via one matrix product.
+    `p2` (C,), the prototypes' squared norms, may be precomputed once per support set."""
     q2 = np.einsum("qd,qd->q", query, query)[:, None]
-    p2 = np.einsum("cd,cd->c", protos, protos)[None, :]
+    if p2 is None:
+        p2 = np.einsum("cd,cd->c", protos, protos)
+    p2 = p2[None, :]
     d2 = np.maximum(q2 + p2 - 2.0 * (query @ protos.T), 0.0)
     return np.sqrt(d2, dtype=np.float32)
 

@@ -11,7 +11,7 @@ import torch
 
 from models.backbones import create_backbone, load_state_dict_safely
 from models.embedder import OrtEmbedder, TorchEmbedder
-from models.preprocess import to_tensor
+from models.preprocess import to_input
 from tests.imagegen import CLASSES, sample
 
 
@@ -55,7 +55,7 @@ def test_onnx_matches_torch(model_cache: Path) -> None:
     bb = create_backbone("efficientnet_lite0")
     assert len(bb.weights_sha256) == 64 and bb.dim == 1280
     imgs = [sample(s, d, i) for i, (s, d) in enumerate(CLASSES.values())] * 3
-    x = np.stack([to_tensor(Image.open(io.BytesIO(b)).convert("RGB"), bb.preprocess)
+    x = np.stack([to_input(Image.open(io.BytesIO(b)).convert("RGB"), bb.preprocess)
                   for b in imgs])
     ref = TorchEmbedder(bb).embed(x)
     ort = OrtEmbedder(bb, model_cache, threads=2).embed(x)
