@@ -11,7 +11,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import typer  # noqa: E402
 
-from app.settings import get_settings
+from app.settings import get_settings  # noqa: E402
 
 cli = typer.Typer(help="FSDI — few-shot defect inspection.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)

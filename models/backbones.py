@@ -63,7 +63,8 @@ class ServingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).to(torch.float32)
-        return self.net(x * self.scale - self.shift)  # type: ignore[no-any-return]
+        scale, shift = self.get_buffer("scale"), self.get_buffer("shift")
+        return self.net(x * scale - shift)  # type: ignore[no-any-return]
 
 
 BackboneBuilder = Callable[[], Backbone]

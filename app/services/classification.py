@@ -69,7 +69,8 @@ async def classify(
     q = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
     out = predict(rt, snap, name, q)
     # Rejection is always judged on prototype distance, whatever ranks the classes.
-    proto_dist = out.distances if name == "protonet" else euclidean(q, snap.prototypes, snap.proto_sq)
+    proto_dist = (out.distances if name == "protonet"
+                  else euclidean(q, snap.prototypes, snap.proto_sq))
     k = min(top_k, len(snap.entries))
     rows: list[tuple[str, list[TopK], bool, int, float]] = []
     for i, u in enumerate(uploads):
