@@ -9,6 +9,8 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from pathlib import Path  # noqa: E402
+
 import typer  # noqa: E402
 
 from app.settings import get_settings  # noqa: E402
@@ -47,6 +49,56 @@ def keys_create(role: str = typer.Option(..., help="admin, operator or machine")
     with make_sessionmaker(engine).begin() as db:
         row, key = create_key(db, role, label)
         typer.echo(f"id={row.id} role={row.role}\n{key}")
+
+
+@cli.command()
+def train(
+    out: Path = typer.Option(Path("models/weights/fsdi_lite0_meta.safetensors"),
+                             help="where the trained head (safetensors) goes"),
+    cache: Path = typer.Option(Path("runs/cache"), help="descriptor cache directory"),
+    episodes: int = 1500, seed: int = 0, l2sp: float = 0.1,
+    task_aug: str = typer.Option("invert", help="invert or none"),
+    synth_per_class: int = 150, fmnist_per_class: int = 200,
+    resume: bool = typer.Option(True, help="continue from OUT.ckpt.pt if present"),
+) -> None:
+    """Meta-train the defect-aware head with ProtoNet episodes (see models/MODEL_CARD.md)."""
+    from models.train import TrainConfig
+    from models.train import train as run
+
+    cfg = TrainConfig(episodes=episodes, seed=seed, l2sp=l2sp, task_aug=task_aug,
+                      synth_per_class=synth_per_class, fmnist_per_class=fmnist_per_class)
+    path = run(cfg, out, cache, resume=resume)
+    typer.echo(f"wrote {path} (log: {path.with_suffix('.log.jsonl')})")
+
+
+@cli.command()
+def evaluate(
+    head: Path = typer.Option(Path("models/weights/fsdi_lite0_meta.safetensors")),
+    out: Path = typer.Option(Path("runs/eval"), help="JSON, Markdown and PNG go here"),
+    cache: Path = typer.Option(Path("runs/cache")),
+    episodes: int = 600, shots: str = "1,5,10", seed: int = 0,
+    synth_per_class: int = 150, fmnist_per_class: int = 200,
+) -> None:
+    """N-way K-shot on held-out classes: the shipped head vs the frozen ImageNet global
+    pool vs a random-init network, on the same episodes."""
+    from models.evaluate import evaluate as run
+    from models.evaluate import head_embed, unit, write_reports
+    from models.train import TrainConfig, feature_sets
+
+    cfg = TrainConfig(seed=seed, synth_per_class=synth_per_class,
+                      fmnist_per_class=fmnist_per_class)
+    data, rand = feature_sets(cfg, cache), feature_sets(cfg, cache, random_init=True)
+    embed = head_embed(head)
+    emb, labels = {}, {}
+    for b in ("synth_eval", "fmnist_eval"):
+        emb[b] = {"fsdi_lite0_meta": embed(data[f"{b}_x"]),
+                  "imagenet_global_pool": unit(data[f"{b}_x"][:, :1280]),
+                  "random_init_global_pool": unit(rand[f"{b}_x"][:, :1280])}
+        labels[b] = data[f"{b}_y"]
+    rows = run(emb, labels, tuple(int(s) for s in shots.split(",")), episodes, 5, 15,
+               seed + 1000)
+    write_reports(rows, out)
+    typer.echo((out / "evaluation.md").read_text())
 
 
 def main() -> None:

@@ -17,13 +17,20 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(default=None, min_length=16)
 
     model_cache_dir: Path | None = None  # exported ONNX files; default data_dir/onnx
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "fsdi_lite0_meta"
     runtime: str = "onnxruntime"
     threads: int = Field(default=2, ge=1, le=64)
     default_method: str = "protonet"
     temperature: float = Field(default=0.05, gt=0)
 
-    # Unknown rejection (see README, "Calibration").
+    # Unknown rejection (see README, "Calibration"). The calib_* numbers apply to the
+    # appearance embedding (ImageNet global pool); calib_metric_* to a meta-trained
+    # metric part, which is more spread out and judged more leniently.
+    calib_metric_margin: float = 1.5
+    calib_metric_k_std: float = 3.0
+    calib_metric_floor: float = 0.4
+    calib_metric_ceiling: float = 1.3
+    calib_metric_fallback: float = 1.1
     calib_margin: float = 1.5
     calib_k_std: float = 3.0
     calib_floor: float = 0.25

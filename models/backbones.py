@@ -38,6 +38,9 @@ class Backbone:
     weight_files: list[Path] = field(default_factory=list)
     weights_sha256: str = ""
     dim: int = 0
+    # Leading dims that rank classes; the rest (if any) is an appearance embedding used
+    # only to reject images unlike anything enrolled. 0 means "all of it".
+    metric_dim: int = 0
 
     def serving(self) -> ServingNet:
         return ServingNet(self.net, self.preprocess).eval()
@@ -97,6 +100,7 @@ def create_backbone(name: str) -> Backbone:
     with torch.no_grad():
         size = bb.preprocess.input_size
         bb.dim = int(bb.net(torch.zeros(1, 3, size, size)).shape[1])
+    bb.metric_dim = bb.metric_dim or bb.dim
     return bb
 
 

@@ -48,3 +48,25 @@ def efficientnet_lite0() -> Backbone:
         preprocess=PreprocessConfig(input_size=224),
         weight_files=[path],
     )
+
+
+META_HEAD = WEIGHTS_DIR / "fsdi_lite0_meta.safetensors"
+
+
+@register_backbone("fsdi_lite0_meta")
+def fsdi_lite0_meta() -> Backbone:
+    """ImageNet trunk + multi-scale background-relative pooling + the meta-trained head
+    shipped in models/weights (see models/MODEL_CARD.md)."""
+    from models.meta import DefectAwareEmbedder, ProjectionHead
+
+    trunk, path = lite0_trunk()
+    state = load_state_dict_safely(META_HEAD)
+    head = ProjectionHead(in_dim=state["mean"].shape[0], out_dim=state["proj.weight"].shape[0])
+    head.load_state_dict(state, strict=True)
+    return Backbone(
+        name="fsdi_lite0_meta",
+        net=DefectAwareEmbedder(trunk, head),
+        preprocess=PreprocessConfig(input_size=224),
+        weight_files=[path, META_HEAD],
+        metric_dim=int(state["proj.weight"].shape[0]),
+    )

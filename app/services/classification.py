@@ -66,7 +66,10 @@ async def classify(
                        code="empty_group")
     parts = await read_parts(files, rt.settings)
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
-    q = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
+    full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
+    q = np.ascontiguousarray(full[:, :rt.backbone.metric_dim])
+    app_dist = (euclidean(full[:, rt.backbone.metric_dim:], snap.app_prototypes, snap.app_sq)
+                if snap.app_prototypes is not None else None)
     out = predict(rt, snap, name, q)
     # Rejection is always judged on prototype distance, whatever ranks the classes.
     proto_dist = (out.distances if name == "protonet"
@@ -91,6 +94,9 @@ async def classify(
                              threshold=round(thr, 6), evidence=ev))
         best = int(order[0])
         unknown = bool(proto_dist[i, best] > tops[0].threshold)
+        if app_dist is not None and snap.app_thresholds is not None and threshold is None:
+            # Unlike the winning class's overall look: reject, whatever the ranking says.
+            unknown = unknown or bool(app_dist[i, best] > snap.app_thresholds[best])
         rows.append((u.sha256, tops, unknown, best, tops[0].score))
     # Off the event loop: a durable commit waits for fsync.
     ids = await asyncio.to_thread(_store, rt, group, [u.filename for u in uploads], rows,

@@ -7,7 +7,7 @@ whole mapping in one reference assignment, so a request never sees a half-update
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,10 +22,14 @@ class ClassEntry:
     class_id: int
     name: str
     group: str
-    support: np.ndarray  # (n, D) unit vectors
+    support: np.ndarray  # (n, D) metric embeddings (unit vectors): ranking and methods
     image_ids: tuple[int, ...]
     prototype: np.ndarray  # (D,)
     threshold: float
+    # The optional appearance part (global ImageNet look), used only to reject images
+    # unlike anything enrolled; None for single-part backbones.
+    app_prototype: np.ndarray | None = None
+    app_threshold: float = float("inf")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class GroupSnapshot:
     prototypes: np.ndarray  # (C, D)
     thresholds: np.ndarray  # (C,)
     proto_sq: np.ndarray  # (C,) squared norms, so a request reads the prototypes once
+    app_prototypes: np.ndarray | None = None  # (C, Da)
+    app_thresholds: np.ndarray | None = None  # (C,)
+    app_sq: np.ndarray | None = None  # (C,)
     # Fitted methods for this exact support set, filled lazily (idempotent).
     fitted: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -48,22 +55,38 @@ class GroupSnapshot:
         return sup, lab
 
 
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    """How a stored vector splits: the first `metric_dim` values rank the classes; the
+    rest, if any, is an appearance embedding used only for rejection."""
+
+    metric_dim: int
+    metric_calib: CalibrationConfig
+    app_calib: CalibrationConfig | None = None
+
+
 def make_entry(
     class_id: int, name: str, group: str, image_ids: list[int], vectors: list[np.ndarray],
-    calib: CalibrationConfig,
+    layout: EmbeddingLayout,
 ) -> ClassEntry:
-    support = np.stack(vectors).astype(np.float32)
+    full = np.stack(vectors).astype(np.float32)
+    support = np.ascontiguousarray(full[:, :layout.metric_dim])
     support.setflags(write=False)
     proto = support.mean(axis=0)
     proto.setflags(write=False)
-    return ClassEntry(class_id, name, group, support, tuple(image_ids), proto,
-                      class_threshold(support, calib))
+    entry = ClassEntry(class_id, name, group, support, tuple(image_ids), proto,
+                       class_threshold(support, layout.metric_calib))
+    if layout.app_calib is None:
+        return entry
+    app = full[:, layout.metric_dim:]
+    return replace(entry, app_prototype=app.mean(axis=0),
+                   app_threshold=class_threshold(app, layout.app_calib))
 
 
 class PrototypeCache:
-    def __init__(self, model_version: str, calib: CalibrationConfig) -> None:
+    def __init__(self, model_version: str, layout: EmbeddingLayout) -> None:
         self.model_version = model_version
-        self.calib = calib
+        self.calib = layout
         self._groups: dict[str, GroupSnapshot] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
         self._lock = threading.Lock()
@@ -132,4 +155,10 @@ class PrototypeCache:
         thresholds.setflags(write=False)
         sq = np.einsum("cd,cd->c", protos, protos)
         sq.setflags(write=False)
-        return GroupSnapshot(group, self._counter, ordered, protos, thresholds, sq)
+        snap = GroupSnapshot(group, self._counter, ordered, protos, thresholds, sq)
+        if self.calib.app_calib is None:
+            return snap
+        app = np.stack([e.app_prototype for e in ordered]).astype(np.float32)  # type: ignore[misc]
+        return replace(snap, app_prototypes=app,
+                       app_thresholds=np.asarray([e.app_threshold for e in ordered], np.float32),
+                       app_sq=np.einsum("cd,cd->c", app, app))

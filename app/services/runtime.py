@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.services.batcher import MicroBatcher
 from app.services.keys import bootstrap_admin
 from app.services.metrics import Metrics
-from app.services.prototypes import PrototypeCache
+from app.services.prototypes import EmbeddingLayout, PrototypeCache
 from app.settings import Settings
 from models.backbones import Backbone, create_backbone
 from models.calibration import CalibrationConfig
@@ -25,6 +25,18 @@ from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
 
 log = logging.getLogger("fsdi")
+
+
+def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
+    appearance = CalibrationConfig(margin=s.calib_margin, k_std=s.calib_k_std,
+                                   floor=s.calib_floor, ceiling=s.calib_ceiling,
+                                   fallback=s.calib_fallback)
+    if bb.metric_dim == bb.dim:
+        return EmbeddingLayout(bb.dim, appearance)
+    metric = CalibrationConfig(margin=s.calib_metric_margin, k_std=s.calib_metric_k_std,
+                               floor=s.calib_metric_floor, ceiling=s.calib_metric_ceiling,
+                               fallback=s.calib_metric_fallback)
+    return EmbeddingLayout(bb.metric_dim, metric, appearance)
 
 
 class Runtime:
@@ -68,9 +80,7 @@ class Runtime:
             self.backbone = create_backbone(s_.backbone)
             self.embedder = make_embedder(self.backbone, s_.runtime,
                                           s_.resolved_model_cache, s_.threads)
-            self.cache = PrototypeCache(self.backbone.version, CalibrationConfig(
-                margin=s_.calib_margin, k_std=s_.calib_k_std, floor=s_.calib_floor,
-                ceiling=s_.calib_ceiling, fallback=s_.calib_fallback))
+            self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_))
             with self.sessions() as s:
                 removed = self.blobs.sweep(repo.all_referenced_digests(s))
                 if removed:

@@ -38,7 +38,7 @@ def error_of(r) -> dict:  # type: ignore[no-untyped-def]
 def test_health_ready_metrics(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["model"].startswith("efficientnet_lite0@")
+    assert r.status_code == 200 and r.json()["model"].startswith("fsdi_lite0_meta@")
     m = client.get("/metrics")
     assert m.status_code == 200 and "fsdi_requests_total" in m.text
 

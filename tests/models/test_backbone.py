@@ -47,19 +47,20 @@ def test_tampered_safetensors_is_refused(tmp_path: Path) -> None:
         load_state_dict_safely(p)
 
 
-def test_onnx_matches_torch(model_cache: Path) -> None:
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "fsdi_lite0_meta"])
+def test_onnx_matches_torch(model_cache: Path, name: str) -> None:
     import io
 
     from PIL import Image
 
-    bb = create_backbone("efficientnet_lite0")
-    assert len(bb.weights_sha256) == 64 and bb.dim == 1280
+    bb = create_backbone(name)
+    assert len(bb.weights_sha256) == 64 and bb.dim >= bb.metric_dim > 0
     imgs = [sample(s, d, i) for i, (s, d) in enumerate(CLASSES.values())] * 3
     x = np.stack([to_input(Image.open(io.BytesIO(b)).convert("RGB"), bb.preprocess)
                   for b in imgs])
     ref = TorchEmbedder(bb).embed(x)
     ort = OrtEmbedder(bb, model_cache, threads=2).embed(x)
     assert np.abs(ref - ort).max() < 1e-4
-    assert np.allclose(np.linalg.norm(ort, axis=1), 1, atol=1e-4)
+    assert np.allclose(np.linalg.norm(ort[:, :bb.metric_dim], axis=1), 1, atol=1e-4)
     protos = ref[:3]
     assert ((ref @ protos.T).argmax(1) == (ort @ protos.T).argmax(1)).all()

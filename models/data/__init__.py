@@ -1,0 +1,1 @@
+"""Labelled image sources for episodic meta-training and evaluation."""
