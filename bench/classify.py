@@ -133,7 +133,7 @@ def time_to_classifiable(c: httpx.Client) -> float:
     return dt
 
 
-def seed_classes(db_url: str, version: str, dim: int, counts: list[int]) -> None:
+def seed_classes(db_url: str, version: str, dim: int, metric: int, counts: list[int]) -> None:
     from storage.db import make_engine, make_sessionmaker
     from storage.migrate import upgrade
     from storage.repositories import vector_to_bytes
@@ -149,11 +149,13 @@ def seed_classes(db_url: str, version: str, dim: int, counts: list[int]) -> None
                 c = DefectClass(name=f"c{k}", group_name=f"scale{n}", description="")
                 for j in range(3):
                     v = rng.normal(size=dim).astype(np.float32)
+                    v[:metric] /= np.linalg.norm(v[:metric])
+                    v[metric:] /= max(float(np.linalg.norm(v[metric:])), 1e-6)
                     img = SupportImage(sha256=f"{n:08d}{k:08d}{j:048d}", original_name="x",
                                        byte_size=0, width=1, height=1)
                     img.embeddings.append(Embedding(
                         backbone=backbone, weights_sha256=sha, model_version=version,
-                        dim=dim, vector=vector_to_bytes(v / np.linalg.norm(v))))
+                        dim=dim, vector=vector_to_bytes(v)))
                     c.images.append(img)
                 s.add(c)
     engine.dispose()
@@ -181,7 +183,7 @@ def raw_network(batch: int, seconds: float, cache: Path) -> tuple[float, float]:
     from models.embedder import OrtEmbedder, TorchEmbedder, pin_threads
 
     pin_threads(2)
-    bb = create_backbone("efficientnet_lite0")
+    bb = create_backbone(served_backbone())
     x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
     rates = []
     for emb in (OrtEmbedder(bb, cache, threads=2), TorchEmbedder(bb)):
@@ -192,6 +194,12 @@ def raw_network(batch: int, seconds: float, cache: Path) -> tuple[float, float]:
             n += batch
         rates.append(n / (time.perf_counter() - t0))
     return rates[0], rates[1]
+
+
+def served_backbone() -> str:
+    from app.settings import Settings
+
+    return Settings().backbone
 
 
 def main() -> None:
@@ -206,9 +214,9 @@ def main() -> None:
         data = Path(tmp) / "data"
         from models.backbones import create_backbone
 
-        bb = create_backbone("efficientnet_lite0")
+        bb = create_backbone(served_backbone())
         data.mkdir()
-        seed_classes(f"sqlite:///{data / 'fsdi.db'}", bb.version, bb.dim, counts)
+        seed_classes(f"sqlite:///{data / 'fsdi.db'}", bb.version, bb.dim, bb.metric_dim, counts)
         del bb
         srv = Server(data, {"FSDI_ADMIN_KEY": KEY}).start(timeout=300)
         try:

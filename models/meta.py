@@ -17,6 +17,8 @@ meta-training runs on cached descriptors and finishes on a 2-core CPU.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,7 +44,7 @@ class DescriptorTrunk(nn.Module):
         self.trunk = trunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.trunk
+        t: Any = self.trunk
         h = t._swish(t._bn0(t._conv_stem(x)))
         mid = h
         for i, block in enumerate(t._blocks):

@@ -59,7 +59,10 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
             if draft_to and fmt == "JPEG":
                 img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (draft_to, draft_to))
             img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img) or img)
+            upright: Image.Image = img
+            if img.getexif().get(0x0112, 1) not in (1, None):  # transpose only if needed
+                upright = ImageOps.exif_transpose(img) or img
+            rgb = to_rgb(upright)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -89,7 +92,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def to_input(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:

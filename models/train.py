@@ -93,7 +93,7 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
     for name, (imgs, lab, _) in sets.items():
         out[f"{name}_x"] = descriptors(trunk, imgs, pre, desc=f"{tag}:{name}")
         out[f"{name}_y"] = lab
-    np.savez(path, **out)
+    np.savez(path, **out)  # type: ignore[arg-type]
     return out
 
 

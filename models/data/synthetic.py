@@ -133,11 +133,10 @@ def _draw(base: np.ndarray, kind: str, rng: Rng) -> np.ndarray:
         bright = False
     elif kind == "dent":
         r = rng.uniform(12, 30)
-        a = np.asarray(layer, np.float32)
         yy, xx = np.mgrid[0:SIZE, 0:SIZE]
         g = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
         shade = (xx - cx) * g / r * rng.uniform(40, 80)  # a lit slope: bright one side
-        return np.asarray(base + shade + 0 * a, np.float32)
+        return np.asarray(base + shade, np.float32)
     elif kind == "spot":
         r = rng.uniform(3, 7)
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
