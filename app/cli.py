@@ -60,15 +60,25 @@ def train(
     task_aug: str = typer.Option("invert", help="invert or none"),
     synth_per_class: int = 150, fmnist_per_class: int = 200,
     resume: bool = typer.Option(True, help="continue from OUT.ckpt.pt if present"),
+    method: str = typer.Option("protonet", help="protonet trains the backbone's head; any "
+                               "other registered method trains its own meta-parameters "
+                               "over the shipped head's embeddings"),
+    method_episodes: int = 1000,
 ) -> None:
-    """Meta-train the defect-aware head with ProtoNet episodes (see models/MODEL_CARD.md)."""
+    """Meta-train with episodes (see models/MODEL_CARD.md)."""
     from models.train import TrainConfig
     from models.train import train as run
 
     cfg = TrainConfig(episodes=episodes, seed=seed, l2sp=l2sp, task_aug=task_aug,
                       synth_per_class=synth_per_class, fmnist_per_class=fmnist_per_class)
-    path = run(cfg, out, cache, resume=resume)
-    typer.echo(f"wrote {path} (log: {path.with_suffix('.log.jsonl')})")
+    if method == "protonet":
+        path = run(cfg, out, cache, resume=resume)
+        typer.echo(f"wrote {path} (log: {path.with_suffix('.log.jsonl')})")
+        return
+    from models.methods.training import train_method
+
+    path = train_method(method, cfg, cache, out, method_episodes)
+    typer.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -78,9 +88,19 @@ def evaluate(
     cache: Path = typer.Option(Path("runs/cache")),
     episodes: int = 600, shots: str = "1,5,10", seed: int = 0,
     synth_per_class: int = 150, fmnist_per_class: int = 200,
+    method: str = typer.Option("", help="'all' (or one name) compares the few-shot "
+                               "methods instead of the embeddings"),
 ) -> None:
     """N-way K-shot on held-out classes: the shipped head vs the frozen ImageNet global
-    pool vs a random-init network, on the same episodes."""
+    pool vs a random-init network, on the same episodes; or, with --method, every
+    few-shot method on the same episodes."""
+    if method:
+        from models.methods.training import evaluate_all
+
+        md = evaluate_all(method, head, cache, out, episodes,
+                          tuple(int(s) for s in shots.split(",")), seed)
+        typer.echo(md)
+        return
     from models.evaluate import evaluate as run
     from models.evaluate import head_embed, unit, write_reports
     from models.train import TrainConfig, feature_sets

@@ -107,6 +107,11 @@ class ClassifyResponse(BaseModel):
     model: ModelInfo
 
 
+class VerifyResponse(BaseModel):
+    same: bool
+    score: float
+
+
 class FeedbackCreate(Strict):
     result_id: int
     correct: bool

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import numpy as np
+import torch
 from fastapi import UploadFile
 
 from app.errors import Conflict, Unprocessable
@@ -70,6 +71,9 @@ async def classify(
     q = np.ascontiguousarray(full[:, :rt.backbone.metric_dim])
     app_dist = (euclidean(full[:, rt.backbone.metric_dim:], snap.app_prototypes, snap.app_sq)
                 if snap.app_prototypes is not None else None)
+    if name != "protonet" and name not in snap.fitted:
+        # Adapt once per (group, support-set version), off the event loop.
+        await asyncio.to_thread(fitted_method, snap, name)
     out = predict(rt, snap, name, q)
     # Rejection is always judged on prototype distance, whatever ranks the classes.
     proto_dist = (out.distances if name == "protonet"
@@ -114,6 +118,17 @@ async def classify(
     return ClassifyResponse(results=results, model=ModelInfo(
         backbone=rt.backbone.name, method=name, version=rt.backbone.version,
         runtime=rt.embedder.runtime if rt.embedder else "none"))
+
+
+async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float]:
+    """Siamese same/different decision for two images."""
+    assert rt.backbone is not None and rt.batcher is not None and rt.siamese is not None
+    parts = await read_parts([a, b], rt.settings)
+    uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
+    full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
+    z = torch.from_numpy(np.ascontiguousarray(full[:, :rt.backbone.metric_dim]))
+    p = rt.siamese.same_probability(z[0], z[1])
+    return p >= 0.5, p
 
 
 def _store(rt: Runtime, group: str, names: list[str], rows: list, method: str,

@@ -19,6 +19,7 @@ from models.backbones import Backbone, create_backbone
 from models.calibration import CalibrationConfig
 from models.embedder import Embedder, make_embedder
 from models.methods import available_methods
+from models.methods.siamese import Siamese
 from storage import repositories as repo
 from storage.blobs import BlobStore
 from storage.db import make_engine, make_sessionmaker
@@ -55,6 +56,7 @@ class Runtime:
         self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
                                               thread_name_prefix="fsdi-decode")
         self.methods = available_methods()
+        self.siamese: Siamese | None = None
         if settings.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
                              f"{', '.join(self.methods)}")
@@ -80,6 +82,7 @@ class Runtime:
             self.backbone = create_backbone(s_.backbone)
             self.embedder = make_embedder(self.backbone, s_.runtime,
                                           s_.resolved_model_cache, s_.threads)
+            self.siamese = Siamese(dim=self.backbone.metric_dim)
             self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_))
             with self.sessions() as s:
                 removed = self.blobs.sweep(repo.all_referenced_digests(s))

@@ -34,7 +34,7 @@ class FewShotMethod(ABC):
     def predict(self, query: np.ndarray) -> MethodOutput: ...
 
 
-_REGISTRY: dict[str, Callable[[], FewShotMethod]] = {}
+_REGISTRY: dict[str, Callable[..., FewShotMethod]] = {}
 
 
 def register_method(cls: type[FewShotMethod]) -> type[FewShotMethod]:
@@ -53,7 +53,7 @@ def create_method(name: str, **kwargs: object) -> FewShotMethod:
     _load_builtin()
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)  # type: ignore[call-arg]
+    return _REGISTRY[name](**kwargs)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,4 +63,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _load_builtin() -> None:
-    from models.methods import protonet  # noqa: F401
+    # Importing each module runs its @register_method decorator.
+    from models.methods import (  # noqa: F401
+        fomaml,
+        maml,
+        metasgd,
+        protonet,
+        relationnet,
+        reptile,
+        siamese,
+    )

@@ -40,7 +40,9 @@ def score_from_distances(dist: np.ndarray, temperature: float) -> np.ndarray:
 class ProtoNet(FewShotMethod):
     name = "protonet"
 
-    def __init__(self, temperature: float = 0.05) -> None:
+    def __init__(self, temperature: float = 0.05, dim: int = 0, pretrained: bool = True
+                 ) -> None:
+        # Nothing to load: ProtoNet's learning lives in the backbone's meta-trained head.
         self.temperature = temperature
         self.protos: np.ndarray | None = None
 

@@ -224,3 +224,46 @@ def test_keys_are_shown_once_and_revocable(client: TestClient) -> None:
     assert client.get("/api/v1/classes", headers=h).status_code == 401
     assert client.delete("/api/v1/keys/999999").status_code == 404
     assert client.post("/api/v1/keys", json={"role": "root"}).status_code == 422
+
+
+@pytest.mark.parametrize("method", ["protonet", "siamese", "relationnet", "maml", "fomaml",
+                                    "reptile", "metasgd"])
+def test_every_method_serves(client: TestClient, method: str) -> None:
+    grp = group()
+    enrol(client, grp, shots=3)
+    one = client.post("/api/v1/classes", json={"name": "one-shot", "group": grp}).json()["id"]
+    client.post(f"/api/v1/classes/{one}/images",
+                files=as_files([("o.png", sample("brick", "hole", 4242))]))
+    q = [(f"{n}.png", sample(s, d, 7000 + i)) for i, (n, (s, d)) in enumerate(CLASSES.items())]
+    r = client.post("/api/v1/classify", params={"group": grp, "method": method, "top_k": 4},
+                    files=as_files(q))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"]["method"] == method
+    # The 1-shot class shares brick-scratch's surface, so judge the top two.
+    hits = [n in {t["label"] for t in x["top_k"][:2]}
+            for x, n in zip(body["results"], CLASSES, strict=True)]
+    assert sum(hits) >= 2, body  # chance is 1/2 per image
+    for x in body["results"]:
+        assert len(x["top_k"]) == 4 and all(0 <= t["score"] <= 1 for t in x["top_k"])
+    solo = group()  # a group with a single class
+    cid = client.post("/api/v1/classes", json={"name": "only", "group": solo}).json()["id"]
+    client.post(f"/api/v1/classes/{cid}/images",
+                files=as_files([("a.png", sample("grass", "stain", 1))]))
+    r = client.post("/api/v1/classify", params={"group": solo, "method": method},
+                    files=as_files([("q.png", sample("grass", "stain", 2))]))
+    assert r.status_code == 200 and r.json()["results"][0]["top_k"][0]["score"] == 1.0
+
+
+def test_verify_same_and_different(client: TestClient) -> None:
+    same = client.post("/api/v1/verify", files=[
+        ("a", ("a.png", sample("gravel", "hole", 1), "image/png")),
+        ("b", ("b.png", sample("gravel", "hole", 1), "image/png"))])
+    assert same.status_code == 200, same.text
+    assert same.json()["same"] is True and 0.5 <= same.json()["score"] <= 1
+    diff = client.post("/api/v1/verify", files=[
+        ("a", ("a.png", flat((255, 255, 255)), "image/png")),
+        ("b", ("b.png", sample("grass", None, 2), "image/png"))])
+    assert diff.status_code == 200 and diff.json()["score"] < same.json()["score"]
+    r = client.post("/api/v1/verify", files=[("a", ("a.png", flat(), "image/png"))])
+    assert r.status_code == 422

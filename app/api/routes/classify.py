@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Query, UploadFile
 
 from app.api.deps import Classifier, Operator, RuntimeDep
 from app.errors import NotFound, Unprocessable
-from app.schemas import ClassifyResponse, FeedbackCreate, FeedbackPublic
+from app.schemas import ClassifyResponse, FeedbackCreate, FeedbackPublic, VerifyResponse
 from app.services import classification as svc
 from storage import repositories as repo
 from storage.tables import Feedback
@@ -29,6 +29,14 @@ async def classify(
     rejection distance; `evidence=true` adds the nearest support images per class."""
     top_k = min(top_k, rt.settings.max_top_k)
     return await svc.classify(rt, files, group, top_k, method, threshold, evidence, who)
+
+
+@router.post("/verify", response_model=VerifyResponse)
+async def verify(rt: RuntimeDep, _: Classifier, a: Annotated[UploadFile, File()],
+                 b: Annotated[UploadFile, File()]) -> VerifyResponse:
+    """Is this the same defect? The Siamese model's pair decision for images a and b."""
+    same, score = await svc.verify(rt, a, b)
+    return VerifyResponse(same=same, score=round(score, 6))
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackPublic)

@@ -1,0 +1,31 @@
+"""Meta-SGD (Li, Zhou, Chen & Li, arXiv:1707.09835, 2017).
+
+MAML's model, but every parameter also has a meta-learned step size (same shape as the
+parameter): adaptation is theta - alpha * grad, with alpha learned with theta.
+Same shapes as `maml`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from models.methods.base import register_method
+from models.methods.maml import MAML
+
+
+@register_method
+class MetaSGD(MAML):
+    name = "metasgd"
+
+    def extra_init(self) -> None:
+        lr = math.log(self.inner_lr)
+        self.log_alpha_A = nn.Parameter(torch.full_like(self.A, lr))
+        self.log_alpha_w = nn.Parameter(torch.full_like(self.w0, lr))
+        self.log_alpha_b = nn.Parameter(torch.full_like(self.b0, lr))
+
+    def step_sizes(self) -> list[torch.Tensor | float]:
+        return [self.log_alpha_A.exp(), self.log_alpha_w.exp()[None],
+                self.log_alpha_b.exp()[None]]

@@ -1,0 +1,40 @@
+"""Relation Networks (Sung et al., CVPR 2018, arXiv:1711.06025).
+
+A learned relation module r(c, q) = sigmoid(MLP([p_c, q])) scores a query q against each
+class's prototype p_c (the mean of its support embeddings); trained, as in the paper,
+with mean squared error against the one-hot match.
+Shapes: support (S, D), query (Q, D) -> relation logits (Q, N).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.methods.base import register_method
+from models.methods.meta_base import MetaMethod
+
+
+@register_method
+class RelationNet(MetaMethod):
+    name = "relationnet"
+
+    def __init__(self, dim: int = 256, pretrained: bool = True, hidden: int = 128) -> None:
+        super().__init__(dim, pretrained)
+        self.relation = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, hidden // 2), nn.ReLU(),
+                                      nn.Linear(hidden // 2, 1))
+        if pretrained:
+            self.load_shipped()
+
+    def episode_logits(self, sup: torch.Tensor, sup_y: torch.Tensor, qry: torch.Tensor,
+                       n_way: int, train: bool) -> torch.Tensor:
+        onehot = nn.functional.one_hot(sup_y, n_way).to(sup.dtype)
+        protos = (onehot.T @ sup) / onehot.sum(0)[:, None]  # (N, D)
+        pairs = torch.cat([protos[None].expand(len(qry), -1, -1),
+                           qry[:, None].expand(-1, n_way, -1)], dim=-1)
+        return self.relation(pairs).squeeze(-1)  # type: ignore[no-any-return]
+
+    def episode_loss(self, logits: torch.Tensor, qry_y: torch.Tensor) -> torch.Tensor:
+        target = nn.functional.one_hot(qry_y, logits.shape[1]).to(logits.dtype)
+        return nn.functional.mse_loss(torch.sigmoid(logits), target)
