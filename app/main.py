@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
-from app.api.routes import classes, classify, health, keys
+from app.api.routes import audit, classes, classify, health, keys
 from app.errors import install_handlers
 from app.middleware import BodyLimit, RequestMetrics
 from app.services.runtime import Runtime
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.runtime = runtime
     install_handlers(app)
-    for r in (health.router, keys.router, classes.router, classify.router):
+    for r in (health.router, keys.router, classes.router, classify.router, audit.router):
         app.include_router(r)
 
     if (STATIC / "index.html").is_file():

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Row ids fit a signed 32-bit column everywhere; anything larger is a 422, not a 500.
+MAX_ID = 2_147_483_647
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 GroupName = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
@@ -113,9 +117,9 @@ class VerifyResponse(BaseModel):
 
 
 class FeedbackCreate(Strict):
-    result_id: int
+    result_id: DbId
     correct: bool
-    class_id: int | None = None
+    class_id: DbId | None = None
 
 
 class FeedbackPublic(BaseModel):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Forbidden, NotReady, Unauthorized
+from app.schemas import MAX_ID
 from app.services.keys import Principal, authenticate
 from app.services.runtime import Runtime
 
@@ -41,6 +42,8 @@ def require(*roles: str) -> Callable[..., Principal]:
 
     return dep
 
+
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 Admin = Annotated[Principal, Depends(require())]
 Operator = Annotated[Principal, Depends(require("operator"))]

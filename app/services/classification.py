@@ -17,6 +17,7 @@ from app.services.runtime import Runtime
 from app.services.uploads import decode_all, read_parts
 from models.methods import FewShotMethod, MethodOutput, create_method
 from models.methods.protonet import euclidean, score_from_distances
+from storage import repositories as repo
 from storage.tables import ClassificationResult
 
 EVIDENCE_PER_CLASS = 3
@@ -144,4 +145,9 @@ def _store(rt: Runtime, group: str, names: list[str], rows: list, method: str,
                 method=method, model_version=rt.backbone.version, key_id=who.key_id))
         s.add_all(objs)
         s.flush()
+        for o in objs:
+            decision = "unknown" if o.unknown else f"class={o.class_id}"
+            repo.audit(s, who.actor, "classify",
+                       f"result={o.id} group={group} sha256={o.sha256} "
+                       f"model={o.model_version} method={method} decision={decision}")
         return [o.id for o in objs]

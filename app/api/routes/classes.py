@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Admin, Operator, RuntimeDep
+from app.api.deps import Admin, IdPath, Operator, RuntimeDep
 from app.schemas import ClassCreate, ClassList, ClassPublic, EnrolResponse, ImagePublic
 from app.services import enrolment as svc
 
@@ -26,24 +26,24 @@ def list_classes(rt: RuntimeDep, _: Operator,
 
 
 @router.get("/{class_id}", response_model=ClassPublic)
-def get_class(class_id: int, rt: RuntimeDep, _: Operator) -> ClassPublic:
+def get_class(class_id: IdPath, rt: RuntimeDep, _: Operator) -> ClassPublic:
     return svc.get_class(rt, class_id)
 
 
 @router.delete("/{class_id}", status_code=204)
-async def delete_class(class_id: int, rt: RuntimeDep, who: Admin) -> Response:
+async def delete_class(class_id: IdPath, rt: RuntimeDep, who: Admin) -> Response:
     await svc.delete_class(rt, class_id, who)
     return Response(status_code=204)
 
 
 @router.get("/{class_id}/images", response_model=list[ImagePublic])
-def list_images(class_id: int, rt: RuntimeDep, _: Operator) -> list[ImagePublic]:
+def list_images(class_id: IdPath, rt: RuntimeDep, _: Operator) -> list[ImagePublic]:
     return svc.list_images(rt, class_id)
 
 
 @router.post("/{class_id}/images", status_code=201, response_model=EnrolResponse,
              responses={201: {"description": "all images stored, or none"}})
-async def add_images(class_id: int, rt: RuntimeDep, who: Admin,
+async def add_images(class_id: IdPath, rt: RuntimeDep, who: Admin,
                      files: Annotated[list[UploadFile], File()]) -> JSONResponse:
     images, cls = await svc.add_images(rt, class_id, files, who)
     body = EnrolResponse(images=images, class_=cls).model_dump(mode="json", by_alias=True)
@@ -51,6 +51,6 @@ async def add_images(class_id: int, rt: RuntimeDep, who: Admin,
 
 
 @router.delete("/{class_id}/images/{image_id}", status_code=204)
-async def delete_image(class_id: int, image_id: int, rt: RuntimeDep, who: Admin) -> Response:
+async def delete_image(class_id: IdPath, image_id: IdPath, rt: RuntimeDep, who: Admin) -> Response:
     await svc.delete_image(rt, class_id, image_id, who)
     return Response(status_code=204)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import Admin, RuntimeDep
+from app.api.deps import Admin, IdPath, RuntimeDep
 from app.errors import NotFound
 from app.schemas import KeyCreate, KeyCreated, KeyList, KeyPublic
 from app.services import keys as svc
@@ -36,7 +36,7 @@ def list_keys(rt: RuntimeDep, _: Admin) -> KeyList:
 
 
 @router.delete("/{key_id}", status_code=204)
-def revoke_key(key_id: int, rt: RuntimeDep, who: Admin) -> Response:
+def revoke_key(key_id: IdPath, rt: RuntimeDep, who: Admin) -> Response:
     assert rt.sessions is not None
     with rt.sessions.begin() as s:
         row = s.get(ApiKey, key_id)
