@@ -10,8 +10,9 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import audit, classes, classify, health, keys
+from app.api.routes import audit, classes, classify, console, health, keys
 from app.errors import install_handlers
 from app.middleware import BodyLimit, RequestMetrics
 from app.services.runtime import Runtime
@@ -40,13 +41,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.runtime = runtime
     install_handlers(app)
-    for r in (health.router, keys.router, classes.router, classify.router, audit.router):
+    for r in (health.router, keys.router, classes.router, classify.router, audit.router,
+              console.router):
         app.include_router(r)
 
-    if (STATIC / "index.html").is_file():
-        @app.get("/", include_in_schema=False)
-        def console() -> FileResponse:
-            return FileResponse(STATIC / "index.html")
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)

@@ -111,6 +111,20 @@ class ClassifyResponse(BaseModel):
     model: ModelInfo
 
 
+class Me(BaseModel):
+    role: str
+    key_id: int | None
+
+
+class GroupPublic(BaseModel):
+    name: str
+    class_count: int
+
+
+class GroupList(BaseModel):
+    items: list[GroupPublic]
+
+
 class VerifyResponse(BaseModel):
     same: bool
     score: float

@@ -267,3 +267,28 @@ def test_verify_same_and_different(client: TestClient) -> None:
     assert diff.status_code == 200 and diff.json()["score"] < same.json()["score"]
     r = client.post("/api/v1/verify", files=[("a", ("a.png", flat(), "image/png"))])
     assert r.status_code == 422
+
+
+def test_console_endpoints(client: TestClient) -> None:
+    grp = group()
+    ids = enrol(client, grp, shots=1)
+    assert client.get("/").status_code == 200 and "FSDI" in client.get("/").text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/api/v1/me").json() == {"role": "admin", "key_id": None}
+    m = {"Authorization": f"Bearer {new_key(client, 'machine')}"}
+    assert client.get("/api/v1/me", headers=m).json()["role"] == "machine"
+    groups = {g["name"]: g["class_count"] for g in client.get("/api/v1/groups").json()["items"]}
+    assert groups[grp] == 3
+    assert client.get("/api/v1/groups", headers=m).status_code == 403
+    image_id = client.get(f"/api/v1/classes/{ids['grass-stain']}/images").json()[0]["id"]
+    r = client.get(f"/api/v1/images/{image_id}", params={"size": 64})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    import io
+
+    from PIL import Image
+    assert max(Image.open(io.BytesIO(r.content)).size) == 64
+    assert client.get(f"/api/v1/images/{image_id}", headers=m).status_code == 403
+    assert client.get(f"/api/v1/images/{image_id}", params={"size": 5000}).status_code == 422
+    assert client.get("/api/v1/images/999999").status_code == 404
+    assert client.get(f"/api/v1/images/{image_id}", headers={"Authorization": ""}
+                      ).status_code == 401

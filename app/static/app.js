@@ -1,0 +1,275 @@
+// FSDI web console: plain JavaScript, no build step, no CDN.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = { key: sessionStorage.getItem("fsdi-key") || "", role: null, picked: [] };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+// Every API error comes back as {"error": {"code", "message"}}: show the message in plain words.
+async function api(path, opts = {}) {
+  const headers = Object.assign({ Authorization: `Bearer ${state.key}` }, opts.headers || {});
+  let resp;
+  try {
+    resp = await fetch(path, Object.assign({}, opts, { headers }));
+  } catch (e) {
+    throw new Error("The service cannot be reached. Check the network and try again.");
+  }
+  if (resp.status === 204) return null;
+  const isJson = (resp.headers.get("content-type") || "").includes("json");
+  const body = isJson ? await resp.json() : await resp.blob();
+  if (!resp.ok) throw new Error(friendly(resp.status, body));
+  return body;
+}
+
+function friendly(status, body) {
+  const msg = body && body.error ? body.error.message : `request failed (${status})`;
+  if (status === 401) return "That key is not valid (or was revoked). " + msg;
+  if (status === 403) return "Your key is not allowed to do this.";
+  if (status === 503) return "The service is busy or starting. Try again in a moment.";
+  return msg;
+}
+
+// <img> cannot send the bearer header, so thumbnails are fetched and shown as blob URLs.
+async function thumb(imageId, size = 128) {
+  const img = el("img", { alt: `support image ${imageId}`, "data-image-id": imageId });
+  api(`/api/v1/images/${imageId}?size=${size}`).then((b) => { img.src = URL.createObjectURL(b); })
+    .catch(() => { img.alt = "image unavailable"; });
+  return img;
+}
+
+function showError(id, err) { $(id).textContent = err ? (err.message || String(err)) : ""; }
+
+// ---- sign in -----------------------------------------------------------------------------
+async function signIn(key) {
+  state.key = key;
+  const me = await api("/api/v1/me");
+  state.role = me.role;
+  sessionStorage.setItem("fsdi-key", key);
+  $("#role").textContent = me.role;
+  $("#who").hidden = false;
+  $("#signin").hidden = true;
+  $("#tabs").hidden = false;
+  $("#tab-classes-btn").hidden = me.role !== "admin";
+  showTab("inspect");
+  if (me.role !== "machine") loadGroups();
+}
+
+function signOut() {
+  sessionStorage.removeItem("fsdi-key");
+  location.reload();
+}
+
+async function loadGroups() {
+  try {
+    const groups = await api("/api/v1/groups");
+    const list = $("#groups");
+    list.replaceChildren(...groups.items.map((g) => el("option", { value: g.name })));
+  } catch (e) { /* the group box stays free text */ }
+}
+
+function showTab(name) {
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.classList.toggle("active", b.dataset.tab === name);
+  }
+  $("#inspect").hidden = name !== "inspect";
+  $("#classes").hidden = name !== "classes";
+  if (name === "classes") loadClasses();
+}
+
+// ---- inspect ----------------------------------------------------------------------------
+function pick(files) {
+  state.picked = Array.from(files).filter((f) => f.type.startsWith("image/") || !f.type);
+  $("#classify-btn").disabled = state.picked.length === 0;
+  $("#classify-btn").textContent = state.picked.length ? `Classify ${state.picked.length} image(s)` : "Classify";
+}
+
+async function classify() {
+  showError("#inspect-error", null);
+  const form = new FormData();
+  for (const f of state.picked) form.append("files", f, f.name);
+  const group = encodeURIComponent($("#group").value || "default");
+  const ev = $("#evidence").checked && state.role !== "machine";
+  $("#classify-btn").disabled = true;
+  try {
+    const res = await api(`/api/v1/classify?group=${group}&top_k=3&evidence=${ev}`,
+                          { method: "POST", body: form });
+    renderResults(res);
+  } catch (e) {
+    showError("#inspect-error", e);
+  } finally {
+    $("#classify-btn").disabled = state.picked.length === 0;
+  }
+}
+
+function renderResults(res) {
+  const box = $("#results");
+  box.replaceChildren();
+  res.results.forEach((r, i) => {
+    const file = state.picked[i];
+    const preview = el("img", { alt: r.filename });
+    if (file) preview.src = URL.createObjectURL(file);
+    const decision = el("div", { class: "decision" + (r.unknown ? " unknown" : "") },
+                        r.unknown ? "UNKNOWN" : r.label);
+    const info = el("div", {}, decision,
+      el("div", { class: "score" }, `score ${r.score.toFixed(3)} · ${r.filename}`));
+    for (const t of r.top_k) {
+      const pct = Math.round(t.score * 100);
+      info.append(el("div", { class: "bar", "data-label": t.label },
+        el("span", {}, t.label),
+        el("div", { class: "track" }, el("div", { class: "fill", style: `width:${pct}%` })),
+        el("span", {}, `${pct}%`)));
+    }
+    const evidence = el("div", { class: "evidence" });
+    for (const t of r.top_k) {
+      for (const e of t.evidence || []) {
+        const fig = el("figure", {});
+        thumb(e.image_id, 96).then((img) => fig.prepend(img));
+        fig.append(el("figcaption", {}, `${t.label} · d=${e.distance.toFixed(2)}`));
+        evidence.append(fig);
+      }
+    }
+    if (evidence.children.length) info.append(el("div", {}, "Nearest support images:"), evidence);
+    box.append(el("div", { class: "result", "data-result-id": r.id }, preview, info));
+  });
+  box.append(el("p", { class: "info" }, `model ${res.model.version} · ${res.model.method}`));
+}
+
+// ---- classes (admin) ----------------------------------------------------------------------
+async function loadClasses() {
+  showError("#classes-error", null);
+  $("#class-detail").hidden = true;
+  const group = $("#class-group").value || "default";
+  $("#class-list").setAttribute("aria-busy", "true");
+  try {
+    const data = await api(`/api/v1/classes?group=${encodeURIComponent(group)}`);
+    const cards = [];
+    for (const c of data.items) cards.push(await classCard(c));
+    $("#class-list").replaceChildren(...cards);
+    if (!cards.length) $("#class-list").append(el("p", {}, "No classes in this group yet."));
+  } catch (e) { showError("#classes-error", e); }
+  finally { $("#class-list").setAttribute("aria-busy", "false"); }
+}
+
+async function classCard(c) {
+  let picture = el("div", { class: "noimg" });
+  if (c.image_count) {
+    const imgs = await api(`/api/v1/classes/${c.id}/images`);
+    if (imgs.length) picture = await thumb(imgs[0].id, 256);
+  }
+  const input = el("input", { type: "file", accept: "image/*", multiple: "", class: "add-files" });
+  input.addEventListener("change", () => upload(c, input.files));
+  return el("div", { class: "class-card", "data-class-id": c.id, "data-name": c.name },
+    picture, el("h3", {}, c.name),
+    el("div", { class: "meta" }, `${c.image_count} image(s)`),
+    el("div", { class: "meta" }, c.description || ""),
+    el("div", { class: "actions" },
+      el("label", {}, "Add images ", input),
+      el("button", { type: "button", class: "small show-images", onclick: () => showImages(c) }, "Images"),
+      el("button", { type: "button", class: "small danger delete-class",
+                     onclick: () => deleteClass(c) }, "Delete")));
+}
+
+async function createClass(ev) {
+  ev.preventDefault();
+  showError("#classes-error", null);
+  try {
+    const body = { name: $("#new-name").value.trim(), description: $("#new-desc").value,
+                   group: $("#class-group").value || "default" };
+    await api("/api/v1/classes", { method: "POST", body: JSON.stringify(body),
+                                   headers: { "Content-Type": "application/json" } });
+    $("#new-name").value = ""; $("#new-desc").value = "";
+    $("#classes-info").textContent = `Created class "${body.name}".`;
+    await loadClasses();
+    loadGroups();
+  } catch (e) { showError("#classes-error", e); }
+}
+
+// XMLHttpRequest, not fetch: it reports upload progress for the progress bar.
+function upload(c, files) {
+  showError("#classes-error", null);
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  const bar = $("#progress");
+  bar.hidden = false; bar.value = 0;
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", `/api/v1/classes/${c.id}/images`);
+  xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
+  xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total; };
+  xhr.onload = async () => {
+    bar.hidden = true;
+    let body = null;
+    try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+    if (xhr.status === 201) {
+      $("#classes-info").textContent = `Added ${body.images.length} image(s) to "${c.name}".`;
+      await loadClasses();
+    } else {
+      showError("#classes-error", new Error(friendly(xhr.status, body)));
+    }
+  };
+  xhr.onerror = () => { bar.hidden = true; showError("#classes-error", new Error("Upload failed: the service cannot be reached.")); };
+  xhr.send(form);
+}
+
+async function showImages(c) {
+  const box = $("#class-detail");
+  try {
+    const imgs = await api(`/api/v1/classes/${c.id}/images`);
+    const figs = [];
+    for (const i of imgs) {
+      const fig = el("figure", { "data-image-id": i.id }, await thumb(i.id, 128),
+        el("figcaption", {}, i.original_name),
+        el("button", { type: "button", class: "small danger remove-image",
+                       onclick: () => removeImage(c, i) }, "Remove"));
+      figs.push(fig);
+    }
+    box.replaceChildren(el("h3", {}, `Support images of ${c.name}`), el("div", { class: "thumbs" }, ...figs));
+    box.hidden = false;
+  } catch (e) { showError("#classes-error", e); }
+}
+
+async function removeImage(c, i) {
+  try {
+    await api(`/api/v1/classes/${c.id}/images/${i.id}`, { method: "DELETE" });
+    $("#classes-info").textContent = `Removed ${i.original_name}.`;
+    await loadClasses();
+    const fresh = (await api(`/api/v1/classes/${c.id}`));
+    await showImages(fresh);
+  } catch (e) { showError("#classes-error", e); }
+}
+
+async function deleteClass(c) {
+  if (!confirm(`Delete class "${c.name}" and its ${c.image_count} image(s)? This cannot be undone.`)) return;
+  try {
+    await api(`/api/v1/classes/${c.id}`, { method: "DELETE" });
+    $("#classes-info").textContent = `Deleted class "${c.name}".`;
+    await loadClasses();
+  } catch (e) { showError("#classes-error", e); }
+}
+
+// ---- wiring -----------------------------------------------------------------------------
+$("#signin-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  showError("#signin-error", null);
+  try { await signIn($("#key").value.trim()); } catch (e) { showError("#signin-error", e); }
+});
+$("#signout").addEventListener("click", signOut);
+for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
+$("#files").addEventListener("change", (e) => pick(e.target.files));
+const drop = $("#drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); pick(e.dataTransfer.files); });
+$("#classify-btn").addEventListener("click", classify);
+$("#create-form").addEventListener("submit", createClass);
+$("#reload-classes").addEventListener("click", loadClasses);
+if (state.key) signIn(state.key).catch(() => sessionStorage.removeItem("fsdi-key"));

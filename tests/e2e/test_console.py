@@ -1,0 +1,177 @@
+"""The web console in headless Chromium (Debian's chromium + chromium-driver) against a
+real `fsdi serve`. Every test saves screenshots (FSDI_SCREENSHOTS, default a temp dir)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server
+from tests.imagegen import sample
+
+KEY = "console-admin-key-0123456789"
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),
+    reason="Debian chromium + chromium-driver not installed (bash .ci/test installs them)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("console") / "data",
+                 {"FSDI_ADMIN_KEY": KEY, "FSDI_MODEL_CACHE_DIR": str(model_cache)}).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = Path(os.environ.get("FSDI_SCREENSHOTS") or tmp_path_factory.mktemp("screens"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM or "/usr/bin/chromium"
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run", "--window-size=1280,900"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(service=Service(DRIVER or "/usr/bin/chromedriver"), options=opts)
+    drv.implicitly_wait(0)
+    yield drv
+    drv.quit()
+
+
+def wait(drv, fn, timeout: float = 30):  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # The console re-renders lists after each change: an element found a moment ago may be
+    # gone, which just means "not yet".
+    return WebDriverWait(drv, timeout, poll_frequency=0.1, ignored_exceptions=(
+        StaleElementReferenceException, IndexError)).until(lambda d: fn(d))
+
+
+def css(drv, sel: str):  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    return drv.find_elements(By.CSS_SELECTOR, sel)
+
+
+def sign_in(drv, srv: Server, key: str) -> None:  # type: ignore[no-untyped-def]
+    drv.get(srv.url + "/")
+    css(drv, "#key")[0].send_keys(key)
+    css(drv, "#signin-btn")[0].click()
+
+
+def write_images(d: Path, surf: str, defect: str, seeds: range) -> list[str]:
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in seeds:
+        p = d / f"{surf}-{defect}-{s}.png"
+        p.write_bytes(sample(surf, defect, s))
+        paths.append(str(p))
+    return paths
+
+
+def test_wrong_key_shows_an_error(browser, server: Server, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    sign_in(browser, server, "not-a-real-key-at-all")
+    msg = wait(browser, lambda d: css(d, "#signin-error")[0].text)
+    assert "not valid" in msg
+    assert css(browser, "#inspect")[0].is_displayed() is False
+    browser.save_screenshot(str(shots / "01-wrong-key.png"))
+
+
+def test_admin_enrols_classifies_and_deletes(browser, server: Server, shots: Path,  # type: ignore[no-untyped-def]
+                                             tmp_path: Path) -> None:
+    group = f"ui-{uuid.uuid4().hex[:6]}"
+    sign_in(browser, server, KEY)
+    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
+    css(browser, "#tab-classes-btn")[0].click()
+    box = css(browser, "#class-group")[0]
+    box.clear()
+    box.send_keys(group)
+    for name, surf, defect, base in (("scratch", "brick", "scratch", 0),
+                                     ("stain", "grass", "stain", 100)):
+        css(browser, "#new-name")[0].send_keys(name)
+        css(browser, "#new-desc")[0].send_keys(f"{defect} on {surf}")
+        css(browser, "#create-btn")[0].click()
+        card = f'.class-card[data-name="{name}"]'
+        wait(browser, lambda d, card=card: css(d, card))
+        files = write_images(tmp_path / name, surf, defect, range(base, base + 3))
+        css(browser, f"{card} .add-files")[0].send_keys("\n".join(files))
+        wait(browser, lambda d, n=name: f'Added 3 image(s) to "{n}"' in
+             css(d, "#classes-info")[0].text)
+        wait(browser, lambda d, card=card: "3 image(s)" in css(d, card)[0].text)
+    wait(browser, lambda d: all(i.get_property("naturalWidth") > 0
+                                for i in css(d, ".class-card img")))
+    browser.save_screenshot(str(shots / "02-classes.png"))
+
+    css(browser, '#tabs button[data-tab="inspect"]')[0].click()
+    g = css(browser, "#group")[0]
+    g.clear()
+    g.send_keys(group)
+    query = write_images(tmp_path / "q", "brick", "scratch", range(500, 501))
+    css(browser, "#files")[0].send_keys(query[0])
+    css(browser, "#classify-btn")[0].click()
+    wait(browser, lambda d: css(d, ".result .decision"))
+    assert css(browser, ".result .decision")[0].text == "scratch"
+    bars = [b.get_attribute("data-label") for b in css(browser, ".result .bar")]
+    assert bars[0] == "scratch" and set(bars) == {"scratch", "stain"}
+    wait(browser, lambda d: len(css(d, ".evidence img")) >= 2 and all(
+        i.get_property("naturalWidth") > 0 for i in css(d, ".evidence img")))
+    assert "d=" in css(browser, ".evidence figcaption")[0].text
+    browser.save_screenshot(str(shots / "03-inspect-desktop.png"))
+
+    browser.set_window_size(390, 844)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 392
+    browser.save_screenshot(str(shots / "04-inspect-phone.png"))
+    browser.set_window_size(1280, 900)
+
+    css(browser, "#tab-classes-btn")[0].click()
+    card = '.class-card[data-name="stain"]'
+    settled = '#class-list[aria-busy="false"]'
+    wait(browser, lambda d: css(d, settled) and css(d, card))
+    css(browser, f"{card} .show-images")[0].click()
+    wait(browser, lambda d: len(css(d, "#class-detail .remove-image")) == 3)
+    css(browser, "#class-detail .remove-image")[0].click()
+    wait(browser, lambda d: css(d, settled) and "2 image(s)" in css(d, card)[0].text)
+    wait(browser, lambda d: len(css(d, "#class-detail .remove-image")) == 2)
+    css(browser, f"{card} .delete-class")[0].click()
+    wait(browser, lambda d: d.switch_to.alert).accept()
+    wait(browser, lambda d: not css(d, card))
+    browser.save_screenshot(str(shots / "05-after-delete.png"))
+    left = httpx.get(f"{server.url}/api/v1/classes", params={"group": group},
+                     headers={"Authorization": f"Bearer {KEY}"}).json()["items"]
+    assert [c["name"] for c in left] == ["scratch"]
+
+
+def test_operator_sees_no_admin_pages_and_errors_are_plain(browser, server: Server,  # type: ignore[no-untyped-def]
+                                                           shots: Path) -> None:
+    r = httpx.post(f"{server.url}/api/v1/keys", json={"role": "operator"},
+                   headers={"Authorization": f"Bearer {KEY}"})
+    sign_in(browser, server, r.json()["key"])
+    wait(browser, lambda d: css(d, "#role")[0].text == "operator")
+    assert not css(browser, "#tab-classes-btn")[0].is_displayed()
+    g = css(browser, "#group")[0]
+    g.clear()
+    g.send_keys("no-such-group")
+    css(browser, "#files")[0].send_keys(write_images(Path(os.environ.get("TMPDIR", "/tmp")) /
+                                                     f"op-{uuid.uuid4().hex[:6]}", "brick",
+                                                     "scratch", range(1))[0])
+    css(browser, "#classify-btn")[0].click()
+    msg = wait(browser, lambda d: css(d, "#inspect-error")[0].text)
+    assert "no classes" in msg
+    browser.save_screenshot(str(shots / "06-operator-error.png"))
