@@ -48,9 +48,33 @@ class ImagePublic(BaseModel):
     created_at: datetime
 
 
+class ClassReportPublic(BaseModel):
+    class_id: int
+    label: str
+    images: int
+    loo_evaluated: int
+    loo_recall: float | None
+    nearest_class_id: int | None
+    nearest_label: str | None
+    nearest_distance: float | None
+    spread: float | None
+    warning: str | None
+
+
+class GroupReportPublic(BaseModel):
+    group: str
+    loo_evaluated: int
+    loo_accuracy: float | None
+    most_confused: dict[str, str | int] | None
+    closest_pair: dict[str, str | float] | None
+    classes: list[ClassReportPublic]
+    warnings: list[str]
+
+
 class EnrolResponse(BaseModel):
     images: list[ImagePublic]
     class_: ClassPublic = Field(serialization_alias="class")
+    report: GroupReportPublic | None = None
 
 
 class KeyCreate(Strict):

@@ -292,3 +292,20 @@ def test_console_endpoints(client: TestClient) -> None:
     assert client.get("/api/v1/images/999999").status_code == 404
     assert client.get(f"/api/v1/images/{image_id}", headers={"Authorization": ""}
                       ).status_code == 401
+
+
+def test_enrolment_report(client: TestClient) -> None:
+    grp = group()
+    enrol(client, grp, shots=4)
+    twin = client.post("/api/v1/classes", json={"name": "brick-scratch-2", "group": grp}).json()
+    r = client.post(f"/api/v1/classes/{twin['id']}/images", files=as_files(
+        [(f"{j}.png", sample("brick", "scratch", 40 + j)) for j in range(4)]))
+    rep = r.json()["report"]
+    assert rep["group"] == grp and rep["loo_evaluated"] == 16
+    assert {rep["closest_pair"]["a"], rep["closest_pair"]["b"]} == {"brick-scratch",
+                                                                   "brick-scratch-2"}
+    assert rep["warnings"] and any("brick-scratch" in w for w in rep["warnings"])
+    got = client.get(f"/api/v1/groups/{grp}/report").json()
+    by = {c["label"]: c for c in got["classes"]}
+    assert by["grass-stain"]["loo_recall"] == 1.0 and by["grass-stain"]["warning"] is None
+    assert client.get("/api/v1/groups/nope-none/report").status_code == 404

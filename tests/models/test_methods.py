@@ -50,3 +50,20 @@ def test_registries_fail_loudly() -> None:
         create_method("no-such")
     with pytest.raises(KeyError, match="efficientnet_lite0"):
         create_backbone("resnet9000")
+
+
+def test_group_report_finds_the_confusable_pair() -> None:
+    from models.report import group_report
+
+    rng = np.random.default_rng(0)
+    a = np.array([1, 0, 0], np.float32) + 0.05 * rng.normal(size=(4, 3))
+    b = np.array([0, 1, 0], np.float32) + 0.05 * rng.normal(size=(4, 3))
+    c = np.array([0, 1, 0.05], np.float32) + 0.05 * rng.normal(size=(4, 3))  # ~ b
+    r = group_report(np.concatenate([a, b, c]).astype(np.float32), np.repeat([0, 1, 2], 4))
+    assert r.evaluated == 12 and r.classes[0].recall == 1.0
+    assert r.closest_pair is not None and r.closest_pair[:2] == (1, 2)
+    assert r.accuracy is not None and r.accuracy < 1.0
+    assert r.confusable is not None and set(r.confusable[:2]) == {1, 2}
+    assert r.classes[1].warning or r.classes[2].warning
+    one = group_report(np.eye(3, dtype=np.float32), np.array([0, 1, 2]))  # all 1-shot
+    assert one.evaluated == 0 and one.accuracy is None

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from app.api.deps import Admin, IdPath, Operator, RuntimeDep
 from app.schemas import ClassCreate, ClassList, ClassPublic, EnrolResponse, ImagePublic
 from app.services import enrolment as svc
+from app.services.reports import report_for
 
 router = APIRouter(prefix="/api/v1/classes", tags=["classes"])
 
@@ -46,7 +47,9 @@ def list_images(class_id: IdPath, rt: RuntimeDep, _: Operator) -> list[ImagePubl
 async def add_images(class_id: IdPath, rt: RuntimeDep, who: Admin,
                      files: Annotated[list[UploadFile], File()]) -> JSONResponse:
     images, cls = await svc.add_images(rt, class_id, files, who)
-    body = EnrolResponse(images=images, class_=cls).model_dump(mode="json", by_alias=True)
+    report = report_for(rt, cls.group)
+    body = EnrolResponse(images=images, class_=cls, report=report).model_dump(
+        mode="json", by_alias=True)
     return JSONResponse(body, status_code=201)
 
 

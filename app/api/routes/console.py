@@ -7,11 +7,13 @@ import io
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from fastapi import Path as PathParam
 from PIL import Image
 
 from app.api.deps import Classifier, IdPath, Operator, RuntimeDep
 from app.errors import NotFound
-from app.schemas import GroupList, GroupPublic, Me
+from app.schemas import GroupList, GroupPublic, GroupReportPublic, Me
+from app.services.reports import report_for
 from storage import repositories as repo
 from storage.tables import SupportImage
 
@@ -42,6 +44,13 @@ def _thumbnail(data: bytes, size: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
+
+
+@router.get("/groups/{group}/report", response_model=GroupReportPublic)
+def group_report(group: Annotated[str, PathParam(min_length=1, max_length=64)],
+                 rt: RuntimeDep, _: Operator) -> GroupReportPublic:
+    """Leave-one-out accuracy, per-class recall, the most confusable pair and warnings."""
+    return report_for(rt, group)
 
 
 @router.get("/images/{image_id}", response_class=Response,

@@ -1,0 +1,39 @@
+"""The enrolment report for a group, from its cached snapshot."""
+
+from __future__ import annotations
+
+from app.errors import NotFound
+from app.schemas import ClassReportPublic, GroupReportPublic
+from app.services.runtime import Runtime
+from models.report import group_report
+
+
+def report_for(rt: Runtime, group: str) -> GroupReportPublic:
+    assert rt.cache is not None
+    snap = rt.cache.snapshot(group)
+    if snap is None:
+        raise NotFound(f"group {group!r} has no classes with support images")
+    support, labels = snap.support_matrix()
+    r = group_report(support, labels)
+    e = snap.entries
+
+    def name(i: int | None) -> str | None:
+        return e[i].name if i is not None else None
+
+    classes = [ClassReportPublic(
+        class_id=e[c.index].class_id, label=e[c.index].name, images=len(e[c.index].image_ids),
+        loo_evaluated=c.evaluated, loo_recall=c.recall,
+        nearest_class_id=e[c.nearest_other].class_id if c.nearest_other is not None else None,
+        nearest_label=name(c.nearest_other), nearest_distance=c.nearest_other_distance,
+        spread=c.spread, warning=c.warning) for c in r.classes]
+    confusable = None
+    if r.confusable:
+        t, p, n = r.confusable
+        confusable = {"true": e[t].name, "predicted": e[p].name, "count": n}
+    closest = None
+    if r.closest_pair:
+        a, b, d = r.closest_pair
+        closest = {"a": e[a].name, "b": e[b].name, "distance": round(d, 4)}
+    return GroupReportPublic(group=group, loo_evaluated=r.evaluated, loo_accuracy=r.accuracy,
+                             most_confused=confusable, closest_pair=closest, classes=classes,
+                             warnings=[f"{c.label}: {c.warning}" for c in classes if c.warning])
