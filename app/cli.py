@@ -121,6 +121,18 @@ def evaluate(
     typer.echo((out / "evaluation.md").read_text())
 
 
+@cli.command()
+def reembed(batch: int = 32, prune: bool = typer.Option(
+        False, help="drop embeddings of other versions once every image has the new one")
+            ) -> None:
+    """Recompute every support image's embedding for the configured backbone
+    (batched, resumable, with a progress bar)."""
+    from app.services.reembed import reembed as run
+
+    done, left = run(get_settings(), batch=batch, prune=prune)
+    typer.echo(f"embedded {done} image(s); {left} still missing")
+
+
 def main() -> None:
     cli()
 

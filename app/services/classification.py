@@ -123,7 +123,9 @@ async def classify(
 
 async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float]:
     """Siamese same/different decision for two images."""
-    assert rt.backbone is not None and rt.batcher is not None and rt.siamese is not None
+    assert rt.backbone is not None and rt.batcher is not None
+    if rt.siamese is None:
+        raise Conflict(f"no Siamese model for {rt.backbone.version}", code="unavailable")
     parts = await read_parts([a, b], rt.settings)
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))

@@ -18,7 +18,7 @@ from app.settings import Settings
 from models.backbones import Backbone, create_backbone
 from models.calibration import CalibrationConfig
 from models.embedder import Embedder, make_embedder
-from models.methods import available_methods
+from models.methods import available_methods, create_method
 from models.methods.siamese import Siamese
 from storage import repositories as repo
 from storage.blobs import BlobStore
@@ -26,6 +26,20 @@ from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
 
 log = logging.getLogger("fsdi")
+
+
+def usable_methods(dim: int) -> list[str]:
+    """The registered methods whose shipped weights fit this embedding size."""
+    ok = []
+    for name in available_methods():
+        try:
+            create_method(name, dim=dim)
+        except (FileNotFoundError, RuntimeError) as exc:
+            log.warning("method %s is not available for %d-d embeddings: %s", name, dim,
+                        str(exc).splitlines()[0][:200])
+            continue
+        ok.append(name)
+    return ok
 
 
 def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
@@ -82,7 +96,20 @@ class Runtime:
             self.backbone = create_backbone(s_.backbone)
             self.embedder = make_embedder(self.backbone, s_.runtime,
                                           s_.resolved_model_cache, s_.threads)
-            self.siamese = Siamese(dim=self.backbone.metric_dim)
+            self.methods = usable_methods(self.backbone.metric_dim)
+            if s_.default_method not in self.methods:
+                raise ValueError(f"FSDI_DEFAULT_METHOD={s_.default_method!r} has no weights "
+                                 f"for {self.backbone.version}")
+            self.siamese = (Siamese(dim=self.backbone.metric_dim) if "siamese" in self.methods
+                            else None)
+            with self.sessions() as s:
+                missing = repo.count_images_missing_version(s, self.backbone.version)
+            if missing:
+                # Never mix embedding versions: classes would silently lose images.
+                self.failed = (f"{missing} support image(s) have no embedding for "
+                               f"{self.backbone.version}; run `fsdi reembed`")
+                log.error(self.failed)
+                return
             self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_))
             with self.sessions() as s:
                 removed = self.blobs.sweep(repo.all_referenced_digests(s))
@@ -94,7 +121,7 @@ class Runtime:
             log.info("ready: %s (%s), %d classes", self.backbone.version,
                      self.embedder.runtime, self.cache.class_count())
         except Exception as exc:
-            self.failed = f"{type(exc).__name__}"
+            self.failed = f"{type(exc).__name__}: see the service log"
             log.exception("start-up failed")
 
     def make_batcher(self) -> MicroBatcher:

@@ -20,7 +20,7 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request) -> Response | dict[str, object]:
     rt: Runtime = request.app.state.runtime
     if not rt.ready.is_set():
-        msg = f"start-up failed: {rt.failed}" if rt.failed else "loading"
+        msg = f"not ready: {rt.failed}" if rt.failed else "loading"
         return envelope(503, "not_ready", msg, {"Retry-After": "2"})
     assert rt.backbone is not None and rt.cache is not None
     return {"status": "ready", "model": rt.backbone.version,
