@@ -67,8 +67,8 @@ def group_report(support: np.ndarray, labels: np.ndarray) -> GroupReport:
     np.fill_diagonal(off, 0)
     confusable = None
     if off.max() > 0:
-        t, p = np.unravel_index(int(np.argmax(off)), off.shape)
-        confusable = (int(t), int(p), int(off[t, p]))
+        t, q = (int(v) for v in np.unravel_index(int(np.argmax(off)), off.shape))
+        confusable = (t, q, int(off[t, q]))
     closest = None
     if n_cls > 1:
         a, b = np.unravel_index(int(np.argmin(pd)), pd.shape)

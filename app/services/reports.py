@@ -26,11 +26,11 @@ def report_for(rt: Runtime, group: str) -> GroupReportPublic:
         nearest_class_id=e[c.nearest_other].class_id if c.nearest_other is not None else None,
         nearest_label=name(c.nearest_other), nearest_distance=c.nearest_other_distance,
         spread=c.spread, warning=c.warning) for c in r.classes]
-    confusable = None
+    confusable: dict[str, str | int] | None = None
     if r.confusable:
         t, p, n = r.confusable
         confusable = {"true": e[t].name, "predicted": e[p].name, "count": n}
-    closest = None
+    closest: dict[str, str | float] | None = None
     if r.closest_pair:
         a, b, d = r.closest_pair
         closest = {"a": e[a].name, "b": e[b].name, "distance": round(d, 4)}
