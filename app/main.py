@@ -21,6 +21,19 @@ from app.settings import Settings, get_settings
 STATIC = Path(__file__).parent / "static"
 
 
+async def sync_loop(runtime: Runtime) -> None:
+    """Keep this replica's prototype cache coherent with the others' writes."""
+    interval = runtime.settings.sync_interval_ms / 1000
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(runtime.sync_once)
+        except Exception:  # a database hiccup must not end the loop
+            logging.getLogger("fsdi").exception("replica sync failed; retrying")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     runtime = Runtime(settings)
@@ -30,9 +43,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loader = asyncio.get_running_loop().run_in_executor(None, runtime.load)
         batcher = runtime.make_batcher()
         await batcher.start()
+        sync = asyncio.create_task(sync_loop(runtime), name="fsdi-replica-sync")
         try:
             yield
         finally:
+            sync.cancel()
             await batcher.stop()
             await loader
             runtime.close()

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     page_size: int = 100
     max_name_length: int = 128
 
+    # Replicas sharing one database poll for each other's changes this often (0: off).
+    sync_interval_ms: int = Field(default=500, ge=0)
+    # Orphaned blobs are swept at start-up only once this old: another replica sharing
+    # the image volume may be between writing a blob and committing its row.
+    orphan_grace_s: float = Field(default=600, ge=0)
+
     # Micro-batching and overload.
     batch_max_size: int = Field(default=16, ge=1)
     batch_max_wait_ms: float = Field(default=2.0, ge=0)

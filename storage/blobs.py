@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -64,13 +65,25 @@ class BlobStore:
     def all_digests(self) -> set[str]:
         return {p.name for p in self.root.glob("??/??/*") if not p.name.startswith(".tmp-")}
 
-    def sweep(self, referenced: set[str]) -> int:
-        """Remove temp leftovers and blobs no row refers to (crash orphans)."""
+    def sweep(self, referenced: set[str], min_age_s: float = 0.0) -> int:
+        """Remove temp leftovers and blobs no row refers to (crash orphans) that are older
+        than `min_age_s`: a replica sharing this store may be mid-enrolment, its blob
+        written and its row not yet committed."""
+        cutoff = time.time() - min_age_s
         removed = 0
+
+        def old(p: Path) -> bool:
+            try:
+                return p.stat().st_mtime <= cutoff
+            except FileNotFoundError:
+                return False
+
         for p in self.root.glob("??/??/.tmp-*"):
-            p.unlink(missing_ok=True)
-            removed += 1
+            if old(p):
+                p.unlink(missing_ok=True)
+                removed += 1
         for digest in self.all_digests() - referenced:
-            self.delete(digest)
-            removed += 1
+            if old(self.path(digest)):
+                self.delete(digest)
+                removed += 1
         return removed

@@ -16,6 +16,7 @@ from storage.tables import (
     DefectClass,
     Embedding,
     Feedback,
+    GroupVersion,
     SupportImage,
     utcnow,
 )
@@ -133,6 +134,32 @@ def count_images_missing_version(s: Session, model_version: str) -> int:
 def drop_other_versions(s: Session, model_version: str) -> int:
     res = s.execute(delete(Embedding).where(Embedding.model_version != model_version))
     return int(getattr(res, "rowcount", 0) or 0)
+
+
+# ---- replica coherence ---------------------------------------------------------------
+
+
+def bump_group(s: Session, group: str) -> None:
+    """Atomic upsert: version += 1 (works on SQLite and PostgreSQL)."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        ins = pg_insert(GroupVersion).values(group_name=group, version=1)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        ins = sqlite_insert(GroupVersion).values(group_name=group, version=1)  # type: ignore[assignment]
+    s.execute(ins.on_conflict_do_update(index_elements=["group_name"],
+                                        set_={"version": GroupVersion.version + 1}))
+
+
+def group_versions(s: Session) -> dict[str, int]:
+    return {g: v for g, v in s.execute(select(GroupVersion.group_name, GroupVersion.version))}
+
+
+def classes_in_group(s: Session, group: str) -> Sequence[DefectClass]:
+    return list_classes(s, group)
 
 
 # ---- keys ------------------------------------------------------------------------------

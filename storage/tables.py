@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -124,6 +125,16 @@ class Feedback(Base):
     class_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class GroupVersion(Base):
+    """Bumped in the same transaction as every change to a group's support set; other
+    replicas poll it and reload the groups whose number moved."""
+
+    __tablename__ = "group_versions"
+
+    group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditEvent(Base):

@@ -116,7 +116,8 @@ def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarra
     bb = rt.backbone
     try:
         with rt.sessions.begin() as s:
-            if repo.get_class(s, class_id) is None:
+            cls = repo.get_class(s, class_id)
+            if cls is None:
                 raise NotFound(f"class {class_id} not found")
             rows = []
             for u, v in zip(uploads, vectors, strict=True):
@@ -130,6 +131,7 @@ def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarra
                 s.add(img)
                 rows.append(img)
             s.flush()
+            repo.bump_group(s, cls.group_name)
             for img in rows:
                 repo.audit(s, who.actor, "image.add",
                            f"class={class_id} image={img.id} sha256={img.sha256}")
@@ -157,6 +159,7 @@ async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
             raise NotFound(f"class {class_id} not found")
         group = c.group_name
         digests = repo.delete_class(s, c)
+        repo.bump_group(s, group)
         repo.audit(s, who.actor, "class.delete", f"id={class_id} group={group}")
     with rt.sessions() as s:
         rt.cache.refresh_class(s, class_id, group)
@@ -173,6 +176,7 @@ async def delete_image(rt: Runtime, class_id: int, image_id: int, who: Principal
         group = img.defect_class.group_name
         digest = img.sha256
         s.delete(img)
+        repo.bump_group(s, group)
         repo.audit(s, who.actor, "image.delete",
                    f"class={class_id} image={image_id} sha256={digest}")
     with rt.sessions() as s:

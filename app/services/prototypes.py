@@ -119,6 +119,19 @@ class PrototypeCache:
             self._entries = entries
             self._groups = {g: self._build(g, e) for g, e in entries.items()}
 
+    def refresh_group(self, s: Session, group: str) -> None:
+        """Re-read a whole group (another replica changed it)."""
+        classes = {c.id: c for c in repo.list_classes(s, group)}
+        by_class: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+        for emb in repo.embeddings_for(s, self.model_version, list(classes)):
+            ids, vecs = by_class.setdefault(emb.class_id, ([], []))
+            ids.append(emb.image_id)
+            vecs.append(emb.vector)
+        fresh = {cid: make_entry(cid, classes[cid].name, group, ids, vecs, self.calib)
+                 for cid, (ids, vecs) in by_class.items()}
+        with self._lock:
+            self._publish(group, fresh)
+
     def refresh_class(self, s: Session, class_id: int, group: str) -> None:
         """Re-read one class from the database and swap in its group's new snapshot."""
         cls = repo.get_class(s, class_id)

@@ -71,6 +71,7 @@ class Runtime:
                                               thread_name_prefix="fsdi-decode")
         self.methods = available_methods()
         self.siamese: Siamese | None = None
+        self._seen_versions: dict[str, int] = {}
         if settings.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
                              f"{', '.join(self.methods)}")
@@ -112,7 +113,9 @@ class Runtime:
                 return
             self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_))
             with self.sessions() as s:
-                removed = self.blobs.sweep(repo.all_referenced_digests(s))
+                self._seen_versions = repo.group_versions(s)  # before loading: never miss one
+                removed = self.blobs.sweep(repo.all_referenced_digests(s),
+                                           min_age_s=s_.orphan_grace_s)
                 if removed:
                     log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
                 self.cache.load_all(s)
@@ -123,6 +126,20 @@ class Runtime:
         except Exception as exc:
             self.failed = f"{type(exc).__name__}: see the service log"
             log.exception("start-up failed")
+
+    def sync_once(self) -> list[str]:
+        """Reload the groups another replica changed (their version number moved)."""
+        if not self.ready.is_set() or self.cache is None or self.sessions is None:
+            return []
+        with self.sessions() as s:
+            versions = repo.group_versions(s)
+            changed = [g for g, v in versions.items() if self._seen_versions.get(g) != v]
+            for g in changed:
+                self.cache.refresh_group(s, g)
+        self._seen_versions = versions
+        if changed:
+            self.metrics.classes.set(self.cache.class_count())
+        return changed
 
     def make_batcher(self) -> MicroBatcher:
         def embed(batch):  # type: ignore[no-untyped-def]
