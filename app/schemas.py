@@ -168,6 +168,22 @@ class FeedbackPublic(BaseModel):
     created_at: datetime
 
 
+class ConfusionCell(BaseModel):
+    predicted_class_id: int | None
+    predicted_label: str | None
+    true_class_id: int | None
+    true_label: str | None
+    count: int
+
+
+class FeedbackStats(BaseModel):
+    group: str | None
+    feedback: int
+    correct: int
+    wrong: int
+    confusion: list[ConfusionCell]
+
+
 class AuditPublic(BaseModel):
     id: int
     at: datetime

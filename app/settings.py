@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     page_size: int = 100
     max_name_length: int = 128
 
+    # Keep classified images (content-addressed, not fsynced) so an operator's correction
+    # can be promoted into the support set in one call.
+    keep_query_images: bool = True
+
     # Replicas sharing one database poll for each other's changes this often (0: off).
     sync_interval_ms: int = Field(default=500, ge=0)
     # Orphaned blobs are swept at start-up only once this old: another replica sharing

@@ -28,7 +28,7 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def put(self, data: bytes) -> tuple[str, bool]:
+    def put(self, data: bytes, durable: bool = True) -> tuple[str, bool]:
         """Store `data`; return (sha256, created) where created is False for a duplicate.
 
         Temp file + fsync + rename + directory fsync, so a crash leaves either the
@@ -44,11 +44,14 @@ class BlobStore:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        if not durable:
+            return digest, True
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

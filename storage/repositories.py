@@ -95,7 +95,17 @@ def sha_referenced(s: Session, digest: str) -> bool:
 
 
 def all_referenced_digests(s: Session) -> set[str]:
-    return set(s.scalars(select(SupportImage.sha256).distinct()))
+    """Support images, and classified images kept for feedback and promotion."""
+    support = set(s.scalars(select(SupportImage.sha256).distinct()))
+    return support | set(s.scalars(select(ClassificationResult.sha256).distinct()))
+
+
+def feedback_rows(s: Session, group: str | None) -> list[tuple[Feedback, ClassificationResult]]:
+    q = select(Feedback, ClassificationResult).join(
+        ClassificationResult, Feedback.result_id == ClassificationResult.id)
+    if group is not None:
+        q = q.where(ClassificationResult.group_name == group)
+    return [(f, r) for f, r in s.execute(q.order_by(Feedback.id)).tuples()]
 
 
 @dataclass(frozen=True)

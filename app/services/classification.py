@@ -106,6 +106,8 @@ async def classify(
     # Off the event loop: a durable commit waits for fsync.
     ids = await asyncio.to_thread(_store, rt, group, [u.filename for u in uploads], rows,
                                   name, who)
+    if rt.settings.keep_query_images:
+        await asyncio.to_thread(_keep, rt, [u.data for u in uploads])
     results = [
         Result(id=rid, filename=u.filename, unknown=unk, score=score, top_k=tops,
                label=None if unk else snap.entries[best].name,
@@ -132,6 +134,11 @@ async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float
     z = torch.from_numpy(np.ascontiguousarray(full[:, :rt.backbone.metric_dim]))
     p = rt.siamese.same_probability(z[0], z[1])
     return p >= 0.5, p
+
+
+def _keep(rt: Runtime, images: list[bytes]) -> None:
+    for data in images:
+        rt.blobs.put(data, durable=False)
 
 
 def _store(rt: Runtime, group: str, names: list[str], rows: list, method: str,

@@ -309,3 +309,30 @@ def test_enrolment_report(client: TestClient) -> None:
     by = {c["label"]: c for c in got["classes"]}
     assert by["grass-stain"]["loo_recall"] == 1.0 and by["grass-stain"]["warning"] is None
     assert client.get("/api/v1/groups/nope-none/report").status_code == 404
+
+
+def test_feedback_stats_and_promotion(client: TestClient) -> None:
+    grp = group()
+    ids = enrol(client, grp, shots=2)
+    q = as_files([("q1.png", sample("gravel", "hole", 8001)),
+                  ("q2.png", sample("grass", "stain", 8002))])
+    res = client.post("/api/v1/classify", params={"group": grp, "threshold": 4},
+                      files=q).json()["results"]
+    first = client.post("/api/v1/feedback", json={"result_id": res[0]["id"], "correct": True})
+    wrong = client.post("/api/v1/feedback", json={
+        "result_id": res[1]["id"], "correct": False, "class_id": ids["brick-scratch"]})
+    assert first.status_code == wrong.status_code == 201
+    st = client.get("/api/v1/feedback/stats", params={"group": grp}).json()
+    assert (st["feedback"], st["correct"], st["wrong"]) == (2, 1, 1)
+    cell = next(c for c in st["confusion"] if c["true_label"] == "brick-scratch")
+    assert cell["predicted_class_id"] == res[1]["class_id"] and cell["count"] == 1
+    op = {"Authorization": f"Bearer {new_key(client, 'operator')}"}
+    assert client.post(f"/api/v1/feedback/{wrong.json()['id']}/promote", headers=op
+                       ).status_code == 403
+    r = client.post(f"/api/v1/feedback/{wrong.json()['id']}/promote")
+    assert r.status_code == 201, r.text
+    assert r.json()["class"]["id"] == ids["brick-scratch"] and r.json()["class"]["image_count"] == 3
+    assert r.json()["images"][0]["original_name"] == "q2.png"
+    again = client.post(f"/api/v1/feedback/{wrong.json()['id']}/promote")
+    assert again.status_code == 409  # already in that class's support set
+    assert client.post("/api/v1/feedback/999999/promote").status_code == 404

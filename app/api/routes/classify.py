@@ -5,11 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
+from fastapi.responses import JSONResponse
 
-from app.api.deps import Classifier, Operator, RuntimeDep
+from app.api.deps import Admin, Classifier, IdPath, Operator, RuntimeDep
 from app.errors import NotFound, Unprocessable
-from app.schemas import ClassifyResponse, FeedbackCreate, FeedbackPublic, VerifyResponse
+from app.schemas import (
+    ClassifyResponse,
+    EnrolResponse,
+    FeedbackCreate,
+    FeedbackPublic,
+    FeedbackStats,
+    VerifyResponse,
+)
 from app.services import classification as svc
+from app.services import feedback as fb_svc
 from storage import repositories as repo
 from storage.tables import Feedback
 
@@ -37,6 +46,21 @@ async def verify(rt: RuntimeDep, _: Classifier, a: Annotated[UploadFile, File()]
     """Is this the same defect? The Siamese model's pair decision for images a and b."""
     same, score = await svc.verify(rt, a, b)
     return VerifyResponse(same=same, score=round(score, 6))
+
+
+@router.get("/feedback/stats", response_model=FeedbackStats)
+def feedback_stats(rt: RuntimeDep, _: Operator,
+                   group: Annotated[str | None, Query(max_length=64)] = None) -> FeedbackStats:
+    """Feedback counts and the (predicted, true) confusion cells, most frequent first."""
+    return fb_svc.stats(rt, group)
+
+
+@router.post("/feedback/{feedback_id}/promote", status_code=201)
+async def promote(feedback_id: IdPath, rt: RuntimeDep, who: Admin) -> JSONResponse:
+    """Add the image behind a feedback to the support set of its right class."""
+    images, cls = await fb_svc.promote(rt, feedback_id, who)
+    body = EnrolResponse(images=images, class_=cls).model_dump(mode="json", by_alias=True)
+    return JSONResponse(body, status_code=201)
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackPublic)

@@ -1,0 +1,55 @@
+"""Operator feedback: statistics, confusion, and promoting a corrected image."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from app.errors import Conflict, NotFound
+from app.schemas import ClassPublic, ConfusionCell, FeedbackStats, ImagePublic
+from app.services.enrolment import enrol_bytes
+from app.services.keys import Principal
+from app.services.runtime import Runtime
+from storage import repositories as repo
+from storage.tables import Feedback
+
+
+def stats(rt: Runtime, group: str | None) -> FeedbackStats:
+    assert rt.sessions is not None
+    with rt.sessions() as s:
+        rows = repo.feedback_rows(s, group)
+        names = {c.id: c.name for c in repo.list_classes(s, group)}
+    cells: Counter[tuple[int | None, int | None]] = Counter()
+    correct = 0
+    for fb, res in rows:
+        if fb.correct:
+            correct += 1
+        truth = res.class_id if fb.correct else fb.class_id
+        cells[(res.class_id, truth)] += 1
+    confusion = [ConfusionCell(predicted_class_id=p, predicted_label=names.get(p) if p else None,
+                               true_class_id=t, true_label=names.get(t) if t else None, count=n)
+                 for (p, t), n in sorted(cells.items(), key=lambda kv: -kv[1])]
+    return FeedbackStats(group=group, feedback=len(rows), correct=correct,
+                         wrong=len(rows) - correct, confusion=confusion)
+
+
+async def promote(rt: Runtime, feedback_id: int, who: Principal
+                  ) -> tuple[list[ImagePublic], ClassPublic]:
+    """Add the classified image behind a feedback to its right class's support set."""
+    assert rt.sessions is not None
+    with rt.sessions() as s:
+        fb = s.get(Feedback, feedback_id)
+        if fb is None:
+            raise NotFound(f"feedback {feedback_id} not found")
+        res = repo.get_result(s, fb.result_id)
+        assert res is not None
+        target = res.class_id if fb.correct else fb.class_id
+        sha, name = res.sha256, res.filename
+    if target is None:
+        raise Conflict("the operator confirmed an 'unknown' result: there is no class to "
+                       "promote it into", code="no_target_class")
+    if not rt.blobs.exists(sha):
+        raise Conflict("the classified image was not kept (FSDI_KEEP_QUERY_IMAGES=false)",
+                       code="image_not_kept")
+    data = await asyncio.to_thread(rt.blobs.get, sha)
+    return await enrol_bytes(rt, target, [(name, data)], who)
