@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import Admin, RuntimeDep
-from app.schemas import AuditList, AuditPublic
+from app.schemas import MAX_ID, AuditList, AuditPublic
 from storage import repositories as repo
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
 
 @router.get("", response_model=AuditList)
-def list_audit(rt: RuntimeDep, _: Admin, offset: Annotated[int, Query(ge=0)] = 0,
+def list_audit(rt: RuntimeDep, _: Admin, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> AuditList:
     n = min(limit or rt.settings.page_size, rt.settings.page_size)
     assert rt.sessions is not None
