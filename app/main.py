@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import audit, classes, classify, console, health, keys
+from app.api.routes import audit, classes, classify, console, health, keys, push
 from app.errors import install_handlers
 from app.middleware import BodyLimit, RequestMetrics
 from app.services.runtime import Runtime
@@ -44,10 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = runtime.make_batcher()
         await batcher.start()
         sync = asyncio.create_task(sync_loop(runtime), name="fsdi-replica-sync")
+        await runtime.pusher.start()
         try:
             yield
         finally:
             sync.cancel()
+            await runtime.pusher.stop()
             await batcher.stop()
             await loader
             runtime.close()
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_handlers(app)
     for r in (health.router, keys.router, classes.router, classify.router, audit.router,
-              console.router):
+              console.router, push.router):
         app.include_router(r)
 
     @app.get("/", include_in_schema=False)

@@ -168,6 +168,21 @@ class FeedbackPublic(BaseModel):
     created_at: datetime
 
 
+class PushConfig(Strict):
+    webhook_url: str | None = Field(default=None, max_length=2000,
+                                    pattern=r"^https?://[^\s]+$")
+    secret: str | None = Field(default=None, min_length=16, max_length=256)
+    mqtt_topic: str | None = Field(default=None, min_length=1, max_length=256,
+                                   pattern=r"^[^#+\s]+$")
+
+
+class PushPublic(BaseModel):
+    group: str
+    webhook_url: str | None
+    signed: bool
+    mqtt_topic: str | None
+
+
 class ConfusionCell(BaseModel):
     predicted_class_id: int | None
     predicted_label: str | None

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     # can be promoted into the support set in one call.
     keep_query_images: bool = True
 
+    # Result push: the MQTT broker (mqtt://host:port) for groups with an mqtt_topic, and
+    # the webhook delivery policy.
+    mqtt_url: str | None = None
+    push_queue_max: int = Field(default=1000, ge=1)
+    push_max_attempts: int = Field(default=5, ge=1, le=20)
+    push_backoff_s: float = Field(default=0.5, gt=0)
+
     # Replicas sharing one database poll for each other's changes this often (0: off).
     sync_interval_ms: int = Field(default=500, ge=0)
     # Orphaned blobs are swept at start-up only once this old: another replica sharing

@@ -17,6 +17,7 @@ from storage.tables import (
     Embedding,
     Feedback,
     GroupVersion,
+    PushTarget,
     SupportImage,
     utcnow,
 )
@@ -170,6 +171,10 @@ def group_versions(s: Session) -> dict[str, int]:
 
 def classes_in_group(s: Session, group: str) -> Sequence[DefectClass]:
     return list_classes(s, group)
+
+
+def push_targets(s: Session) -> Sequence[PushTarget]:
+    return s.scalars(select(PushTarget)).all()
 
 
 # ---- keys ------------------------------------------------------------------------------

@@ -137,6 +137,17 @@ class GroupVersion(Base):
     version: Mapped[int] = mapped_column(BigInteger)
 
 
+class PushTarget(Base):
+    """Where a group's classification results are pushed (webhook and/or MQTT topic)."""
+
+    __tablename__ = "push_targets"
+
+    group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    mqtt_topic: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
 class AuditEvent(Base):
     """Append-only log: who did what, when."""
 

@@ -114,13 +114,15 @@ async def classify(
                class_id=None if unk else snap.entries[best].class_id)
         for rid, u, (_, tops, unk, best, score) in zip(ids, uploads, rows, strict=True)
     ]
+    response = ClassifyResponse(results=results, model=ModelInfo(
+        backbone=rt.backbone.name, method=name, version=rt.backbone.version,
+        runtime=rt.embedder.runtime if rt.embedder else "none"))
+    rt.pusher.submit(group, {"group": group, **response.model_dump(mode="json")})
     m = rt.metrics
     m.images_classified.labels(group).inc(len(results))
     m.unknown.labels(group).inc(sum(r.unknown for r in results))
     m.classify_latency.observe(time.perf_counter() - t0)
-    return ClassifyResponse(results=results, model=ModelInfo(
-        backbone=rt.backbone.name, method=name, version=rt.backbone.version,
-        runtime=rt.embedder.runtime if rt.embedder else "none"))
+    return response
 
 
 async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float]:

@@ -14,6 +14,7 @@ from app.services.batcher import MicroBatcher
 from app.services.keys import bootstrap_admin
 from app.services.metrics import Metrics
 from app.services.prototypes import EmbeddingLayout, PrototypeCache
+from app.services.push import Pusher, Target
 from app.settings import Settings
 from models.backbones import Backbone, create_backbone
 from models.calibration import CalibrationConfig
@@ -72,6 +73,7 @@ class Runtime:
         self.methods = available_methods()
         self.siamese: Siamese | None = None
         self._seen_versions: dict[str, int] = {}
+        self.pusher = Pusher(settings)
         if settings.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
                              f"{', '.join(self.methods)}")
@@ -113,6 +115,7 @@ class Runtime:
                 return
             self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_))
             with self.sessions() as s:
+                self.load_push_targets(s)
                 self._seen_versions = repo.group_versions(s)  # before loading: never miss one
                 removed = self.blobs.sweep(repo.all_referenced_digests(s),
                                            min_age_s=s_.orphan_grace_s)
@@ -127,11 +130,16 @@ class Runtime:
             self.failed = f"{type(exc).__name__}: see the service log"
             log.exception("start-up failed")
 
+    def load_push_targets(self, s: Session) -> None:
+        self.pusher.targets = {t.group_name: Target(t.webhook_url, t.webhook_secret,
+                                                    t.mqtt_topic) for t in repo.push_targets(s)}
+
     def sync_once(self) -> list[str]:
         """Reload the groups another replica changed (their version number moved)."""
         if not self.ready.is_set() or self.cache is None or self.sessions is None:
             return []
         with self.sessions() as s:
+            self.load_push_targets(s)
             versions = repo.group_versions(s)
             changed = [g for g, v in versions.items() if self._seen_versions.get(g) != v]
             for g in changed:

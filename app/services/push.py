@@ -1,0 +1,127 @@
+"""Result push for PLCs and MES systems: signed webhooks with retries, and MQTT.
+
+Classification never waits for a push: results go into a bounded queue that one worker
+drains. Webhook bodies are signed: `X-FSDI-Signature: sha256=<hex HMAC-SHA256 of
+"<timestamp>.<body>" with the group's secret>` and `X-FSDI-Timestamp`. Failed deliveries
+are retried with exponential backoff; a full queue drops the oldest result and counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from app.settings import Settings
+
+log = logging.getLogger("fsdi.push")
+
+
+@dataclass(frozen=True)
+class Target:
+    webhook_url: str | None
+    webhook_secret: str | None
+    mqtt_topic: str | None
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class Pusher:
+    def __init__(self, settings: Settings, on_drop: Any = None) -> None:
+        self.settings = settings
+        self.targets: dict[str, Target] = {}
+        self._queue: asyncio.Queue[tuple[Target, bytes]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._mqtt: Any = None
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(self.settings.push_queue_max)
+        self._task = asyncio.create_task(self._run(), name="fsdi-push")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        if self._mqtt is not None:
+            self._mqtt.loop_stop()
+            self._mqtt.disconnect()
+
+    def submit(self, group: str, payload: dict[str, Any]) -> None:
+        target = self.targets.get(group)
+        if target is None or self._queue is None:
+            return
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait((target, body))
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
+            while True:
+                target, body = await self._queue.get()
+                if target.mqtt_topic:
+                    await asyncio.to_thread(self._publish, target.mqtt_topic, body)
+                if target.webhook_url:
+                    await self._post(client, target, body)
+
+    async def _post(self, client: httpx.AsyncClient, target: Target, body: bytes) -> None:
+        assert target.webhook_url
+        delay = self.settings.push_backoff_s
+        for attempt in range(1, self.settings.push_max_attempts + 1):
+            ts = str(int(time.time()))
+            headers = {"Content-Type": "application/json", "X-FSDI-Timestamp": ts}
+            if target.webhook_secret:
+                headers["X-FSDI-Signature"] = sign(target.webhook_secret, ts, body)
+            try:
+                r = await client.post(target.webhook_url, content=body, headers=headers)
+                if r.status_code < 300:
+                    self.delivered += 1
+                    return
+                reason = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+            log.warning("webhook attempt %d/%d failed (%s)", attempt,
+                        self.settings.push_max_attempts, reason)
+            if attempt < self.settings.push_max_attempts:
+                await asyncio.sleep(delay)
+                delay *= 2
+        self.failed += 1
+
+    def _publish(self, topic: str, body: bytes) -> None:
+        try:
+            client = self._mqtt_client()
+            client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
+            self.delivered += 1
+        except Exception:
+            self.failed += 1
+            log.exception("MQTT publish to %s failed", topic)
+
+    def _mqtt_client(self) -> Any:
+        if self._mqtt is None:
+            import paho.mqtt.client as mqtt
+
+            if not self.settings.mqtt_url:
+                raise RuntimeError("FSDI_MQTT_URL is not set")
+            u = urlparse(self.settings.mqtt_url)
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fsdi-push")
+            if u.username:
+                c.username_pw_set(u.username, u.password)
+            c.connect(u.hostname or "127.0.0.1", u.port or 1883)
+            c.loop_start()
+            self._mqtt = c
+        return self._mqtt
