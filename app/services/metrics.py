@@ -25,5 +25,9 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
         self.queue_depth = Gauge("fsdi_queue_images", "Images waiting for inference",
                                  registry=r)
+        self.push = Counter("fsdi_push_total", "Result pushes by channel and outcome",
+                            ["channel", "outcome"], registry=r)
+        self.feedback = Counter("fsdi_feedback_total", "Operator verdicts", ["correct"],
+                                registry=r)
         self.classes = Gauge("fsdi_classes_cached", "Classes in the prototype cache",
                              registry=r)

@@ -38,8 +38,9 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class Pusher:
-    def __init__(self, settings: Settings, on_drop: Any = None) -> None:
+    def __init__(self, settings: Settings, counter: Any = None) -> None:
         self.settings = settings
+        self.counter = counter  # prometheus Counter with labels (channel, outcome)
         self.targets: dict[str, Target] = {}
         self._queue: asyncio.Queue[tuple[Target, bytes]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -67,6 +68,7 @@ class Pusher:
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
+            self._count("queue", "dropped")
         self._queue.put_nowait((target, body))
 
     async def _run(self) -> None:
@@ -91,25 +93,34 @@ class Pusher:
                 r = await client.post(target.webhook_url, content=body, headers=headers)
                 if r.status_code < 300:
                     self.delivered += 1
+                    self._count("webhook", "delivered")
                     return
                 reason = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
                 reason = type(exc).__name__
+            self._count("webhook", "retry")
             log.warning("webhook attempt %d/%d failed (%s)", attempt,
                         self.settings.push_max_attempts, reason)
             if attempt < self.settings.push_max_attempts:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.failed += 1
+        self._count("webhook", "failed")
 
     def _publish(self, topic: str, body: bytes) -> None:
         try:
             client = self._mqtt_client()
             client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
             self.delivered += 1
+            self._count("mqtt", "delivered")
         except Exception:
             self.failed += 1
+            self._count("mqtt", "failed")
             log.exception("MQTT publish to %s failed", topic)
+
+    def _count(self, channel: str, outcome: str) -> None:
+        if self.counter is not None:
+            self.counter.labels(channel, outcome).inc()
 
     def _mqtt_client(self) -> Any:
         if self._mqtt is None:

@@ -73,7 +73,7 @@ class Runtime:
         self.methods = available_methods()
         self.siamese: Siamese | None = None
         self._seen_versions: dict[str, int] = {}
-        self.pusher = Pusher(settings)
+        self.pusher = Pusher(settings, self.metrics.push)
         if settings.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
                              f"{', '.join(self.methods)}")

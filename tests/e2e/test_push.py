@@ -120,3 +120,19 @@ def test_results_are_published_to_mqtt(server) -> None:  # type: ignore[no-untyp
     finally:
         sub.loop_stop()
         sub.disconnect()
+
+
+def test_push_outcomes_are_metrics(server) -> None:  # type: ignore[no-untyped-def]
+    srv, c = server
+    c.put("/api/v1/groups/line7/push", json={"webhook_url": "http://127.0.0.1:9/closed"})
+    classify(c)
+    deadline = time.monotonic() + 15
+    while 'fsdi_push_total{channel="webhook",outcome="retry"}' not in httpx.get(
+            srv.url + "/metrics").text:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    text = httpx.get(srv.url + "/metrics").text
+    for name in ("fsdi_requests_total", "fsdi_classify_seconds", "fsdi_images_classified_total",
+                 "fsdi_unknown_total", "fsdi_images_enrolled_total", "fsdi_batch_size",
+                 "fsdi_queue_images", "fsdi_classes_cached"):
+        assert name in text, name

@@ -81,6 +81,7 @@ def feedback(body: FeedbackCreate, rt: RuntimeDep, who: Operator) -> FeedbackPub
         fb = repo.add_feedback(s, Feedback(result_id=res.id, correct=body.correct,
                                            class_id=body.class_id, key_id=who.key_id))
         s.flush()
+        rt.metrics.feedback.labels(str(body.correct).lower()).inc()
         repo.audit(s, who.actor, "feedback", f"result={res.id} correct={body.correct} "
                    f"class={body.class_id}")
         return FeedbackPublic(id=fb.id, result_id=fb.result_id, correct=fb.correct,

@@ -1,0 +1,55 @@
+"""What can be checked of the Docker files without a Docker engine: the command they run
+exists, every setting they pass is a real setting, the image runs as non-root with a
+readiness healthcheck, and base images are pinned."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.settings import Settings
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
+
+def test_dockerfile_runs_fsdi_serve_as_non_root_with_readiness_check() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    base = re.search(r"^FROM (\S+)", text, re.M)
+    assert base and re.search(r":\d+\.\d+", base.group(1)), "pin the base image"
+    assert re.search(r"^USER (?!root)\S+", text, re.M)
+    assert "/readyz" in text.split("HEALTHCHECK", 1)[1]
+    cmd = re.search(r'^CMD \[(.*)\]', text, re.M)
+    assert cmd
+    argv = [a.strip().strip('"') for a in cmd.group(1).split(",")]
+    assert argv[:2] == ["fsdi", "serve"]
+    help_text = CliRunner().invoke(cli, ["serve", "--help"]).output
+    for flag in (a for a in argv[2:] if a.startswith("--")):
+        assert flag in help_text
+    for copied in re.findall(r"^COPY (\S+)", text, re.M):
+        assert (DOCKER.parent / copied).exists(), copied
+
+
+def test_compose_passes_only_real_settings() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    fields = {f"FSDI_{name.upper()}" for name in Settings.model_fields}
+    services = compose["services"]
+    replicas = [s for n, s in services.items() if n.startswith("fsdi")]
+    assert len(replicas) >= 2
+    for svc in replicas:
+        env = svc["environment"]
+        assert set(env) <= fields, set(env) - fields
+        assert env["FSDI_DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert any(v.endswith(":/data") for v in svc["volumes"])
+    assert re.search(r":\d+", services["db"]["image"]), "pin the PostgreSQL image"
+
+
+def test_settings_refuse_a_short_admin_key() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        Settings(admin_key="short")
