@@ -74,6 +74,8 @@ class Runtime:
         self.siamese: Siamese | None = None
         self._seen_versions: dict[str, int] = {}
         self.pusher = Pusher(settings, self.metrics.push)
+        self._push_lock = threading.Lock()
+        self._push_generation = 0
         if settings.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
                              f"{', '.join(self.methods)}")
@@ -130,16 +132,24 @@ class Runtime:
             self.failed = f"{type(exc).__name__}: see the service log"
             log.exception("start-up failed")
 
-    def load_push_targets(self, s: Session) -> None:
-        self.pusher.targets = {t.group_name: Target(t.webhook_url, t.webhook_secret,
-                                                    t.mqtt_topic) for t in repo.push_targets(s)}
+    def load_push_targets(self, s: Session, generation: int | None = None) -> None:
+        """Replace the push targets from the database. A background reader passes the
+        generation it started at, so a stale read never overwrites a newer local change."""
+        targets = {t.group_name: Target(t.webhook_url, t.webhook_secret, t.mqtt_topic)
+                   for t in repo.push_targets(s)}
+        with self._push_lock:
+            if generation is not None and generation != self._push_generation:
+                return
+            self._push_generation += 1
+            self.pusher.targets = targets
 
     def sync_once(self) -> list[str]:
         """Reload the groups another replica changed (their version number moved)."""
         if not self.ready.is_set() or self.cache is None or self.sessions is None:
             return []
+        generation = self._push_generation
         with self.sessions() as s:
-            self.load_push_targets(s)
+            self.load_push_targets(s, generation)
             versions = repo.group_versions(s)
             changed = [g for g, v in versions.items() if self._seen_versions.get(g) != v]
             for g in changed:

@@ -38,6 +38,7 @@ def set_push(group: Group, body: PushConfig, rt: RuntimeDep, who: Admin) -> Push
                    f"mqtt={body.mqtt_topic}")
         s.flush()
         out = _public(t)
+    with rt.sessions() as s:  # after the commit
         rt.load_push_targets(s)
     return out
 
@@ -61,6 +62,6 @@ def delete_push(group: Group, rt: RuntimeDep, who: Admin) -> Response:
             raise NotFound(f"group {group!r} has no push target")
         s.delete(t)
         repo.audit(s, who.actor, "push.delete", f"group={group}")
-        s.flush()
+    with rt.sessions() as s:
         rt.load_push_targets(s)
     return Response(status_code=204)
