@@ -199,3 +199,17 @@ def test_audit_log_is_admin_only_paged_and_append_only(client: TestClient) -> No
         conn.execute(text("UPDATE audit_events SET actor = 'x'"))
     with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_events"))
+
+
+def test_chunked_body_over_the_limit_is_cut_off_while_streaming(client: TestClient) -> None:
+    """No Content-Length: the limit is enforced on the bytes as they arrive."""
+    sent = [0]
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(64):  # 64 x 128 KiB = 8 MiB, over the test limit of 4 MiB
+            sent[0] += 1
+            yield b"x" * (128 * 1024)
+
+    r = client.post("/api/v1/classify", content=chunks(),
+                    headers={"Content-Type": "multipart/form-data; boundary=zzz"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large"

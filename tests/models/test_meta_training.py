@@ -86,3 +86,20 @@ def test_small_real_meta_training_lowers_loss_and_resumes(tmp_path: Path) -> Non
     write_reports(rows, tmp_path / "eval")
     assert (tmp_path / "eval" / "evaluation.png").stat().st_size > 1000
     assert "| toy | head |" in (tmp_path / "eval" / "evaluation.md").read_text()
+
+
+def test_image_folder_source(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from models.data.sources import image_folder
+
+    for cls, shade in (("dent", 40), ("scratch", 200)):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.new("RGB", (50, 30), (shade + i, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "scratch" / "notes.txt").write_text("not an image")
+    x, y, names = image_folder(tmp_path, size=32)
+    assert names == ["dent", "scratch"] and x.shape == (6, 32, 32) and list(y) == [0] * 3 + [1] * 3
+    s = EpisodeSampler(y, 2, 1, 2, seed=0)
+    ep = s.sample()
+    assert len(ep.support) == 2 and len(ep.query) == 4
