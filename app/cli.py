@@ -59,6 +59,7 @@ def train(
     episodes: int = 1500, seed: int = 0, l2sp: float = 0.1,
     task_aug: str = typer.Option("invert", help="invert or none"),
     synth_per_class: int = 150, fmnist_per_class: int = 200,
+    augment_views: int = typer.Option(0, help="augmented copies of each meta-train image"),
     resume: bool = typer.Option(True, help="continue from OUT.ckpt.pt if present"),
     method: str = typer.Option("protonet", help="protonet trains the backbone's head; any "
                                "other registered method trains its own meta-parameters "
@@ -70,7 +71,8 @@ def train(
     from models.train import train as run
 
     cfg = TrainConfig(episodes=episodes, seed=seed, l2sp=l2sp, task_aug=task_aug,
-                      synth_per_class=synth_per_class, fmnist_per_class=fmnist_per_class)
+                      synth_per_class=synth_per_class, fmnist_per_class=fmnist_per_class,
+                      augment_views=augment_views)
     if method == "protonet":
         path = run(cfg, out, cache, resume=resume)
         typer.echo(f"wrote {path} (log: {path.with_suffix('.log.jsonl')})")

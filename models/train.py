@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import trange
 
 from models.data import synthetic
@@ -39,13 +41,15 @@ class TrainConfig:
     synth_per_class: int = 150
     fmnist_per_class: int = 200
     task_aug: str = "invert"  # or "none"
+    augment_views: int = 0  # augmented copies of each meta-train image (measured: hurts)
     # L2-SP (Li et al., ICML 2018): pull the head towards its initial, geometry-preserving
     # projection, so meta-training on a few defect types cannot forget the general features.
     l2sp: float = 0.1
     checkpoint_every: int = 250
 
     def data_key(self) -> str:
-        d = (self.synth_per_class, self.fmnist_per_class, self.task_aug, self.seed)
+        d = (self.synth_per_class, self.fmnist_per_class, self.task_aug, self.seed,
+             self.augment_views)
         return hashlib.sha256(repr(d).encode()).hexdigest()[:12]
 
 
@@ -64,37 +68,77 @@ def random_trunk(seed: int) -> torch.nn.Module:
     return net.eval()
 
 
-def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
-                 ) -> dict[str, np.ndarray]:
-    """Descriptors and labels of every split, cached on disk by the data settings."""
-    from models.backbones import PreprocessConfig
+def augment(imgs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Label-preserving views a line camera produces: flips, quarter turns, gain, gamma,
+    a small shift and sensor noise. (N, H, W) uint8 -> same."""
+    out = np.empty_like(imgs)
+    for i, a in enumerate(imgs):
+        x = np.rot90(a, int(rng.integers(4)))
+        if rng.random() < 0.5:
+            x = x[:, ::-1]
+        x = np.roll(x, tuple(int(v) for v in rng.integers(-8, 9, 2)), axis=(0, 1))
+        f = (x.astype(np.float32) / 255) ** rng.uniform(0.8, 1.25) * rng.uniform(0.8, 1.2)
+        f = f * 255 + rng.normal(0, rng.uniform(0, 4), f.shape)
+        out[i] = np.clip(f, 0, 255).astype(np.uint8)
+    return out
 
-    tag = "random" if random_init else "imagenet"
-    path = cache_dir / f"features-{tag}-{cfg.data_key()}.npz"
+
+def _cached(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if path.is_file():
         return dict(np.load(path))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    pre = PreprocessConfig()
-    trunk = random_trunk(cfg.seed) if random_init else imagenet_trunk()
-    out: dict[str, np.ndarray] = {}
-    sets = {
-        "synth_eval": synthetic.make_set(synthetic.EVAL_TYPES, cfg.synth_per_class,
-                                         cfg.seed + 1),
-        "fmnist_eval": fashion_mnist(FMNIST_EVAL, cfg.fmnist_per_class, cfg.seed + 3)[:2] + ([],),
-    }
-    if not random_init:
-        imgs, lab, _ = synthetic.make_set(synthetic.TRAIN_TYPES, cfg.synth_per_class, cfg.seed)
-        if cfg.task_aug == "invert":
-            imgs = np.concatenate([imgs, 255 - imgs])
-            lab = np.concatenate([lab, lab + len(synthetic.TRAIN_TYPES)])
-        sets["synth_train"] = (imgs, lab, [])
-        sets["fmnist_train"] = fashion_mnist(FMNIST_TRAIN, cfg.fmnist_per_class, cfg.seed + 2
-                                             )[:2] + ([],)
-    for name, (imgs, lab, _) in sets.items():
-        out[f"{name}_x"] = descriptors(trunk, imgs, pre, desc=f"{tag}:{name}")
-        out[f"{name}_y"] = lab
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = build()
     np.savez(path, **out)  # type: ignore[arg-type]
     return out
+
+
+def _descriptors(trunk: torch.nn.Module, sets: dict[str, tuple[np.ndarray, np.ndarray]],
+                 tag: str) -> dict[str, np.ndarray]:
+    from models.backbones import PreprocessConfig
+
+    out: dict[str, np.ndarray] = {}
+    for name, (imgs, lab) in sets.items():
+        out[f"{name}_x"] = descriptors(trunk, imgs, PreprocessConfig(), desc=f"{tag}:{name}")
+        out[f"{name}_y"] = lab
+    return out
+
+
+def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
+                 ) -> dict[str, np.ndarray]:
+    """Descriptors and labels of the evaluation splits and (ImageNet trunk only) the
+    meta-train splits, cached on disk by the settings each depends on."""
+    tag = "random" if random_init else "imagenet"
+    ekey = hashlib.sha256(repr((cfg.synth_per_class, cfg.fmnist_per_class, cfg.seed)
+                               ).encode()).hexdigest()[:12]
+
+    def eval_sets() -> dict[str, np.ndarray]:
+        trunk = random_trunk(cfg.seed) if random_init else imagenet_trunk()
+        return _descriptors(trunk, {
+            "synth_eval": synthetic.make_set(synthetic.EVAL_TYPES, cfg.synth_per_class,
+                                             cfg.seed + 1)[:2],
+            "fmnist_eval": fashion_mnist(FMNIST_EVAL, cfg.fmnist_per_class, cfg.seed + 3)[:2],
+        }, tag)
+
+    out = _cached(cache_dir / f"eval-{tag}-{ekey}.npz", eval_sets)
+    if random_init:
+        return out
+
+    def train_sets() -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(cfg.seed + 99)
+        imgs, lab, _ = synthetic.make_set(synthetic.TRAIN_TYPES, cfg.synth_per_class, cfg.seed)
+        if cfg.task_aug == "invert":  # each class's polarity twin is a new class
+            imgs = np.concatenate([imgs, 255 - imgs])
+            lab = np.concatenate([lab, lab + len(synthetic.TRAIN_TYPES)])
+        fm, fl, _ = fashion_mnist(FMNIST_TRAIN, cfg.fmnist_per_class, cfg.seed + 2)
+        fm = np.stack([np.asarray(Image.fromarray(a).resize((224, 224), Image.Resampling.BILINEAR))
+                       for a in fm])
+        sets = {"synth_train": (imgs, lab), "fmnist_train": (fm, fl)}
+        for name, (x, y) in list(sets.items()):  # extra augmented views, same labels
+            views = [x] + [augment(x, rng) for _ in range(cfg.augment_views)]
+            sets[name] = (np.concatenate(views), np.tile(y, len(views)))
+        return _descriptors(imagenet_trunk(), sets, tag)
+
+    return out | _cached(cache_dir / f"train-{cfg.data_key()}.npz", train_sets)
 
 
 def protonet_loss(head: ProjectionHead, log_t: torch.Tensor, feats: torch.Tensor,
