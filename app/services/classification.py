@@ -70,8 +70,7 @@ async def classify(
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
     q = np.ascontiguousarray(full[:, :rt.backbone.metric_dim])
-    app_dist = (euclidean(full[:, rt.backbone.metric_dim:], snap.app_prototypes, snap.app_sq)
-                if snap.app_prototypes is not None else None)
+    appearance = full[:, rt.backbone.metric_dim:]
     if name != "protonet" and name not in snap.fitted:
         # Adapt once per (group, support-set version), off the event loop.
         await asyncio.to_thread(fitted_method, snap, name)
@@ -99,9 +98,12 @@ async def classify(
                              threshold=round(thr, 6), evidence=ev))
         best = int(order[0])
         unknown = bool(proto_dist[i, best] > tops[0].threshold)
-        if app_dist is not None and snap.app_thresholds is not None and threshold is None:
+        if snap.app_prototypes is not None and snap.app_thresholds is not None \
+                and threshold is None and not unknown:
             # Unlike the winning class's overall look: reject, whatever the ranking says.
-            unknown = unknown or bool(app_dist[i, best] > snap.app_thresholds[best])
+            # Only the winner's distance is needed, so 10,000 classes cost no more here.
+            d_app = float(np.linalg.norm(appearance[i] - snap.app_prototypes[best]))
+            unknown = d_app > float(snap.app_thresholds[best])
         rows.append((u.sha256, tops, unknown, best, tops[0].score))
     # Off the event loop: a durable commit waits for fsync.
     ids = await asyncio.to_thread(_store, rt, group, [u.filename for u in uploads], rows,

@@ -42,7 +42,6 @@ class GroupSnapshot:
     proto_sq: np.ndarray  # (C,) squared norms, so a request reads the prototypes once
     app_prototypes: np.ndarray | None = None  # (C, Da)
     app_thresholds: np.ndarray | None = None  # (C,)
-    app_sq: np.ndarray | None = None  # (C,)
     # Fitted methods for this exact support set, filled lazily (idempotent).
     fitted: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -173,5 +172,4 @@ class PrototypeCache:
             return snap
         app = np.stack([e.app_prototype for e in ordered]).astype(np.float32)  # type: ignore[misc]
         return replace(snap, app_prototypes=app,
-                       app_thresholds=np.asarray([e.app_threshold for e in ordered], np.float32),
-                       app_sq=np.einsum("cd,cd->c", app, app))
+                       app_thresholds=np.asarray([e.app_threshold for e in ordered], np.float32))
