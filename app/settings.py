@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +14,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str | None = None
-    admin_key: str | None = Field(default=None, min_length=16)
+    # The bootstrap admin key. There is no default secret: unset, `fsdi serve` generates
+    # one on first start. A short key works (operators script with what they have) but is
+    # warned about at start-up.
+    admin_key: str | None = Field(default=None, max_length=512)
 
     model_cache_dir: Path | None = None  # exported ONNX files; default data_dir/onnx
     backbone: str = "fsdi_lite0_meta"
@@ -68,6 +71,12 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     queue_max_images: int = Field(default=512, ge=1)
     decode_workers: int = Field(default=2, ge=1)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _blank_is_unset(cls, v: str | None) -> str | None:
+        v = v.strip() if v else v
+        return v or None
 
     @property
     def resolved_model_cache(self) -> Path:

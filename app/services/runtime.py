@@ -92,6 +92,8 @@ class Runtime:
             if self.engine is None:
                 self.open_database()
             assert self.sessions is not None
+            if self.settings.admin_key and len(self.settings.admin_key) < 16:
+                log.warning("FSDI_ADMIN_KEY is shorter than 16 characters: easy to guess")
             with self.sessions.begin() as s:
                 key = bootstrap_admin(s, self.settings)
                 if key:
