@@ -112,13 +112,14 @@ def evaluate(
     data, rand = feature_sets(cfg, cache), feature_sets(cfg, cache, random_init=True)
     embed = head_embed(head)
     emb, labels = {}, {}
-    for b in ("synth_eval", "fmnist_eval"):
+    for b in ("synth_eval", "fmnist_eval", "binary_eval"):
         emb[b] = {"fsdi_lite0_meta": embed(data[f"{b}_x"]),
                   "imagenet_global_pool": unit(data[f"{b}_x"][:, :1280]),
                   "random_init_global_pool": unit(rand[f"{b}_x"][:, :1280])}
         labels[b] = data[f"{b}_y"]
+    # binary_eval: OK vs defective (held-out defect types), 2-way, inside one surface.
     rows = run(emb, labels, tuple(int(s) for s in shots.split(",")), episodes, 5, 15,
-               seed + 1000)
+               seed + 1000, setup={"binary_eval": (2, data["binary_eval_g"])})
     write_reports(rows, out)
     typer.echo((out / "evaluation.md").read_text())
 

@@ -57,19 +57,24 @@ def head_embed(path: Path) -> Embed:
 
 
 def evaluate(embeddings: dict[str, dict[str, np.ndarray]], labels: dict[str, np.ndarray],
-             shots: tuple[int, ...], episodes: int, n_way: int, q_query: int, seed: int
+             shots: tuple[int, ...], episodes: int, n_way: int, q_query: int, seed: int,
+             setup: dict[str, tuple[int, np.ndarray | None]] | None = None,
              ) -> list[dict[str, object]]:
-    """embeddings[bench][name] -> (N, D); returns one row per (bench, shots, name)."""
+    """embeddings[bench][name] -> (N, D); returns one row per (bench, shots, name).
+    `setup[bench]` = (n_way, groups) overrides the way count and draws each episode
+    inside one group (e.g. one surface)."""
     rows = []
     for bench, by_name in embeddings.items():
+        ways, groups = (setup or {}).get(bench, (n_way, None))
         for k in shots:
             for name, z in tqdm(by_name.items(), desc=f"{bench} {k}-shot", leave=False):
                 # The same seed gives every embedding the same episodes.
-                sampler = EpisodeSampler(labels[bench], n_way, k, q_query, seed + k)
+                sampler = EpisodeSampler(labels[bench], ways, k, q_query, seed + k,
+                                         groups=groups)
                 m, ci = mean_ci(episode_accuracy(z, sampler, episodes))
                 rows.append({"benchmark": bench, "shots": k, "embedding": name,
                              "accuracy": round(m, 4), "ci95": round(ci, 4),
-                             "episodes": episodes, "n_way": n_way})
+                             "episodes": episodes, "n_way": ways})
     return rows
 
 

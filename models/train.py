@@ -42,6 +42,9 @@ class TrainConfig:
     fmnist_per_class: int = 200
     task_aug: str = "invert"  # or "none"
     augment_views: int = 0  # augmented copies of each meta-train image (measured: hurts)
+    # Same-surface episodes (one part, several defect types), the factory's real task:
+    # images per (surface, type); 0 leaves this source out.
+    surface_per_class: int = 0  # measured: no gain (MODEL_CARD.md)
     # L2-SP (Li et al., ICML 2018): pull the head towards its initial, geometry-preserving
     # projection, so meta-training on a few defect types cannot forget the general features.
     l2sp: float = 0.1
@@ -49,7 +52,7 @@ class TrainConfig:
 
     def data_key(self) -> str:
         d = (self.synth_per_class, self.fmnist_per_class, self.task_aug, self.seed,
-             self.augment_views)
+             self.augment_views, self.surface_per_class)
         return hashlib.sha256(repr(d).encode()).hexdigest()[:12]
 
 
@@ -113,13 +116,17 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
 
     def eval_sets() -> dict[str, np.ndarray]:
         trunk = random_trunk(cfg.seed) if random_init else imagenet_trunk()
-        return _descriptors(trunk, {
+        bx, by, bg = synthetic.make_binary_set(synthetic.EVAL_TYPES, 30, cfg.seed + 4)
+        out = _descriptors(trunk, {
             "synth_eval": synthetic.make_set(synthetic.EVAL_TYPES, cfg.synth_per_class,
                                              cfg.seed + 1)[:2],
             "fmnist_eval": fashion_mnist(FMNIST_EVAL, cfg.fmnist_per_class, cfg.seed + 3)[:2],
+            "binary_eval": (bx, by),
         }, tag)
+        out["binary_eval_g"] = bg
+        return out
 
-    out = _cached(cache_dir / f"eval-{tag}-{ekey}.npz", eval_sets)
+    out = _cached(cache_dir / f"eval2-{tag}-{ekey}.npz", eval_sets)
     if random_init:
         return out
 
@@ -136,7 +143,15 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
         for name, (x, y) in list(sets.items()):  # extra augmented views, same labels
             views = [x] + [augment(x, rng) for _ in range(cfg.augment_views)]
             sets[name] = (np.concatenate(views), np.tile(y, len(views)))
-        return _descriptors(imagenet_trunk(), sets, tag)
+        groups = None
+        if cfg.surface_per_class:
+            sx, sy, groups = synthetic.make_surface_set(synthetic.TRAIN_TYPES,
+                                                        cfg.surface_per_class, cfg.seed + 5)
+            sets["surface_train"] = (sx, sy)
+        out = _descriptors(imagenet_trunk(), sets, tag)
+        if groups is not None:
+            out["surface_train_g"] = groups
+        return out
 
     return out | _cached(cache_dir / f"train-{cfg.data_key()}.npz", train_sets)
 
@@ -161,8 +176,12 @@ def train(cfg: TrainConfig, out: Path, cache_dir: Path, resume: bool = True,
 
     torch.manual_seed(cfg.seed)
     data = feature_sets(cfg, cache_dir)
-    sources = [(torch.from_numpy(data["synth_train_x"]), data["synth_train_y"]),
-               (torch.from_numpy(data["fmnist_train_x"]), data["fmnist_train_y"])]
+    sources: list[tuple[torch.Tensor, np.ndarray, np.ndarray | None]] = [
+        (torch.from_numpy(data["synth_train_x"]), data["synth_train_y"], None),
+        (torch.from_numpy(data["fmnist_train_x"]), data["fmnist_train_y"], None)]
+    if "surface_train_x" in data:
+        sources.append((torch.from_numpy(data["surface_train_x"]), data["surface_train_y"],
+                        data["surface_train_g"]))
     head = ProjectionHead(out_dim=cfg.out_dim)
     head.set_statistics(torch.cat([s[0] for s in sources]))
     w0 = head.proj.weight.detach().clone()
@@ -178,8 +197,8 @@ def train(cfg: TrainConfig, out: Path, cache_dir: Path, resume: bool = True,
         log_t.data.copy_(state["log_t"])
         opt.load_state_dict(state["opt"])
         start = int(state["episode"])
-    samplers = [EpisodeSampler(y, cfg.n_way, cfg.k_shot, cfg.q_query, cfg.seed + 10 * i + start)
-                for i, (_, y) in enumerate(sources)]
+    samplers = [EpisodeSampler(y, cfg.n_way, cfg.k_shot, cfg.q_query, cfg.seed + 10 * i + start,
+                               groups=g) for i, (_, y, g) in enumerate(sources)]
     log_path = out.with_suffix(".log.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     t0, run_loss, run_acc = time.time(), 0.0, 0.0
@@ -187,7 +206,7 @@ def train(cfg: TrainConfig, out: Path, cache_dir: Path, resume: bool = True,
                  total=cfg.episodes)
     with open(log_path, "a") as log:
         for step in bar:
-            feats, _ = sources[step % len(sources)]
+            feats = sources[step % len(sources)][0]
             ep = samplers[step % len(sources)].sample()
             loss, acc = protonet_loss(head, log_t, feats, ep, cfg.n_way)
             reg = cfg.l2sp * (head.proj.weight - w0).pow(2).sum()

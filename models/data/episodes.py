@@ -19,11 +19,21 @@ class EpisodeSampler:
     """Draws episodes from the classes present in `labels`; a seed fixes the sequence."""
 
     def __init__(self, labels: np.ndarray, n_way: int, k_shot: int, q_query: int,
-                 seed: int) -> None:
+                 seed: int, groups: np.ndarray | None = None) -> None:
+        """With `groups` (e.g. the surface of each image), an episode first draws one
+        group, then its classes among that group's images only."""
+        if groups is not None:  # a class is a (group, label) pair
+            labels = groups.astype(np.int64) * (int(labels.max()) + 1) + labels
         self.by_class = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+        self.group_of = ({int(c): int(groups[ix[0]]) for c, ix in self.by_class.items()}
+                         if groups is not None else None)
         if n_way > len(self.by_class):
             raise ValueError(f"{n_way}-way needs {n_way} classes; the set has "
                              f"{len(self.by_class)}")
+        if self.group_of is not None:
+            per_group = np.bincount(np.asarray(list(self.group_of.values())))
+            if n_way > per_group[per_group > 0].min():
+                raise ValueError(f"{n_way}-way needs {n_way} classes in every group")
         short = [c for c, ix in self.by_class.items() if len(ix) < k_shot + q_query]
         if short:
             raise ValueError(f"classes {short} have fewer than {k_shot + q_query} images")
@@ -31,7 +41,11 @@ class EpisodeSampler:
         self.rng = np.random.default_rng(seed)
 
     def sample(self) -> Episode:
-        classes = self.rng.choice(sorted(self.by_class), self.n_way, replace=False)
+        pool = sorted(self.by_class)
+        if self.group_of is not None:
+            g = self.rng.choice(sorted(set(self.group_of.values())))
+            pool = [c for c in pool if self.group_of[c] == g]
+        classes = self.rng.choice(pool, self.n_way, replace=False)
         sup, sup_l, qry, qry_l = [], [], [], []
         for new, c in enumerate(classes):
             pick = self.rng.choice(self.by_class[int(c)], self.k_shot + self.q_query,

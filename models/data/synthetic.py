@@ -179,6 +179,39 @@ def render(kind: str, rng: Rng, surface: str | None = None) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def make_surface_set(types: tuple[str, ...], per_class: int, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every type on every surface: (N, S, S) images, (N,) type labels, (N,) surface ids.
+    Episodes drawn inside one surface are the factory's real task: one part, a few
+    defect classes that differ only in the defect."""
+    rng = np.random.default_rng(seed)
+    imgs, labels, surfaces = [], [], []
+    for si, surface in enumerate(SURFACES):
+        for ti, t in enumerate(types):
+            for _ in range(per_class):
+                imgs.append(render(t, rng, surface))
+                labels.append(ti)
+                surfaces.append(si)
+    return np.stack(imgs), np.asarray(labels), np.asarray(surfaces)
+
+
+def make_binary_set(defect_types: tuple[str, ...], per_class: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """OK (0) vs defective (1, any of `defect_types`) on each surface, surface ids."""
+    rng = np.random.default_rng(seed)
+    imgs, labels, surfaces = [], [], []
+    for si, surface in enumerate(SURFACES):
+        for _ in range(per_class):
+            imgs.append(render("ok", rng, surface))
+            labels.append(0)
+            surfaces.append(si)
+        for _ in range(per_class):
+            imgs.append(render(str(rng.choice(list(defect_types))), rng, surface))
+            labels.append(1)
+            surfaces.append(si)
+    return np.stack(imgs), np.asarray(labels), np.asarray(surfaces)
+
+
 def make_set(types: tuple[str, ...], per_class: int, seed: int
              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(N, S, S) uint8 images, (N,) labels into `types`, and the class names."""

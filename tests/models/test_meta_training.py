@@ -103,3 +103,27 @@ def test_image_folder_source(tmp_path: Path) -> None:
     s = EpisodeSampler(y, 2, 1, 2, seed=0)
     ep = s.sample()
     assert len(ep.support) == 2 and len(ep.query) == 4
+
+
+def test_grouped_episodes_stay_inside_one_group() -> None:
+    labels = np.tile(np.repeat(np.arange(4), 6), 3)  # 4 types on each of 3 surfaces
+    groups = np.repeat(np.arange(3), 24)
+    s = EpisodeSampler(labels, n_way=3, k_shot=2, q_query=2, seed=0, groups=groups)
+    seen = set()
+    for _ in range(40):
+        ep = s.sample()
+        g = set(groups[np.concatenate([ep.support, ep.query])])
+        assert len(g) == 1
+        seen |= g
+        assert len(set(labels[ep.support])) == 3
+    assert seen == {0, 1, 2}
+    with pytest.raises(ValueError, match="every group"):
+        EpisodeSampler(labels, n_way=5, k_shot=1, q_query=1, seed=0, groups=groups)
+
+
+def test_binary_and_surface_sets() -> None:
+    x, y, g = synthetic.make_binary_set(("crack", "hole"), 2, seed=0)
+    assert x.shape[0] == 2 * 2 * len(synthetic.SURFACES) and set(y) == {0, 1}
+    assert len(set(g)) == len(synthetic.SURFACES)
+    sx, sy, sg = synthetic.make_surface_set(("ok", "scratch"), 1, seed=0)
+    assert sx.shape[0] == 2 * len(synthetic.SURFACES) and list(sy[:2]) == [0, 1]
