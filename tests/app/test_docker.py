@@ -51,3 +51,21 @@ def test_admin_key_has_no_default_and_blank_means_unset() -> None:
     assert Settings(admin_key=None).admin_key is None
     assert Settings(admin_key="  ").admin_key is None  # blank: a key is generated instead
     assert Settings(admin_key="short").admin_key == "short"  # allowed, warned at start-up
+
+
+def test_every_shipped_weight_and_asset_is_package_data() -> None:
+    """A non-editable install (the Docker image) must carry the trained weights, the
+    console and the migrations, not only the code."""
+    import fnmatch
+    import tomllib
+
+    root = DOCKER.parent
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]
+    wanted = [*root.glob("models/weights/**/*.safetensors"), *root.glob("app/static/*"),
+              *root.glob("storage/migrations/**/*.py")]
+    assert len(wanted) >= 10
+    for path in wanted:
+        pkg, rel = path.relative_to(root).parts[0], path.relative_to(root / path.relative_to(
+            root).parts[0]).as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in data[pkg]), f"{path} is not package data"
