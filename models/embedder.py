@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -55,19 +56,27 @@ def export_onnx(backbone: Backbone, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".onnx.tmp")
     os.close(fd)
     try:
-        torch.onnx.export(
-            backbone.serving(),
-            (torch.zeros(2, s, s, 3, dtype=torch.uint8),),
-            tmp,
-            input_names=["images"],
-            output_names=["embeddings"],
-            dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
-            opset_version=17,
-            dynamo=False,
-        )
+        with warnings.catch_warnings():
+            # The tracer's notes (constant folding, int() of a traced shape) are expected
+            # for this fixed-size network; they are not actionable by an operator.
+            warnings.simplefilter("ignore")
+            _export(backbone, tmp, s)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _export(backbone: Backbone, path: str, s: int) -> None:
+    torch.onnx.export(
+        backbone.serving(),
+        (torch.zeros(2, s, s, 3, dtype=torch.uint8),),
+        path,
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 class OrtEmbedder:
