@@ -185,7 +185,8 @@ def raw_network(batch: int, seconds: float, cache: Path) -> tuple[float, float]:
 
     pin_threads(2)
     bb = create_backbone(served_backbone())
-    x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    c = bb.preprocess.channels
+    x = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, c), dtype=np.uint8)
     rates = []
     for emb in (OrtEmbedder(bb, cache, threads=2), TorchEmbedder(bb)):
         emb.embed(x)

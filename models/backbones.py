@@ -26,6 +26,13 @@ class PreprocessConfig:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Grey-scale input (one channel, replicated inside the network): invariant to the
+    # sensor's colour, and a third of the decoding and resizing work.
+    grey: bool = False
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grey else 3
 
 
 @dataclass
@@ -47,7 +54,9 @@ class Backbone:
 
     @property
     def version(self) -> str:
-        return f"{self.name}@{self.weights_sha256[:12]}"
+        """Weights *and* preprocessing: either changing means new embeddings."""
+        h = hashlib.sha256(f"{self.weights_sha256}|{self.preprocess!r}".encode()).hexdigest()
+        return f"{self.name}@{h[:12]}"
 
 
 class ServingNet(nn.Module):
@@ -66,6 +75,8 @@ class ServingNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).to(torch.float32)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
         scale, shift = self.get_buffer("scale"), self.get_buffer("shift")
         return self.net(x * scale - shift)  # type: ignore[no-any-return]
 

@@ -66,7 +66,8 @@ def fsdi_lite0_meta() -> Backbone:
     return Backbone(
         name="fsdi_lite0_meta",
         net=DefectAwareEmbedder(trunk, head),
-        preprocess=PreprocessConfig(input_size=224),
+        # Meta-trained on grey images only: serve grey, whatever the camera sends.
+        preprocess=PreprocessConfig(input_size=224, grey=True),
         weight_files=[path, META_HEAD],
         metric_dim=int(state["proj.weight"].shape[0]),
     )

@@ -24,7 +24,7 @@ class Embedder(Protocol):
     runtime: str
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, D) float32 unit vectors."""
+        """(N, S, S, C) uint8 -> (N, D) float32 unit vectors."""
         ...
 
 
@@ -60,16 +60,16 @@ def export_onnx(backbone: Backbone, target: Path) -> None:
             # The tracer's notes (constant folding, int() of a traced shape) are expected
             # for this fixed-size network; they are not actionable by an operator.
             warnings.simplefilter("ignore")
-            _export(backbone, tmp, s)
+            _export(backbone, tmp, s, backbone.preprocess.channels)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _export(backbone: Backbone, path: str, s: int) -> None:
+def _export(backbone: Backbone, path: str, s: int, channels: int) -> None:
     torch.onnx.export(
         backbone.serving(),
-        (torch.zeros(2, s, s, 3, dtype=torch.uint8),),
+        (torch.zeros(2, s, s, channels, dtype=torch.uint8),),
         path,
         input_names=["images"],
         output_names=["embeddings"],
@@ -86,7 +86,7 @@ class OrtEmbedder:
         import onnxruntime as ort
 
         self.backbone = backbone
-        self.path = cache_dir / f"{backbone.name}-{backbone.weights_sha256[:16]}-u8.onnx"
+        self.path = cache_dir / f"{backbone.version.replace('@', '-')}.onnx"
         if not self.path.is_file():
             export_onnx(backbone, self.path)
         opts = ort.SessionOptions()

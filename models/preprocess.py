@@ -32,9 +32,11 @@ class DecodedImage:
     format: str
 
 
-def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> DecodedImage:
-    """Decode `data` into an upright RGB image, checking format and pixel count from the
-    header before any pixel is decoded. Multi-frame files use their first frame.
+def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None,
+                 grey: bool = False) -> DecodedImage:
+    """Decode `data` into an upright RGB (or, with `grey`, 8-bit grey) image, checking
+    format and pixel count from the header before any pixel is decoded. Multi-frame files
+    use their first frame.
 
     `draft_to` lets a JPEG decode at a reduced DCT scale that still covers that size:
     the network sees the same squash-resized input at a fraction of the cost.
@@ -57,12 +59,16 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
                 )
             img.seek(0)
             if draft_to and fmt == "JPEG":
-                img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (draft_to, draft_to))
+                # A grey draft decodes only the luma plane: no chroma work at all.
+                mode = "L" if grey else (img.mode if img.mode in ("L", "RGB") else "RGB")
+                img.draft(mode, (draft_to, draft_to))
             img.load()
             upright: Image.Image = img
             if img.getexif().get(0x0112, 1) not in (1, None):  # transpose only if needed
                 upright = ImageOps.exif_transpose(img) or img
             rgb = to_rgb(upright)
+            if grey and rgb.mode != "L":
+                rgb = rgb.convert("L")
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -79,7 +85,8 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None) -> D
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Grey, 16-bit, float, palette, RGBA and CMYK images -> 8-bit RGB."""
+    """Grey, 16-bit, float, palette, RGBA and CMYK images -> 8-bit RGB (an 8-bit grey
+    image stays grey: both the grey and the colour path can take it)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a: np.ndarray = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
@@ -92,20 +99,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
         canvas = Image.new("RGB", rgba.size, (255, 255, 255))
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return img if img.mode in ("RGB", "L") else img.convert("RGB")
 
 
-def to_input(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB image -> (S, S, 3) uint8, squash-resized: what the serving network takes
-    (normalisation runs inside the network, see models.backbones.ServingNet)."""
+def to_input(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """Image -> (S, S, C) uint8, squash-resized, C = 1 for a grey backbone else 3: what
+    the serving network takes (normalisation runs inside it, see ServingNet)."""
     s = cfg.input_size
-    im = rgb.resize((s, s), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(im, dtype=np.uint8)
+    mode = "L" if cfg.grey else "RGB"
+    if img.mode != mode:
+        img = img.convert(mode)
+    im = img.resize((s, s), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    a = np.asarray(im, dtype=np.uint8)
+    return a[:, :, None] if cfg.grey else a
 
 
 def normalise(batch: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 normalised: the training-side twin of
-    ServingNet's first layers."""
+    """(N, S, S, C) uint8 -> (N, 3, S, S) float32 normalised: the training-side twin of
+    ServingNet's first layers (a grey channel is replicated to three)."""
+    if batch.shape[-1] == 1:
+        batch = np.repeat(batch, 3, axis=-1)
     a = batch.astype(np.float32) * np.float32(1.0 / 255.0)
     norm = (a - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(norm.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -117,4 +130,5 @@ def to_tensor(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def load_for_backbone(data: bytes, cfg: PreprocessConfig, max_pixels: int) -> np.ndarray:
-    return to_input(decode_image(data, max_pixels, draft_to=cfg.input_size).rgb, cfg)
+    dec = decode_image(data, max_pixels, draft_to=cfg.input_size, grey=cfg.grey)
+    return to_input(dec.rgb, cfg)

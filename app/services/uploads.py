@@ -51,7 +51,7 @@ async def read_parts(files: list[UploadFile], settings: Settings) -> list[tuple[
 
 def _decode_one(name: str, data: bytes, cfg: PreprocessConfig, max_pixels: int) -> Upload:
     try:
-        img = decode_image(data, max_pixels, draft_to=cfg.input_size)
+        img = decode_image(data, max_pixels, draft_to=cfg.input_size, grey=cfg.grey)
     except ImageRejected as exc:
         raise ApiError(f"{name}: {exc}", code=exc.code, status=exc.status) from None
     return Upload(name, data, sha256_hex(data), img.width, img.height, to_input(img.rgb, cfg))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from models.backbones import PreprocessConfig
-from models.preprocess import ImageRejected, decode_image, to_tensor
+from models.preprocess import ImageRejected, decode_image, to_input, to_tensor
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
@@ -31,15 +31,16 @@ def test_modes_become_rgb(mode: str) -> None:
     fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
     img = Image.new(mode, (16, 16))
     dec = decode_image(encode(img, fmt), 10**6)
-    assert dec.rgb.mode == "RGB" and dec.rgb.size == (16, 16)
+    assert dec.rgb.mode in ("RGB", "L") and dec.rgb.size == (16, 16)  # 8-bit, upright
+    assert decode_image(encode(img, fmt), 10**6, grey=True).rgb.mode == "L"
 
 
 def test_sixteen_bit_keeps_contrast() -> None:
     a = np.zeros((8, 8), np.uint16)
     a[:, 4:] = 60000
     dec = decode_image(encode(Image.fromarray(a), "PNG"), 10**6)
-    rgb = np.asarray(dec.rgb)
-    assert rgb[0, 0, 0] == 0 and rgb[0, 7, 0] == 255
+    grey = np.asarray(dec.rgb)
+    assert dec.rgb.mode == "L" and grey[0, 0] == 0 and grey[0, 7] == 255
 
 
 def test_transparent_palette_is_composited_on_white() -> None:
@@ -79,3 +80,16 @@ def test_to_tensor_uses_backbone_config() -> None:
     t = to_tensor(Image.new("RGB", (100, 50), (255, 255, 255)), cfg)
     assert t.shape == (3, 32, 32) and t.dtype == np.float32
     assert np.allclose(t, 1.0)
+
+
+def test_grey_backbones_see_colour_and_grey_files_alike() -> None:
+    """A grey backbone gets one channel whatever the camera sends; its version differs
+    from the same weights served in colour."""
+    cfg = PreprocessConfig(input_size=32, grey=True)
+    colour = Image.new("RGB", (64, 48), (200, 100, 50))
+    a = to_input(decode_image(encode(colour, "JPEG"), 10**6, draft_to=32, grey=True).rgb, cfg)
+    b = to_input(colour.convert("L"), cfg)
+    assert a.shape == (32, 32, 1) and abs(int(a.mean()) - int(b.mean())) <= 2
+    from models.preprocess import normalise
+
+    assert normalise(a[None], cfg).shape == (1, 3, 32, 32)
