@@ -56,13 +56,14 @@ def meta_train(method: MetaMethod, sources: list[tuple[np.ndarray, np.ndarray]],
 
 def evaluate_methods(names: list[str], z: np.ndarray, labels: np.ndarray, shots: int,
                      episodes: int, n_way: int = 5, q_query: int = 15, seed: int = 0,
-                     **kw: object) -> list[dict[str, object]]:
+                     groups: np.ndarray | None = None, **kw: object
+                     ) -> list[dict[str, object]]:
     """Every method on the *same* episodes: accuracy, 95% CI and seconds per task
     (fit on the support set + predict the queries)."""
     methods: dict[str, FewShotMethod] = {n: create_method(n, **kw) for n in names}
     accs = {n: np.empty(episodes) for n in names}
     secs = dict.fromkeys(names, 0.0)
-    sampler = EpisodeSampler(labels, n_way, shots, q_query, seed + shots)
+    sampler = EpisodeSampler(labels, n_way, shots, q_query, seed + shots, groups=groups)
     for e in range(episodes):
         ep = sampler.sample()
         for n, m in methods.items():
@@ -118,18 +119,21 @@ def evaluate_all(which: str, head: Path, cache: Path, out: Path, episodes: int,
     data = feature_sets(TrainConfig(seed=seed), cache)
     embed = head_embed(head)
     rows = []
-    for bench in ("synth_eval", "fmnist_eval"):
+    benches = ("synth_eval", "fmnist_eval", "binary_eval")
+    for bench in benches:
         z = embed(data[f"{bench}_x"])
+        # binary_eval: OK vs defective, 2-way, each episode inside one surface.
+        ways, groups = (2, data["binary_eval_g"]) if bench == "binary_eval" else (5, None)
         for k in shots:
-            for r in evaluate_methods(names, z, data[f"{bench}_y"], k, episodes,
-                                      seed=seed + 1000):
+            for r in evaluate_methods(names, z, data[f"{bench}_y"], k, episodes, n_way=ways,
+                                      seed=seed + 1000, groups=groups):
                 rows.append({"benchmark": bench, **r})
     out.mkdir(parents=True, exist_ok=True)
     (out / "methods.json").write_text(json.dumps(rows, indent=2))
     head_row = "| benchmark | method | " + " | ".join(f"{k}-shot" for k in shots) + \
         " | ms per task |"
     lines = [head_row, "|" + "---|" * (len(shots) + 3)]
-    for bench in ("synth_eval", "fmnist_eval"):
+    for bench in benches:
         for n in names:
             rs = [r for r in rows if r["benchmark"] == bench and r["method"] == n]
             cells = [f"{100 * float(r['accuracy']):.1f} ± {100 * float(r['ci95']):.1f}"  # type: ignore[arg-type]
@@ -138,8 +142,8 @@ def evaluate_all(which: str, head: Path, cache: Path, out: Path, episodes: int,
             lines.append(f"| {bench} | {n} | " + " | ".join(cells) + f" | {ms} |")
     md = "\n".join(lines) + "\n"
     (out / "methods.md").write_text(md)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, bench in zip(axes, ("synth_eval", "fmnist_eval"), strict=True):
+    fig, axes = plt.subplots(1, len(benches), figsize=(5 * len(benches), 4))
+    for ax, bench in zip(axes, benches, strict=True):
         for n in names:
             rs = [r for r in rows if r["benchmark"] == bench and r["method"] == n]
             ax.errorbar([r["shots"] for r in rs], [r["accuracy"] for r in rs],
