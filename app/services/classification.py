@@ -16,6 +16,7 @@ from app.services.prototypes import GroupSnapshot
 from app.services.runtime import Runtime
 from app.services.uploads import decode_all, read_parts
 from models.methods import FewShotMethod, MethodOutput, create_method
+from models.methods.meta_base import MetaMethod
 from models.methods.protonet import euclidean, score_from_distances
 from storage import repositories as repo
 from storage.tables import ClassificationResult
@@ -39,12 +40,16 @@ def check_method(rt: Runtime, method: str | None) -> str:
     return name
 
 
-def fitted_method(snap: GroupSnapshot, name: str) -> FewShotMethod:
+def fitted_method(snap: GroupSnapshot, name: str, runtime: str = "onnxruntime"
+                  ) -> FewShotMethod:
     """Fit once per (group, support-set version) and reuse: /classify never adapts."""
     m = snap.fitted.get(name)
     if m is None:
         support, labels = snap.support_matrix()
-        m = snap.fitted.setdefault(name, create_method(name).fit(support, labels))
+        fresh = create_method(name).fit(support, labels)
+        if isinstance(fresh, MetaMethod) and runtime == "onnxruntime":
+            fresh.compile_onnx()  # the per-query head runs in ONNX Runtime too
+        m = snap.fitted.setdefault(name, fresh)
     return m
 
 
@@ -52,7 +57,7 @@ def predict(rt: Runtime, snap: GroupSnapshot, name: str, q: np.ndarray) -> Metho
     if name == "protonet":  # prototypes are already in the snapshot
         dist = euclidean(q, snap.prototypes, snap.proto_sq)
         return MethodOutput(score_from_distances(dist, rt.settings.temperature), dist)
-    return fitted_method(snap, name).predict(q)
+    return fitted_method(snap, name, rt.settings.runtime).predict(q)
 
 
 async def classify(
@@ -73,7 +78,7 @@ async def classify(
     appearance = full[:, rt.backbone.metric_dim:]
     if name != "protonet" and name not in snap.fitted:
         # Adapt once per (group, support-set version), off the event loop.
-        await asyncio.to_thread(fitted_method, snap, name)
+        await asyncio.to_thread(fitted_method, snap, name, rt.settings.runtime)
     out = predict(rt, snap, name, q)
     # Rejection is always judged on prototype distance, whatever ranks the classes.
     proto_dist = (out.distances if name == "protonet"

@@ -9,8 +9,11 @@ so the service never adapts per request.
 
 from __future__ import annotations
 
+import io
+import warnings
 from abc import abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ class MetaMethod(FewShotMethod, nn.Module):
         self.dim = dim
         self.pretrained = pretrained
         self._support: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._session: Any = None  # ONNX Runtime query scorer for the fitted support set
 
     def load_shipped(self) -> None:
         """Load this method's shipped safetensors; raise if it was never trained."""
@@ -65,8 +69,29 @@ class MetaMethod(FewShotMethod, nn.Module):
     def fit(self, support: np.ndarray, labels: np.ndarray) -> MetaMethod:
         self._support = (torch.from_numpy(np.ascontiguousarray(support, np.float32)),
                          torch.from_numpy(labels.astype(np.int64)), int(labels.max()) + 1)
+        self._session = None
         self.adapt()
         return self
+
+    def compile_onnx(self, threads: int = 1) -> None:
+        """Export the fitted query scorer — (Q, D) -> (Q, C) logits, with the adapted
+        weights and support set baked in — and run it with ONNX Runtime from now on."""
+        import onnxruntime as ort
+
+        if self._support is None:
+            raise RuntimeError("fit() before compile_onnx()")
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer notes on the baked-in constants
+            torch.onnx.export(_QueryScorer(self).eval(), (torch.zeros(2, self.dim),),
+                              buf,  # type: ignore[arg-type]
+                              input_names=["q"], output_names=["logits"],
+                              dynamic_axes={"q": {0: "n"}, "logits": {0: "n"}},
+                              opset_version=17, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(buf.getvalue(), opts,
+                                             providers=["CPUExecutionProvider"])
 
     def adapt(self) -> None:
         """Hook for methods that adapt parameters once per support set."""
@@ -74,7 +99,12 @@ class MetaMethod(FewShotMethod, nn.Module):
     def predict(self, query: np.ndarray) -> MethodOutput:
         if self._support is None:
             raise RuntimeError("fit() before predict()")
-        sup, sup_y, n = self._support
+        if self._session is not None:
+            q = np.ascontiguousarray(query, np.float32)
+            (lg,) = self._session.run(["logits"], {"q": q})
+            z = lg - lg.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return MethodOutput(scores=e / e.sum(axis=1, keepdims=True), distances=-lg)
         with torch.no_grad():
             logits = self.query_logits(torch.from_numpy(np.ascontiguousarray(query,
                                                                               np.float32)))
@@ -85,3 +115,14 @@ class MetaMethod(FewShotMethod, nn.Module):
         assert self._support is not None
         sup, sup_y, n = self._support
         return self.episode_logits(sup, sup_y, qry, n, False)
+
+
+class _QueryScorer(nn.Module):
+    """What runs per query once a method is fitted; traced for ONNX export."""
+
+    def __init__(self, method: MetaMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return self.method.query_logits(q)

@@ -31,7 +31,8 @@ class RelationNet(MetaMethod):
                        n_way: int, train: bool) -> torch.Tensor:
         onehot = nn.functional.one_hot(sup_y, n_way).to(sup.dtype)
         protos = (onehot.T @ sup) / onehot.sum(0)[:, None]  # (N, D)
-        pairs = torch.cat([protos[None].expand(len(qry), -1, -1),
+        # qry.shape[0], not len(qry): it stays a dynamic size when exported to ONNX.
+        pairs = torch.cat([protos[None].expand(qry.shape[0], -1, -1),
                            qry[:, None].expand(-1, n_way, -1)], dim=-1)
         return self.relation(pairs).squeeze(-1)  # type: ignore[no-any-return]
 

@@ -72,3 +72,22 @@ def test_one_shot_and_single_class_groups(name: str) -> None:
     assert out.scores.shape == (3, 3) and np.allclose(out.scores.sum(1), 1, atol=1e-5)
     one = m.fit(sup[:2], np.array([0, 0])).predict(sup)  # a group with one class
     assert one.scores.shape == (3, 1) and np.allclose(one.scores, 1)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "protonet"])
+def test_onnx_query_scorer_matches_torch(name: str) -> None:
+    """The fitted per-query head exported to ONNX Runtime scores like torch."""
+    m = create_method(name)
+    assert isinstance(m, MetaMethod)
+    rng = np.random.default_rng(1)
+    sup = rng.normal(size=(12, 256)).astype(np.float32)
+    sup /= np.linalg.norm(sup, axis=1, keepdims=True)
+    q = rng.normal(size=(7, 256)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ref = m.fit(sup, np.repeat(np.arange(4), 3)).predict(q)
+    m.compile_onnx()
+    ort = m.predict(q)
+    assert np.abs(ref.scores - ort.scores).max() < 1e-4
+    assert (ref.scores.argmax(1) == ort.scores.argmax(1)).all()
+    m.fit(sup[:6], np.repeat(np.arange(2), 3))  # a new support set drops the old scorer
+    assert m.predict(q).scores.shape == (7, 2)
