@@ -47,7 +47,6 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     max_top_k: int = 20
     page_size: int = 100
-    max_name_length: int = 128
 
     # Keep classified images (content-addressed, not fsynced) so an operator's correction
     # can be promoted into the support set in one call.

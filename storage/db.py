@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
-
-
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / 'fsdi.db').resolve()}"
 
 
 def make_engine(url: str) -> Engine:

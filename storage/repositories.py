@@ -169,10 +169,6 @@ def group_versions(s: Session) -> dict[str, int]:
     return {g: v for g, v in s.execute(select(GroupVersion.group_name, GroupVersion.version))}
 
 
-def classes_in_group(s: Session, group: str) -> Sequence[DefectClass]:
-    return list_classes(s, group)
-
-
 def push_targets(s: Session) -> Sequence[PushTarget]:
     return s.scalars(select(PushTarget)).all()
 
@@ -207,11 +203,6 @@ def revoke_key(s: Session, key: ApiKey) -> None:
 
 def get_result(s: Session, result_id: int) -> ClassificationResult | None:
     return s.get(ClassificationResult, result_id)
-
-
-def add_feedback(s: Session, fb: Feedback) -> Feedback:
-    s.add(fb)
-    return fb
 
 
 def audit(s: Session, actor: str, action: str, detail: str = "") -> None:

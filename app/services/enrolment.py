@@ -76,14 +76,14 @@ def list_images(rt: Runtime, class_id: int) -> list[ImagePublic]:
 
 async def add_images(rt: Runtime, class_id: int, files: list[UploadFile],
                      who: Principal) -> tuple[list[ImagePublic], ClassPublic]:
-    get_class(rt, class_id)  # 404 before reading the body's files
-    return await enrol_bytes(rt, class_id, await read_parts(files, rt.settings), who)
+    cls = get_class(rt, class_id)  # 404 before reading the body's files
+    return await enrol_bytes(rt, cls, await read_parts(files, rt.settings), who)
 
 
-async def enrol_bytes(rt: Runtime, class_id: int, parts: list[tuple[str, bytes]],
+async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, bytes]],
                       who: Principal) -> tuple[list[ImagePublic], ClassPublic]:
     assert rt.sessions is not None and rt.backbone is not None and rt.batcher is not None
-    cls = get_class(rt, class_id)
+    class_id = cls.id
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     seen: dict[str, str] = {}
     for u in uploads:

@@ -7,7 +7,7 @@ from collections import Counter
 
 from app.errors import Conflict, NotFound
 from app.schemas import ClassPublic, ConfusionCell, FeedbackStats, ImagePublic
-from app.services.enrolment import enrol_bytes
+from app.services.enrolment import enrol_bytes, get_class
 from app.services.keys import Principal
 from app.services.runtime import Runtime
 from storage import repositories as repo
@@ -52,4 +52,4 @@ async def promote(rt: Runtime, feedback_id: int, who: Principal
         raise Conflict("the classified image was not kept (FSDI_KEEP_QUERY_IMAGES=false)",
                        code="image_not_kept")
     data = await asyncio.to_thread(rt.blobs.get, sha)
-    return await enrol_bytes(rt, target, [(name, data)], who)
+    return await enrol_bytes(rt, get_class(rt, target), [(name, data)], who)

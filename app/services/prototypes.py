@@ -35,7 +35,6 @@ class ClassEntry:
 @dataclass(frozen=True)
 class GroupSnapshot:
     group: str
-    version: int
     entries: tuple[ClassEntry, ...]
     prototypes: np.ndarray  # (C, D)
     thresholds: np.ndarray  # (C,)
@@ -85,17 +84,13 @@ def make_entry(
 class PrototypeCache:
     def __init__(self, model_version: str, layout: EmbeddingLayout) -> None:
         self.model_version = model_version
-        self.calib = layout
+        self.layout = layout
         self._groups: dict[str, GroupSnapshot] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
         self._lock = threading.Lock()
-        self._counter = 0
 
     def snapshot(self, group: str) -> GroupSnapshot | None:
         return self._groups.get(group)
-
-    def groups(self) -> list[str]:
-        return sorted(self._groups)
 
     def class_count(self) -> int:
         return sum(len(s.entries) for s in self._groups.values())
@@ -112,7 +107,7 @@ class PrototypeCache:
         for cid, (ids, vecs) in by_class.items():
             c = classes[cid]
             entries.setdefault(c.group_name, {})[cid] = make_entry(
-                cid, c.name, c.group_name, ids, vecs, self.calib
+                cid, c.name, c.group_name, ids, vecs, self.layout
             )
         with self._lock:
             self._entries = entries
@@ -126,7 +121,7 @@ class PrototypeCache:
             ids, vecs = by_class.setdefault(emb.class_id, ([], []))
             ids.append(emb.image_id)
             vecs.append(emb.vector)
-        fresh = {cid: make_entry(cid, classes[cid].name, group, ids, vecs, self.calib)
+        fresh = {cid: make_entry(cid, classes[cid].name, group, ids, vecs, self.layout)
                  for cid, (ids, vecs) in by_class.items()}
         with self._lock:
             self._publish(group, fresh)
@@ -140,7 +135,7 @@ class PrototypeCache:
             if rows and cls is not None:
                 group_entries[class_id] = make_entry(
                     class_id, cls.name, group, [r.image_id for r in rows],
-                    [r.vector for r in rows], self.calib,
+                    [r.vector for r in rows], self.layout,
                 )
             else:
                 group_entries.pop(class_id, None)
@@ -159,7 +154,6 @@ class PrototypeCache:
         self._groups = groups  # the atomic swap readers see
 
     def _build(self, group: str, entries: dict[int, ClassEntry]) -> GroupSnapshot:
-        self._counter += 1
         ordered = tuple(entries[k] for k in sorted(entries))
         protos = np.stack([e.prototype for e in ordered]).astype(np.float32)
         thresholds = np.asarray([e.threshold for e in ordered], dtype=np.float32)
@@ -167,8 +161,8 @@ class PrototypeCache:
         thresholds.setflags(write=False)
         sq = np.einsum("cd,cd->c", protos, protos)
         sq.setflags(write=False)
-        snap = GroupSnapshot(group, self._counter, ordered, protos, thresholds, sq)
-        if self.calib.app_calib is None:
+        snap = GroupSnapshot(group, ordered, protos, thresholds, sq)
+        if self.layout.app_calib is None:
             return snap
         app = np.stack([e.app_prototype for e in ordered]).astype(np.float32)  # type: ignore[misc]
         return replace(snap, app_prototypes=app,

@@ -45,9 +45,6 @@ class Pusher:
         self._queue: asyncio.Queue[tuple[Target, bytes]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._mqtt: Any = None
-        self.delivered = 0
-        self.failed = 0
-        self.dropped = 0
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(self.settings.push_queue_max)
@@ -67,7 +64,6 @@ class Pusher:
         body = json.dumps(payload, separators=(",", ":")).encode()
         if self._queue.full():
             self._queue.get_nowait()
-            self.dropped += 1
             self._count("queue", "dropped")
         self._queue.put_nowait((target, body))
 
@@ -92,7 +88,6 @@ class Pusher:
             try:
                 r = await client.post(target.webhook_url, content=body, headers=headers)
                 if r.status_code < 300:
-                    self.delivered += 1
                     self._count("webhook", "delivered")
                     return
                 reason = f"HTTP {r.status_code}"
@@ -104,17 +99,14 @@ class Pusher:
             if attempt < self.settings.push_max_attempts:
                 await asyncio.sleep(delay)
                 delay *= 2
-        self.failed += 1
         self._count("webhook", "failed")
 
     def _publish(self, topic: str, body: bytes) -> None:
         try:
             client = self._mqtt_client()
             client.publish(topic, body, qos=1).wait_for_publish(timeout=5)
-            self.delivered += 1
             self._count("mqtt", "delivered")
         except Exception:
-            self.failed += 1
             self._count("mqtt", "failed")
             log.exception("MQTT publish to %s failed", topic)
 

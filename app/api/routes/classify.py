@@ -78,8 +78,9 @@ def feedback(body: FeedbackCreate, rt: RuntimeDep, who: Operator) -> FeedbackPub
             if cls is None or cls.group_name != res.group_name:
                 raise Unprocessable(f"class {body.class_id} is not in group "
                                     f"{res.group_name!r}", code="bad_class")
-        fb = repo.add_feedback(s, Feedback(result_id=res.id, correct=body.correct,
-                                           class_id=body.class_id, key_id=who.key_id))
+        fb = Feedback(result_id=res.id, correct=body.correct, class_id=body.class_id,
+                      key_id=who.key_id)
+        s.add(fb)
         s.flush()
         rt.metrics.feedback.labels(str(body.correct).lower()).inc()
         repo.audit(s, who.actor, "feedback", f"result={res.id} correct={body.correct} "
