@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,7 +66,12 @@ class Settings(BaseSettings):
     orphan_grace_s: float = Field(default=600, ge=0)
 
     # Micro-batching and overload.
-    batch_max_size: int = Field(default=16, ge=1)
+    # Forward passes that run at once, each on threads // streams cores; default: one
+    # single-threaded stream per core. On our 2-core boxes that, with one image per
+    # forward pass, is the fastest raw configuration (bench/classify.py sweeps them);
+    # raise batch_max_size where batching pays (more cores, bigger models).
+    infer_streams: int | None = Field(default=None, ge=1, le=64)
+    batch_max_size: int = Field(default=1, ge=1)
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     queue_max_images: int = Field(default=512, ge=1)
     decode_workers: int = Field(default=2, ge=1)
@@ -76,6 +81,23 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, v: str | None) -> str | None:
         v = v.strip() if v else v
         return v or None
+
+    @model_validator(mode="after")
+    def _streams_fit_threads(self) -> Settings:
+        if self.infer_streams is not None and self.infer_streams > self.threads:
+            raise ValueError(f"FSDI_INFER_STREAMS={self.infer_streams} is more than "
+                             f"FSDI_THREADS={self.threads}: the streams would oversubscribe "
+                             f"the cores")
+        return self
+
+    @property
+    def streams(self) -> int:
+        return self.infer_streams or self.threads
+
+    @property
+    def stream_threads(self) -> int:
+        """ORT intra-op (or torch) threads per inference stream."""
+        return max(1, self.threads // self.streams)
 
     @property
     def resolved_model_cache(self) -> Path:

@@ -28,13 +28,15 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def put(self, data: bytes, durable: bool = True) -> tuple[str, bool]:
+    def put(self, data: bytes, durable: bool = True, digest: str | None = None
+            ) -> tuple[str, bool]:
         """Store `data`; return (sha256, created) where created is False for a duplicate.
+        `digest`, when the caller already hashed `data`, saves hashing it again.
 
         Temp file + fsync + rename + directory fsync, so a crash leaves either the
         whole file or nothing under the final name.
         """
-        digest = sha256_hex(data)
+        digest = digest or sha256_hex(data)
         target = self.path(digest)
         if target.is_file():
             return digest, False

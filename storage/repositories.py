@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from storage.tables import (
@@ -207,6 +208,27 @@ def get_result(s: Session, result_id: int) -> ClassificationResult | None:
 
 def audit(s: Session, actor: str, action: str, detail: str = "") -> None:
     s.add(AuditEvent(actor=actor, action=action, detail=detail[:4000]))
+
+
+def add_classifications(s: Session, rows: list[dict[str, Any]], actor: str) -> list[int]:
+    """Insert classification results and their audit events in two bulk statements;
+    returns the new result ids in the order of `rows`."""
+    ids = list(s.scalars(
+        insert(ClassificationResult).returning(ClassificationResult.id,
+                                               sort_by_parameter_order=True),
+        rows,
+    ))
+    events = []
+    for rid, r in zip(ids, rows, strict=True):
+        decision = "unknown" if r["unknown"] else f"class={r['class_id']}"
+        events.append({
+            "actor": actor, "action": "classify",
+            "detail": (f"result={rid} group={r['group_name']} sha256={r['sha256']} "
+                       f"model={r['model_version']} method={r['method']} "
+                       f"decision={decision}")[:4000],
+        })
+    s.execute(insert(AuditEvent), events)
+    return ids
 
 
 def list_audit(s: Session, offset: int, limit: int) -> Sequence[AuditEvent]:

@@ -1,17 +1,25 @@
 """Micro-batching: images from concurrent requests share one forward pass.
 
-One worker task drains a bounded queue, waits at most `max_wait_ms` for company, runs
-the network in a single dedicated thread (one busy runtime on the cores, never two) and
-routes each slice of the output back to its request.
+A request's images are cut into chunks of at most `max_batch` and put on one bounded
+queue. `streams` inference threads drain it: each takes a chunk, waits at most
+`max_wait_ms` for company up to `max_batch` images, runs the network and hands each slice
+of the output back to its request's event loop. The threads pull work themselves, so a
+busy event loop never leaves the network idle between two batches.
+
+The runtime gives every stream `threads // streams` cores, so the streams together never
+ask for more cores than the machine has. On our 2-core CPUs two single-threaded streams
+beat one two-threaded stream (no barrier between the threads of one forward pass), and
+small batches beat large ones (activations stay in cache): README, "Benchmark".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +31,16 @@ from app.errors import Overloaded
 class _Job:
     batch: np.ndarray
     future: asyncio.Future[np.ndarray]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(fut: asyncio.Future[np.ndarray], value: np.ndarray | BaseException) -> None:
+    if fut.done():  # the request went away (client disconnect, another chunk failed)
+        return
+    if isinstance(value, BaseException):
+        fut.set_exception(value)
+    else:
+        fut.set_result(value)
 
 
 class MicroBatcher:
@@ -33,81 +51,100 @@ class MicroBatcher:
         max_wait_ms: float,
         max_queue_images: int,
         on_batch: Callable[[int], None] | None = None,
+        streams: int = 1,
     ) -> None:
         self._embed = embed
-        self.max_batch = max_batch
+        self.max_batch = max(1, max_batch)
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_images = max_queue_images
+        self.streams = max(1, streams)
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Job] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsdi-infer")
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
         self.queued_images = 0
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run(), name="fsdi-batcher")
+        self._threads = [
+            threading.Thread(target=self._run, name=f"fsdi-infer-{i}", daemon=True)
+            for i in range(self.streams)
+        ]
+        for t in self._threads:
+            t.start()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._queue.put(None)
+        # A forward pass in flight finishes on its own (daemon threads): never block the
+        # shutdown on it.
+        self._threads = []
 
     async def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, S, S) -> (N, D); 503 with Retry-After when the queue is full."""
-        if self._queue is None:
+        """(N, S, S, C) -> (N, D); 503 with Retry-After when the queue is full.
+        The chunks of one request may run on different streams at once."""
+        if not self._threads:
             raise RuntimeError("batcher not started")
         n = int(batch.shape[0])
-        if self.queued_images + n > self.max_queue_images:
-            raise Overloaded(
-                "inference queue is full; retry shortly", headers={"Retry-After": "1"}
-            )
-        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self.queued_images += n
-        await self._queue.put(_Job(batch, fut))
-        return await fut
-
-    async def _run(self) -> None:
-        assert self._queue is not None
+        with self._lock:
+            if self.queued_images + n > self.max_queue_images:
+                raise Overloaded(
+                    "inference queue is full; retry shortly", headers={"Retry-After": "1"}
+                )
+            self.queued_images += n
         loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self._queue.get()]
-            size = jobs[0].batch.shape[0]
-            deadline = time.monotonic() + self.max_wait
-            while size < self.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    job = (self._queue.get_nowait() if remaining <= 0
-                           else await asyncio.wait_for(self._queue.get(), remaining))
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-                jobs.append(job)
-                size += job.batch.shape[0]
-            batch = np.concatenate([j.batch for j in jobs], axis=0)
+        futures: list[asyncio.Future[np.ndarray]] = []
+        for i in range(0, n, self.max_batch):
+            fut: asyncio.Future[np.ndarray] = loop.create_future()
+            self._queue.put(_Job(batch[i:i + self.max_batch], fut, loop))
+            futures.append(fut)
+        parts = await asyncio.gather(*futures)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """`first` plus whatever arrives within max_wait, up to max_batch images.
+        Returns the jobs and whether a stop sentinel was met."""
+        jobs = [first]
+        size = first.batch.shape[0]
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                out = await loop.run_in_executor(self._pool, self._embed_chunks, batch)
+                job = (self._queue.get_nowait() if remaining <= 0
+                       else self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            size += job.batch.shape[0]
+        return jobs, False
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs, stopping = self._collect(first)
+            batch = (jobs[0].batch if len(jobs) == 1
+                     else np.concatenate([j.batch for j in jobs], axis=0))
+            size = int(batch.shape[0])
+            out: np.ndarray | BaseException
+            try:
+                out = np.concatenate([self._embed(batch[i:i + self.max_batch])
+                                      for i in range(0, size, self.max_batch)], axis=0)
             except Exception as exc:  # hand the failure to every waiting request
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                out = None
-            finally:
+                out = exc
+            with self._lock:
                 self.queued_images -= size
-            if out is None:
-                continue
-            if self._on_batch:
+            if self._on_batch and not isinstance(out, BaseException):
                 self._on_batch(size)
             start = 0
             for j in jobs:
                 n = j.batch.shape[0]
-                if not j.future.done():
-                    j.future.set_result(out[start:start + n])
+                part = out if isinstance(out, BaseException) else out[start:start + n]
+                # A closed event loop raises RuntimeError: nobody is waiting then.
+                with contextlib.suppress(RuntimeError):
+                    j.loop.call_soon_threadsafe(_resolve, j.future, part)
                 start += n
-
-    def _embed_chunks(self, batch: np.ndarray) -> np.ndarray:
-        step = max(self.max_batch, 1)
-        return np.concatenate(
-            [self._embed(batch[i:i + step]) for i in range(0, batch.shape[0], step)], axis=0
-        )
+            if stopping:
+                return

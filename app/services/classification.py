@@ -14,12 +14,11 @@ from app.schemas import ClassifyResponse, Evidence, ModelInfo, Result, TopK
 from app.services.keys import Principal
 from app.services.prototypes import GroupSnapshot
 from app.services.runtime import Runtime
-from app.services.uploads import decode_all, read_parts
+from app.services.uploads import Upload, decode_all, read_parts
 from models.methods import FewShotMethod, MethodOutput, create_method
 from models.methods.meta_base import MetaMethod
 from models.methods.protonet import euclidean, score_from_distances
 from storage import repositories as repo
-from storage.tables import ClassificationResult
 
 EVIDENCE_PER_CLASS = 3
 
@@ -111,10 +110,7 @@ async def classify(
             unknown = d_app > float(snap.app_thresholds[best])
         rows.append((u.sha256, tops, unknown, best, tops[0].score))
     # Off the event loop: a durable commit waits for fsync.
-    ids = await asyncio.to_thread(_store, rt, group, [u.filename for u in uploads], rows,
-                                  name, who)
-    if rt.settings.keep_query_images:
-        await asyncio.to_thread(_keep, rt, [u.data for u in uploads])
+    ids = await asyncio.to_thread(_store, rt, group, uploads, rows, name, who)
     results = [
         Result(id=rid, filename=u.filename, unknown=unk, score=score, top_k=tops,
                label=None if unk else snap.entries[best].name,
@@ -124,7 +120,8 @@ async def classify(
     response = ClassifyResponse(results=results, model=ModelInfo(
         backbone=rt.backbone.name, method=name, version=rt.backbone.version,
         runtime=rt.embedder.runtime if rt.embedder else "none"))
-    rt.pusher.submit(group, {"group": group, **response.model_dump(mode="json")})
+    if rt.pusher.wants(group):
+        rt.pusher.submit(group, {"group": group, **response.model_dump(mode="json")})
     m = rt.metrics
     m.images_classified.labels(group).inc(len(results))
     m.unknown.labels(group).inc(sum(r.unknown for r in results))
@@ -145,27 +142,20 @@ async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float
     return p >= 0.5, p
 
 
-def _keep(rt: Runtime, images: list[bytes]) -> None:
-    for data in images:
-        rt.blobs.put(data, durable=False)
-
-
-def _store(rt: Runtime, group: str, names: list[str], rows: list, method: str,
+def _store(rt: Runtime, group: str, uploads: list[Upload], rows: list, method: str,
            who: Principal) -> list[int]:
+    """Record each result with its audit event; keep the query images (not fsynced: a
+    lost one only means that result cannot be promoted) when the settings say so."""
     assert rt.sessions is not None and rt.backbone is not None
     with rt.sessions.begin() as s:
-        objs = []
-        for name, (sha, tops, unk, _best, score) in zip(names, rows, strict=True):
-            objs.append(ClassificationResult(
-                group_name=group, filename=name, sha256=sha,
-                class_id=None if unk else tops[0].class_id,
-                label=None if unk else tops[0].label, unknown=unk, score=score,
-                method=method, model_version=rt.backbone.version, key_id=who.key_id))
-        s.add_all(objs)
-        s.flush()
-        for o in objs:
-            decision = "unknown" if o.unknown else f"class={o.class_id}"
-            repo.audit(s, who.actor, "classify",
-                       f"result={o.id} group={group} sha256={o.sha256} "
-                       f"model={o.model_version} method={method} decision={decision}")
-        return [o.id for o in objs]
+        ids = repo.add_classifications(s, [
+            {"group_name": group, "filename": u.filename, "sha256": sha,
+             "class_id": None if unk else tops[0].class_id,
+             "label": None if unk else tops[0].label, "unknown": unk, "score": score,
+             "method": method, "model_version": rt.backbone.version, "key_id": who.key_id}
+            for u, (sha, tops, unk, _best, score) in zip(uploads, rows, strict=True)
+        ], who.actor)
+    if rt.settings.keep_query_images:
+        for u in uploads:
+            rt.blobs.put(u.data, durable=False, digest=u.sha256)
+    return ids

@@ -57,6 +57,10 @@ class Pusher:
             self._mqtt.loop_stop()
             self._mqtt.disconnect()
 
+    def wants(self, group: str) -> bool:
+        """Whether results of `group` are pushed anywhere (skip building the payload)."""
+        return self._queue is not None and group in self.targets
+
     def submit(self, group: str, payload: dict[str, Any]) -> None:
         target = self.targets.get(group)
         if target is None or self._queue is None:

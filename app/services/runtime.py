@@ -102,7 +102,7 @@ class Runtime:
             s_ = self.settings
             self.backbone = create_backbone(s_.backbone)
             self.embedder = make_embedder(self.backbone, s_.runtime,
-                                          s_.resolved_model_cache, s_.threads)
+                                          s_.resolved_model_cache, s_.stream_threads)
             self.methods = usable_methods(self.backbone.metric_dim)
             if s_.default_method not in self.methods:
                 raise ValueError(f"FSDI_DEFAULT_METHOD={s_.default_method!r} has no weights "
@@ -168,7 +168,8 @@ class Runtime:
 
         s = self.settings
         self.batcher = MicroBatcher(embed, s.batch_max_size, s.batch_max_wait_ms,
-                                    s.queue_max_images, self.metrics.batch_size.observe)
+                                    s.queue_max_images, self.metrics.batch_size.observe,
+                                    streams=s.streams)
         return self.batcher
 
     def close(self) -> None:

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from storage import repositories as repo
 from storage.blobs import BlobStore, sha256_hex
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
-from storage.tables import DefectClass, Embedding, SupportImage
+from storage.tables import (
+    AuditEvent,
+    ClassificationResult,
+    DefectClass,
+    Embedding,
+    SupportImage,
+)
 
 
 def test_blob_store_dedups_and_sweeps(tmp_path: Path) -> None:
@@ -66,4 +72,28 @@ def test_schema_and_repositories(db_url: str) -> None:
     with sessions() as s:  # the database cascades images and embeddings
         assert repo.embeddings_for(s, "b@ff") == []
         assert not repo.sha_referenced(s, "a" * 64)
+    engine.dispose()
+
+
+def test_add_classifications_bulk_returns_ids_in_order_with_audit(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    rows = [{"group_name": "bulk", "filename": f"{i}.jpg", "sha256": f"{i:064d}",
+             "class_id": None if i == 1 else 7, "label": None if i == 1 else "scratch",
+             "unknown": i == 1, "score": 0.5 + i / 10, "method": "protonet",
+             "model_version": "m@1", "key_id": None} for i in range(3)]
+    with sessions.begin() as s:
+        ids = repo.add_classifications(s, rows, "tester")
+    assert len(ids) == 3 and ids == sorted(ids)
+    with sessions() as s:
+        for rid, row in zip(ids, rows, strict=True):
+            got = s.get(ClassificationResult, rid)
+            assert got is not None and got.filename == row["filename"]
+            assert got.unknown == row["unknown"] and got.created_at is not None
+        details = [e.detail for e in s.scalars(
+            select(AuditEvent).where(AuditEvent.actor == "tester").order_by(AuditEvent.id))]
+    assert details[-3:] == [
+        f"result={ids[i]} group=bulk sha256={i:064d} model=m@1 method=protonet "
+        f"decision={'unknown' if i == 1 else 'class=7'}" for i in range(3)]
     engine.dispose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import Admin, Classifier, IdPath, Operator, RuntimeDep
 from app.errors import NotFound, Unprocessable
@@ -33,11 +33,13 @@ async def classify(
     method: Annotated[str | None, Query(max_length=32)] = None,
     threshold: Annotated[float | None, Query(gt=0, le=4)] = None,
     evidence: bool = False,
-) -> ClassifyResponse:
+) -> Response:
     """Classify each uploaded image; `threshold` overrides every class's calibrated
     rejection distance; `evidence=true` adds the nearest support images per class."""
     top_k = min(top_k, rt.settings.max_top_k)
-    return await svc.classify(rt, files, group, top_k, method, threshold, evidence, who)
+    out = await svc.classify(rt, files, group, top_k, method, threshold, evidence, who)
+    # Built and typed by the service already: serialise once, skip re-validation.
+    return Response(out.model_dump_json(), media_type="application/json")
 
 
 @router.post("/verify", response_model=VerifyResponse)
