@@ -204,8 +204,8 @@ def run_streams(embed: Callable[[np.ndarray], np.ndarray], x: np.ndarray, stream
     ts = [threading.Thread(target=worker) for _ in range(streams)]
     for t in ts:
         t.start()
-    stop[0] = time.perf_counter() + seconds + 3600  # nobody stops before the start
-    start.wait()
+    stop[0] = time.perf_counter() + seconds + 3600  # warm-ups never count as late
+    start.wait()  # every stream warmed up: go
     t0 = time.perf_counter()
     stop[0] = t0 + seconds
     for t in ts:

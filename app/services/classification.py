@@ -83,8 +83,8 @@ async def classify(
     proto_dist = (out.distances if name == "protonet"
                   else euclidean(q, snap.prototypes, snap.proto_sq))
     k = min(top_k, len(snap.entries))
-    rows: list[tuple[str, list[TopK], bool, int, float]] = []
-    for i, u in enumerate(uploads):
+    rows: list[tuple[list[TopK], bool, int, float]] = []
+    for i in range(len(uploads)):
         order = top_indices(out.scores[i], k)
         tops = []
         for c in order:
@@ -108,14 +108,14 @@ async def classify(
             # Only the winner's distance is needed, so 10,000 classes cost no more here.
             d_app = float(np.linalg.norm(appearance[i] - snap.app_prototypes[best]))
             unknown = d_app > float(snap.app_thresholds[best])
-        rows.append((u.sha256, tops, unknown, best, tops[0].score))
+        rows.append((tops, unknown, best, tops[0].score))
     # Off the event loop: a durable commit waits for fsync.
     ids = await asyncio.to_thread(_store, rt, group, uploads, rows, name, who)
     results = [
         Result(id=rid, filename=u.filename, unknown=unk, score=score, top_k=tops,
                label=None if unk else snap.entries[best].name,
                class_id=None if unk else snap.entries[best].class_id)
-        for rid, u, (_, tops, unk, best, score) in zip(ids, uploads, rows, strict=True)
+        for rid, u, (tops, unk, best, score) in zip(ids, uploads, rows, strict=True)
     ]
     response = ClassifyResponse(results=results, model=ModelInfo(
         backbone=rt.backbone.name, method=name, version=rt.backbone.version,
@@ -149,11 +149,11 @@ def _store(rt: Runtime, group: str, uploads: list[Upload], rows: list, method: s
     assert rt.sessions is not None and rt.backbone is not None
     with rt.sessions.begin() as s:
         ids = repo.add_classifications(s, [
-            {"group_name": group, "filename": u.filename, "sha256": sha,
+            {"group_name": group, "filename": u.filename, "sha256": u.sha256,
              "class_id": None if unk else tops[0].class_id,
              "label": None if unk else tops[0].label, "unknown": unk, "score": score,
              "method": method, "model_version": rt.backbone.version, "key_id": who.key_id}
-            for u, (sha, tops, unk, _best, score) in zip(uploads, rows, strict=True)
+            for u, (tops, unk, _best, score) in zip(uploads, rows, strict=True)
         ], who.actor)
     if rt.settings.keep_query_images:
         for u in uploads:

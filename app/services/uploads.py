@@ -62,40 +62,28 @@ async def decode_all(
     pool: ThreadPoolExecutor,
 ) -> list[Upload]:
     """Decode every part in the worker pool, one task per worker (not per image: fewer
-    hand-offs through the event loop); the first bad file fails the whole request."""
+    hand-offs through the event loop); the first bad file in request order fails the
+    whole request."""
     loop = asyncio.get_running_loop()
     n = min(settings.decode_workers, len(parts))
-    indexed = list(enumerate(parts))
-    tasks = [loop.run_in_executor(pool, _decode_slice, indexed[i::n], cfg,
+    tasks = [loop.run_in_executor(pool, _decode_slice, parts[i::n], cfg,
                                   settings.max_image_pixels) for i in range(n)]
-    slices = await asyncio.gather(*tasks, return_exceptions=True)
-    failed = [r for r in slices if isinstance(r, BaseException)]
-    if failed:
-        # The earliest bad file in request order names the error, whichever task saw it.
-        first = min(failed, key=lambda e: e.part_index if isinstance(e, _BadPart) else -1)
-        if isinstance(first, _BadPart) and first.__cause__ is not None:
-            raise first.__cause__
-        raise first
-    out: dict[int, Upload] = {}
-    for sl in slices:
-        assert not isinstance(sl, BaseException)
-        out.update(sl)
-    return [out[i] for i in range(len(parts))]
+    ordered: list[Upload | ApiError | None] = [None] * len(parts)
+    for i, decoded in enumerate(await asyncio.gather(*tasks)):
+        ordered[i::n] = decoded
+    for r in ordered:
+        if isinstance(r, ApiError):
+            raise r
+    return [r for r in ordered if isinstance(r, Upload)]
 
 
-class _BadPart(Exception):
-    """Carries the request position of a file that failed to decode."""
-
-    def __init__(self, part_index: int) -> None:
-        self.part_index = part_index
-
-
-def _decode_slice(parts: list[tuple[int, tuple[str, bytes]]], cfg: PreprocessConfig,
-                  max_pixels: int) -> list[tuple[int, Upload]]:
-    out = []
-    for i, (name, data) in parts:
+def _decode_slice(parts: list[tuple[str, bytes]], cfg: PreprocessConfig, max_pixels: int
+                  ) -> list[Upload | ApiError]:
+    """A rejected file stays in its place as its error, so the caller can name the first."""
+    out: list[Upload | ApiError] = []
+    for name, data in parts:
         try:
-            out.append((i, _decode_one(name, data, cfg, max_pixels)))
-        except Exception as exc:
-            raise _BadPart(i) from exc
+            out.append(_decode_one(name, data, cfg, max_pixels))
+        except ApiError as exc:
+            out.append(exc)
     return out
