@@ -56,7 +56,7 @@ def train(
     out: Path = typer.Option(Path("models/weights/fsdi_lite0_meta.safetensors"),
                              help="where the trained head (safetensors) goes"),
     cache: Path = typer.Option(Path("runs/cache"), help="descriptor cache directory"),
-    episodes: int = 1500, seed: int = 0, l2sp: float = 0.1,
+    episodes: int = 1500, seed: int = 0, l2sp: float = 0.3,
     task_aug: str = typer.Option("invert", help="invert or none"),
     synth_per_class: int = 150, fmnist_per_class: int = 200,
     augment_views: int = typer.Option(0, help="augmented copies of each meta-train image"),
@@ -104,7 +104,7 @@ def evaluate(
         typer.echo(md)
         return
     from models.evaluate import evaluate as run
-    from models.evaluate import head_embed, unit, write_reports
+    from models.evaluate import head_embed, rejection_report, unit, write_reports
     from models.train import TrainConfig, feature_sets
 
     cfg = TrainConfig(seed=seed, synth_per_class=synth_per_class,
@@ -122,6 +122,12 @@ def evaluate(
                seed + 1000, setup={"binary_eval": (2, data["binary_eval_g"])})
     write_reports(rows, out)
     typer.echo((out / "evaluation.md").read_text())
+    from app.services.runtime import calibration_configs
+
+    metric_cfg, app_cfg = calibration_configs(get_settings())
+    typer.echo(rejection_report(data, embed, metric_cfg, app_cfg,
+                                tuple(int(s) for s in shots.split(",")), episodes // 2,
+                                seed + 2000, out))
 
 
 @cli.command()

@@ -33,12 +33,12 @@ class Settings(BaseSettings):
     calib_metric_k_std: float = 3.0
     calib_metric_floor: float = 0.4
     calib_metric_ceiling: float = 1.3
-    calib_metric_fallback: float = 1.1
+    calib_metric_fallback: float = 1.3
     calib_margin: float = 1.5
     calib_k_std: float = 3.0
     calib_floor: float = 0.25
-    calib_ceiling: float = 1.05
-    calib_fallback: float = 0.7
+    calib_ceiling: float = 0.95
+    calib_fallback: float = 1.0
 
     # Limits: checked before work, every one a 4xx.
     max_request_bytes: int = 64 * 1024 * 1024

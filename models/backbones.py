@@ -48,14 +48,18 @@ class Backbone:
     # Leading dims that rank classes; the rest (if any) is an appearance embedding used
     # only to reject images unlike anything enrolled. 0 means "all of it".
     metric_dim: int = 0
+    # Bumped when the same weights start to compute something else (a code fix): the
+    # version, and with it every stored embedding and cached export, then changes too.
+    revision: str = ""
 
     def serving(self) -> ServingNet:
         return ServingNet(self.net, self.preprocess).eval()
 
     @property
     def version(self) -> str:
-        """Weights *and* preprocessing: either changing means new embeddings."""
-        h = hashlib.sha256(f"{self.weights_sha256}|{self.preprocess!r}".encode()).hexdigest()
+        """Weights, code revision *and* preprocessing: any changing means new embeddings."""
+        h = hashlib.sha256(f"{self.weights_sha256}|{self.revision}|{self.preprocess!r}"
+                           .encode()).hexdigest()
         return f"{self.name}@{h[:12]}"
 
 

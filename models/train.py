@@ -47,7 +47,7 @@ class TrainConfig:
     surface_per_class: int = 0  # measured: no gain (MODEL_CARD.md)
     # L2-SP (Li et al., ICML 2018): pull the head towards its initial, geometry-preserving
     # projection, so meta-training on a few defect types cannot forget the general features.
-    l2sp: float = 0.1
+    l2sp: float = 0.3
     checkpoint_every: int = 250
 
     def data_key(self) -> str:
@@ -66,9 +66,7 @@ def random_trunk(seed: int) -> torch.nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 
     torch.manual_seed(seed)
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.set_swish(memory_efficient=False)
-    return net.eval()
+    return EfficientNet.from_name("efficientnet-lite0").eval()
 
 
 def augment(imgs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -110,7 +108,10 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
                  ) -> dict[str, np.ndarray]:
     """Descriptors and labels of the evaluation splits and (ImageNet trunk only) the
     meta-train splits, cached on disk by the settings each depends on."""
-    tag = "random" if random_init else "imagenet"
+    from models.effnet import TRUNK_REVISION
+
+    # The trunk's code revision is part of the name: a fixed trunk never reads old features.
+    tag = f"{'random' if random_init else 'imagenet'}-{TRUNK_REVISION}"
     ekey = hashlib.sha256(repr((cfg.synth_per_class, cfg.fmnist_per_class, cfg.seed)
                                ).encode()).hexdigest()[:12]
 
@@ -153,7 +154,7 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
             out["surface_train_g"] = groups
         return out
 
-    return out | _cached(cache_dir / f"train-{cfg.data_key()}.npz", train_sets)
+    return out | _cached(cache_dir / f"train-{TRUNK_REVISION}-{cfg.data_key()}.npz", train_sets)
 
 
 def protonet_loss(head: ProjectionHead, log_t: torch.Tensor, feats: torch.Tensor,

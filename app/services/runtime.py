@@ -43,15 +43,21 @@ def usable_methods(dim: int) -> list[str]:
     return ok
 
 
-def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
-    appearance = CalibrationConfig(margin=s.calib_margin, k_std=s.calib_k_std,
-                                   floor=s.calib_floor, ceiling=s.calib_ceiling,
-                                   fallback=s.calib_fallback)
-    if bb.metric_dim == bb.dim:
-        return EmbeddingLayout(bb.dim, appearance)
+def calibration_configs(s: Settings) -> tuple[CalibrationConfig, CalibrationConfig]:
+    """(metric part, appearance part) rejection calibration from the settings."""
     metric = CalibrationConfig(margin=s.calib_metric_margin, k_std=s.calib_metric_k_std,
                                floor=s.calib_metric_floor, ceiling=s.calib_metric_ceiling,
                                fallback=s.calib_metric_fallback)
+    appearance = CalibrationConfig(margin=s.calib_margin, k_std=s.calib_k_std,
+                                   floor=s.calib_floor, ceiling=s.calib_ceiling,
+                                   fallback=s.calib_fallback)
+    return metric, appearance
+
+
+def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
+    metric, appearance = calibration_configs(s)
+    if bb.metric_dim == bb.dim:
+        return EmbeddingLayout(bb.dim, appearance)
     return EmbeddingLayout(bb.metric_dim, metric, appearance)
 
 

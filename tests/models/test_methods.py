@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from models.backbones import create_backbone
-from models.calibration import CalibrationConfig, class_threshold, loo_distances
+from models.calibration import (
+    CalibrationConfig,
+    class_threshold,
+    loo_distances,
+    rejection_rates,
+)
 from models.methods import available_methods, create_method
 from models.methods.protonet import euclidean, prototypes
 
@@ -42,6 +47,27 @@ def test_threshold_is_clamped_and_one_shot_falls_back() -> None:
     assert class_threshold(tight, cfg) == 0.25
     wide = np.eye(4, dtype=np.float32) * 10
     assert class_threshold(wide, cfg) == 1.05
+
+
+def test_rejection_rates_tell_foreign_images_from_members() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 16)) * 3
+    labels = np.repeat(np.arange(6), 20)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    members = unit(centres[labels] + rng.normal(size=(120, 16)) * 0.3)
+    far = unit(-np.abs(rng.normal(size=(40, 16))) - 3)  # another region of the sphere
+    cfg = CalibrationConfig(margin=1.5, k_std=3, floor=0.05, ceiling=1.0, fallback=0.5)
+    r = rejection_rates(members, members, labels, (far, far), cfg, cfg, k_shot=5, n_way=4,
+                        episodes=30, seed=1)
+    assert r["accepted_correct"] > 0.9 and r["falsely_rejected"] < 0.1
+    assert r["foreign_rejected"] > 0.9
+    # "Foreign" images drawn from the enrolled classes themselves are not rejected.
+    same = rejection_rates(members, members, labels, (members, members), cfg, cfg, k_shot=5,
+                           n_way=6, episodes=30, seed=1)
+    assert same["foreign_rejected"] < 0.2
 
 
 def test_registries_fail_loudly() -> None:
