@@ -64,3 +64,22 @@ def test_onnx_matches_torch(model_cache: Path, name: str) -> None:
     assert np.allclose(np.linalg.norm(ort[:, :bb.metric_dim], axis=1), 1, atol=1e-4)
     protos = ref[:3]
     assert ((ref @ protos.T).argmax(1) == (ort @ protos.T).argmax(1)).all()
+
+
+def test_imagenet_trunk_recognises_photos() -> None:
+    """The trunk computes what its weights were trained for: with the wrong activation
+    (Swish instead of ReLU6) it called this espresso a toilet seat."""
+    from PIL import Image
+    from skimage import data
+
+    from models.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from models.effnet import lite0_trunk
+
+    net = lite0_trunk()[0].eval()
+    expected = {"chelsea": range(281, 286), "coffee": (967, 968)}  # cats; espresso, cup
+    for name, classes in expected.items():
+        im = Image.fromarray(getattr(data, name)()).convert("RGB").resize((224, 224))
+        x = (np.asarray(im, np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+        with torch.no_grad():
+            logits = net(torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None])
+        assert int(logits.argmax()) in classes, name
