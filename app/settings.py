@@ -67,11 +67,11 @@ class Settings(BaseSettings):
 
     # Micro-batching and overload.
     # Forward passes that run at once, each on threads // streams cores; default: one
-    # single-threaded stream per core. On our 2-core boxes that, with one image per
-    # forward pass, is the fastest raw configuration (bench/classify.py sweeps them);
-    # raise batch_max_size where batching pays (more cores, bigger models).
+    # single-threaded stream per core. On our 2-core boxes that, with two images per
+    # forward pass, is the fastest configuration (bench/classify.py sweeps them);
+    # raise batch_max_size where bigger batches pay (more cores, bigger models).
     infer_streams: int | None = Field(default=None, ge=1, le=64)
-    batch_max_size: int = Field(default=1, ge=1)
+    batch_max_size: int = Field(default=2, ge=1)
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     queue_max_images: int = Field(default=512, ge=1)
     decode_workers: int = Field(default=2, ge=1)

@@ -42,10 +42,19 @@ def create_key(s: Session, role: str, label: str) -> tuple[ApiKey, str]:
     return row, key
 
 
-def authenticate(s: Session, presented: str, settings: Settings) -> Principal:
-    digest = hash_key(presented)
-    if settings.admin_key and hmac.compare_digest(digest, hash_key(settings.admin_key)):
+def env_admin(presented: str, settings: Settings) -> Principal | None:
+    """The FSDI_ADMIN_KEY bootstrap admin, recognised without touching the database."""
+    if settings.admin_key and hmac.compare_digest(hash_key(presented),
+                                                  hash_key(settings.admin_key)):
         return Principal("admin", None, "admin-env")
+    return None
+
+
+def authenticate(s: Session, presented: str, settings: Settings) -> Principal:
+    who = env_admin(presented, settings)
+    if who is not None:
+        return who
+    digest = hash_key(presented)
     row = repo.key_by_hash(s, digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at:
         raise Unauthorized("invalid or revoked API key")
