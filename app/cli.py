@@ -92,16 +92,35 @@ def evaluate(
     synth_per_class: int = 150, fmnist_per_class: int = 200,
     method: str = typer.Option("", help="'all' (or one name) compares the few-shot "
                                "methods instead of the embeddings"),
+    precision: str = typer.Option("", help="'int8' compares the served network at that "
+                                  "precision with fp32 (accuracy and rejection)"),
 ) -> None:
     """N-way K-shot on held-out classes: the shipped head vs the frozen ImageNet global
-    pool vs a random-init network, on the same episodes; or, with --method, every
-    few-shot method on the same episodes."""
+    pool vs a random-init network, on the same episodes, and unknown rejection; or, with
+    --method, every few-shot method on the same episodes; or, with --precision int8, the
+    served network at INT8 against fp32."""
+    if precision and precision not in ("int8",):
+        raise typer.BadParameter("--precision compares int8 with fp32; give 'int8'")
     if method:
         from models.methods.training import evaluate_all
 
         md = evaluate_all(method, head, cache, out, episodes,
                           tuple(int(s) for s in shots.split(",")), seed)
         typer.echo(md)
+        return
+    from app.services.runtime import calibration_configs
+
+    metric_cfg, app_cfg = calibration_configs(get_settings())
+    shot_counts = tuple(int(s) for s in shots.split(","))
+    if precision:
+        from models.evaluate import precision_report
+        from models.train import TrainConfig, eval_images
+
+        images, groups = eval_images(TrainConfig(seed=seed, synth_per_class=synth_per_class,
+                                                 fmnist_per_class=fmnist_per_class))
+        typer.echo(precision_report(get_settings().backbone, precision, images, groups,
+                                    metric_cfg, app_cfg, shot_counts, episodes, seed,
+                                    cache / "onnx", out))
         return
     from models.evaluate import evaluate as run
     from models.evaluate import head_embed, rejection_report, unit, write_reports
@@ -118,16 +137,12 @@ def evaluate(
                   "random_init_global_pool": unit(rand[f"{b}_x"][:, :1280])}
         labels[b] = data[f"{b}_y"]
     # binary_eval: OK vs defective (held-out defect types), 2-way, inside one surface.
-    rows = run(emb, labels, tuple(int(s) for s in shots.split(",")), episodes, 5, 15,
+    rows = run(emb, labels, shot_counts, episodes, 5, 15,
                seed + 1000, setup={"binary_eval": (2, data["binary_eval_g"])})
     write_reports(rows, out)
     typer.echo((out / "evaluation.md").read_text())
-    from app.services.runtime import calibration_configs
-
-    metric_cfg, app_cfg = calibration_configs(get_settings())
-    typer.echo(rejection_report(data, embed, metric_cfg, app_cfg,
-                                tuple(int(s) for s in shots.split(",")), episodes // 2,
-                                seed + 2000, out))
+    typer.echo(rejection_report(data, embed, metric_cfg, app_cfg, shot_counts,
+                                episodes // 2, seed + 2000, out))
 
 
 @cli.command()

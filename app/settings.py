@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,10 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = None  # exported ONNX files; default data_dir/onnx
     backbone: str = "fsdi_lite0_meta"
     runtime: str = "onnxruntime"
+    # "int8": static INT8 quantisation of the served network (ONNX Runtime only): ~1.4x
+    # the fp32 network on our CPUs at the accuracy in models/MODEL_CARD.md. Changing it
+    # changes the model version (run `fsdi reembed`).
+    precision: Literal["fp32", "int8"] = "fp32"
     threads: int = Field(default=2, ge=1, le=64)
     default_method: str = "protonet"
     temperature: float = Field(default=0.05, gt=0)
@@ -81,6 +86,13 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, v: str | None) -> str | None:
         v = v.strip() if v else v
         return v or None
+
+    @model_validator(mode="after")
+    def _int8_needs_onnxruntime(self) -> Settings:
+        if self.precision != "fp32" and self.runtime != "onnxruntime":
+            raise ValueError(f"FSDI_PRECISION={self.precision} needs "
+                             f"FSDI_RUNTIME=onnxruntime (torch serves fp32 only)")
+        return self
 
     @model_validator(mode="after")
     def _streams_fit_threads(self) -> Settings:

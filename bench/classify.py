@@ -233,7 +233,7 @@ def raw_network(configs: list[Config], seconds: float, cache: Path
     from models.backbones import create_backbone
     from models.embedder import OrtEmbedder, TorchEmbedder, pin_threads
 
-    bb = create_backbone(served_backbone())
+    bb = create_backbone(*served_backbone())
     c = bb.preprocess.channels
     x = np.random.default_rng(0).integers(0, 256, (max(k.batch for k in configs), 224, 224, c),
                                           dtype=np.uint8)
@@ -247,10 +247,12 @@ def raw_network(configs: list[Config], seconds: float, cache: Path
     return out
 
 
-def served_backbone() -> str:
+def served_backbone() -> tuple[str, str]:
+    """(backbone, precision) as the service serves them (FSDI_BACKBONE, FSDI_PRECISION)."""
     from app.settings import Settings
 
-    return Settings().backbone
+    st = Settings()
+    return st.backbone, st.precision
 
 
 def main() -> None:
@@ -277,7 +279,7 @@ def main() -> None:
         data = Path(tmp) / "data"
         from models.backbones import create_backbone
 
-        bb = create_backbone(st.backbone)
+        bb = create_backbone(st.backbone, st.precision)
         data.mkdir()
         seed_classes(f"sqlite:///{data / 'fsdi.db'}", bb.version, bb.dim, bb.metric_dim, counts)
         del bb
@@ -306,7 +308,8 @@ def main() -> None:
     print(f"  request latency p50 {pct(lat, 50) * 1000:.0f} ms  p95 {pct(lat, 95) * 1000:.0f} ms"
           f"  p99 {pct(lat, 99) * 1000:.0f} ms")
     print("raw network on preprocessed uint8 input, img/s (mean of before/after):")
-    print(f"  {'configuration':42s} {'ONNX Runtime':>14s} {'torch eager':>12s}")
+    ort_label = f"ORT {st.precision}"
+    print(f"  {'configuration':42s} {ort_label:>14s} {'torch fp32':>12s}")
     for k in configs:
         mark = "  <- service" if k == served else ""
         print(f"  {str(k):42s} {raw['onnxruntime'][k]:14.1f} {raw['torch'][k]:12.1f}{mark}")

@@ -51,14 +51,19 @@ class Backbone:
     # Bumped when the same weights start to compute something else (a code fix): the
     # version, and with it every stored embedding and cached export, then changes too.
     revision: str = ""
+    # How the network is served: "fp32", or "int8" (static quantisation, ONNX Runtime
+    # only; models/quantize.py). INT8 embeddings differ, so the version differs too.
+    precision: str = "fp32"
 
     def serving(self) -> ServingNet:
         return ServingNet(self.net, self.preprocess).eval()
 
     @property
     def version(self) -> str:
-        """Weights, code revision *and* preprocessing: any changing means new embeddings."""
-        h = hashlib.sha256(f"{self.weights_sha256}|{self.revision}|{self.preprocess!r}"
+        """Weights, code revision, preprocessing *and* precision: any changing means new
+        embeddings."""
+        served = "" if self.precision == "fp32" else f"|{self.precision}"
+        h = hashlib.sha256(f"{self.weights_sha256}|{self.revision}|{self.preprocess!r}{served}"
                            .encode()).hexdigest()
         return f"{self.name}@{h[:12]}"
 
@@ -104,12 +109,18 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str) -> Backbone:
+PRECISIONS = ("fp32", "int8")
+
+
+def create_backbone(name: str, precision: str = "fp32") -> Backbone:
     """Build a registered backbone; raise KeyError naming the valid ones otherwise."""
     _load_builtin()
     if name not in _REGISTRY:
         raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
     bb = _REGISTRY[name]()
+    bb.precision = precision
     bb.net.eval()
     bb.weights_sha256 = files_sha256(bb.weight_files)
     with torch.no_grad():

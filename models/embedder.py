@@ -88,7 +88,7 @@ class OrtEmbedder:
         self.backbone = backbone
         self.path = cache_dir / f"{backbone.version.replace('@', '-')}.onnx"
         if not self.path.is_file():
-            export_onnx(backbone, self.path)
+            self._build()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -102,10 +102,24 @@ class OrtEmbedder:
             )
         except Exception:
             # A damaged cache file: rebuild it once from the torch weights.
-            export_onnx(backbone, self.path)
+            self._build()
             self.session = ort.InferenceSession(
                 str(self.path), opts, providers=["CPUExecutionProvider"]
             )
+
+    def _build(self) -> None:
+        """Export the served file; for INT8, export fp32 beside it and quantise that."""
+        if self.backbone.precision == "fp32":
+            export_onnx(self.backbone, self.path)
+            return
+        from models.quantize import calibration_images, quantize_int8
+
+        fp32 = self.path.with_suffix(".fp32.onnx")
+        export_onnx(self.backbone, fp32)
+        try:
+            quantize_int8(fp32, self.path, calibration_images(self.backbone.preprocess))
+        finally:
+            fp32.unlink(missing_ok=True)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.uint8)
@@ -116,6 +130,9 @@ class OrtEmbedder:
 def make_embedder(backbone: Backbone, runtime: str, cache_dir: Path, threads: int) -> Embedder:
     pin_threads(threads)
     if runtime == "torch":
+        if backbone.precision != "fp32":
+            raise ValueError(f"precision {backbone.precision} runs in ONNX Runtime only; "
+                             f"the torch runtime serves fp32")
         return TorchEmbedder(backbone)
     if runtime == "onnxruntime":
         return OrtEmbedder(backbone, cache_dir, threads)

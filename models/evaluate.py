@@ -127,25 +127,103 @@ def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: Cali
     """Unknown rejection with the service's calibration on held-out classes: how many
     genuine images are accepted with the right class or falsely rejected, and how many
     images of an unrelated set are rejected. Writes rejection.{json,md}."""
+    parts = {b: (embed(data[f"{b}_x"]), unit(data[f"{b}_x"][:, :1280])) for b in REJECTION_SETUP}
+    rows = rejection_rows({"": parts}, data, metric_cfg, app_cfg, shots, episodes, seed)
+    return write_rejection(rows, out_dir / "rejection")
+
+
+def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+                   labels: dict[str, np.ndarray], metric_cfg: CalibrationConfig,
+                   app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
+                   seed: int) -> list[dict[str, object]]:
+    """parts[name][bench] = (metric, appearance) embeddings; `labels` holds `<bench>_y`
+    and, where episodes stay inside a group, `<bench>_g`. Same episodes for every name."""
     from models.calibration import rejection_rates
 
-    parts = {b: (embed(data[f"{b}_x"]), unit(data[f"{b}_x"][:, :1280])) for b in REJECTION_SETUP}
-    rows = []
+    rows: list[dict[str, object]] = []
     for bench, (ways, foreign) in REJECTION_SETUP.items():
         for k in shots:
-            r = rejection_rates(*parts[bench], data[f"{bench}_y"], parts[foreign], metric_cfg,
-                                app_cfg, k, ways, episodes, seed + k,
-                                groups=data.get(f"{bench}_g"))
-            rows.append({"benchmark": bench, "foreign": foreign, "shots": k, "n_way": ways,
-                         "episodes": episodes} | {m: round(v, 4) for m, v in r.items()})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "rejection.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| benchmark (foreign set) | shots | accepted, right class | falsely rejected "
-             "| foreign rejected |", "|---|---|---|---|---|"]
-    lines += [f"| {r['benchmark']} ({r['foreign']}) | {r['shots']} | "
-              f"{100 * float(r['accepted_correct']):.1f} | "  # type: ignore[arg-type]
-              f"{100 * float(r['falsely_rejected']):.1f} | "  # type: ignore[arg-type]
-              f"{100 * float(r['foreign_rejected']):.1f} |" for r in rows]  # type: ignore[arg-type]
+            for name, by_bench in parts.items():
+                r = rejection_rates(*by_bench[bench], labels[f"{bench}_y"], by_bench[foreign],
+                                    metric_cfg, app_cfg, k, ways, episodes, seed + k,
+                                    groups=labels.get(f"{bench}_g"))
+                rows.append({"benchmark": bench, "foreign": foreign, "shots": k,
+                             "n_way": ways, "episodes": episodes}
+                            | ({"embedding": name} if name else {})
+                            | {m: round(v, 4) for m, v in r.items()})
+    return rows
+
+
+def write_rejection(rows: list[dict[str, object]], stem: Path) -> str:
+    """`stem`.json and a Markdown table `stem`.md; returns the table."""
+    named = any("embedding" in r for r in rows)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    lines = ["| benchmark (foreign set) | " + ("embedding | " if named else "") +
+             "shots | accepted, right class | falsely rejected | foreign rejected |",
+             "|---|---|---|---|---|" + ("---|" if named else "")]
+    for r in rows:
+        cells = [f"{r['benchmark']} ({r['foreign']})"] + (
+            [str(r["embedding"])] if named else []) + [str(r["shots"])] + [
+            f"{100 * float(r[m]):.1f}"  # type: ignore[arg-type]
+            for m in ("accepted_correct", "falsely_rejected", "foreign_rejected")]
+        lines.append("| " + " | ".join(cells) + " |")
     md = "\n".join(lines) + "\n"
-    (out_dir / "rejection.md").write_text(md)
+    stem.with_suffix(".md").write_text(md)
     return md
+
+
+def served_embeddings(backbone_name: str, precisions: tuple[str, ...],
+                      images: dict[str, tuple[np.ndarray, np.ndarray]], cache_dir: Path,
+                      threads: int = 2) -> dict[str, dict[str, np.ndarray]]:
+    """Embed each set with the network exactly as served (ONNX Runtime, each precision):
+    out[precision][set] = (N, D) full served embeddings."""
+    from models.backbones import create_backbone
+    from models.embedder import OrtEmbedder
+    from models.features import grey_to_input
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for p in precisions:
+        bb = create_backbone(backbone_name, p)
+        emb = OrtEmbedder(bb, cache_dir, threads)
+        out[p] = {}
+        for name, (imgs, _) in images.items():
+            x = grey_to_input(imgs, bb.preprocess.input_size)
+            x = x[:, :, :, :1] if bb.preprocess.grey else x
+            out[p][name] = np.concatenate([emb.embed(x[i:i + 32])
+                                           for i in tqdm(range(0, len(x), 32),
+                                                         desc=f"{p}:{name}", leave=False)])
+    return out
+
+
+def precision_report(backbone_name: str, precision: str, images: dict[str, tuple[np.ndarray,
+                     np.ndarray]], groups: dict[str, np.ndarray], metric_cfg: CalibrationConfig,
+                     app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
+                     seed: int, cache_dir: Path, out_dir: Path) -> str:
+    """fp32 vs `precision`, both served by ONNX Runtime, on the same episodes: few-shot
+    accuracy of the metric part and unknown rejection of the whole embedding. Writes
+    precision.{json,md} and precision_rejection.{json,md}."""
+    from models.backbones import create_backbone
+
+    metric_dim = create_backbone(backbone_name).metric_dim
+    served = served_embeddings(backbone_name, ("fp32", precision), images, cache_dir)
+    labels = {f"{b}_y": y for b, (_, y) in images.items()} | {
+        f"{b}_g": g for b, g in groups.items()}
+    emb = {b: {p: unit(served[p][b][:, :metric_dim]) for p in served} for b in images}
+    rows = evaluate(emb, {b: y for b, (_, y) in images.items()}, shots, episodes, 5, 15,
+                    seed + 1000, setup={b: (2, g) for b, g in groups.items()})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "precision.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| benchmark | precision | " + " | ".join(f"{k}-shot" for k in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    for b in images:
+        for p in served:
+            cells = [f"{100 * float(r['accuracy']):.1f} ± {100 * float(r['ci95']):.1f}"  # type: ignore[arg-type]
+                     for r in rows if r["benchmark"] == b and r["embedding"] == p]
+            lines.append(f"| {b} | {p} | " + " | ".join(cells) + " |")
+    md = "\n".join(lines) + "\n"
+    (out_dir / "precision.md").write_text(md)
+    parts = {p: {b: (unit(e[:, :metric_dim]), unit(e[:, metric_dim:]) if e.shape[1] > metric_dim
+                     else unit(e)) for b, e in by_set.items()} for p, by_set in served.items()}
+    rej = rejection_rows(parts, labels, metric_cfg, app_cfg, shots, episodes // 2, seed + 2000)
+    return md + "\n" + write_rejection(rej, out_dir / "precision_rejection")

@@ -104,6 +104,19 @@ def _descriptors(trunk: torch.nn.Module, sets: dict[str, tuple[np.ndarray, np.nd
     return out
 
 
+def eval_images(cfg: TrainConfig) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                             dict[str, np.ndarray]]:
+    """The held-out evaluation splits as (N, h, w) grey images and labels, and the
+    surface of each OK-vs-defective image (its episodes stay inside one surface)."""
+    bx, by, bg = synthetic.make_binary_set(synthetic.EVAL_TYPES, 30, cfg.seed + 4)
+    return {
+        "synth_eval": synthetic.make_set(synthetic.EVAL_TYPES, cfg.synth_per_class,
+                                         cfg.seed + 1)[:2],
+        "fmnist_eval": fashion_mnist(FMNIST_EVAL, cfg.fmnist_per_class, cfg.seed + 3)[:2],
+        "binary_eval": (bx, by),
+    }, {"binary_eval": bg}
+
+
 def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
                  ) -> dict[str, np.ndarray]:
     """Descriptors and labels of the evaluation splits and (ImageNet trunk only) the
@@ -117,14 +130,9 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
 
     def eval_sets() -> dict[str, np.ndarray]:
         trunk = random_trunk(cfg.seed) if random_init else imagenet_trunk()
-        bx, by, bg = synthetic.make_binary_set(synthetic.EVAL_TYPES, 30, cfg.seed + 4)
-        out = _descriptors(trunk, {
-            "synth_eval": synthetic.make_set(synthetic.EVAL_TYPES, cfg.synth_per_class,
-                                             cfg.seed + 1)[:2],
-            "fmnist_eval": fashion_mnist(FMNIST_EVAL, cfg.fmnist_per_class, cfg.seed + 3)[:2],
-            "binary_eval": (bx, by),
-        }, tag)
-        out["binary_eval_g"] = bg
+        sets, groups = eval_images(cfg)
+        out = _descriptors(trunk, sets, tag)
+        out |= {f"{name}_g": g for name, g in groups.items()}
         return out
 
     out = _cached(cache_dir / f"eval2-{tag}-{ekey}.npz", eval_sets)

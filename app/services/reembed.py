@@ -28,7 +28,7 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
-    bb = create_backbone(settings.backbone)
+    bb = create_backbone(settings.backbone, settings.precision)
     embedder = make_embedder(bb, settings.runtime, settings.resolved_model_cache,
                              settings.threads)
     blobs = BlobStore(settings.data_dir / "blobs")

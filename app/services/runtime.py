@@ -106,7 +106,7 @@ class Runtime:
                     print(f"FSDI generated an admin key (shown once, only its hash is kept):\n"
                           f"  {key}", flush=True)
             s_ = self.settings
-            self.backbone = create_backbone(s_.backbone)
+            self.backbone = create_backbone(s_.backbone, s_.precision)
             self.embedder = make_embedder(self.backbone, s_.runtime,
                                           s_.resolved_model_cache, s_.stream_threads)
             self.methods = usable_methods(self.backbone.metric_dim)

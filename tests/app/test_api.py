@@ -44,6 +44,11 @@ def test_health_ready_metrics(client: TestClient) -> None:
 
 
 def test_enrol_and_classify_held_out_images(client: TestClient) -> None:
+    check_held_out_images(client)
+
+
+def check_held_out_images(client: TestClient) -> dict:  # type: ignore[type-arg]
+    """Enrol the three classes, classify held-out images of each; returns the body."""
     grp = group()
     enrol(client, grp)
     queries = [(name, sample(surf, defect, 5000 + 13 * ci + j))
@@ -63,6 +68,7 @@ def test_enrol_and_classify_held_out_images(client: TestClient) -> None:
         assert [t["distance"] for t in x["top_k"]] == sorted(t["distance"] for t in x["top_k"])
         assert isinstance(x["id"], int)
     assert body["model"]["method"] == "protonet" and body["model"]["version"]
+    return body  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("odd", [flat((128, 128, 128)), flat((250, 20, 20)), flat((0, 0, 0))])
