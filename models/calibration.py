@@ -41,19 +41,6 @@ def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
     return float(np.clip(thr, cfg.floor, cfg.ceiling))
 
 
-def reject_unknown(dist_m: np.ndarray, thr_m: np.ndarray, dist_a: np.ndarray | None = None,
-                   thr_a: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The service's rule on (Q, C) prototype distances: the winner is the nearest metric
-    prototype; it is unknown when its metric distance exceeds its metric threshold or
-    its appearance distance exceeds its appearance threshold. -> (winner, unknown)."""
-    best = dist_m.argmin(axis=1)
-    rows = np.arange(len(best))
-    unknown = dist_m[rows, best] > thr_m[best]
-    if dist_a is not None and thr_a is not None:
-        unknown |= dist_a[rows, best] > thr_a[best]
-    return best, unknown
-
-
 def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray,
                     foreign: tuple[np.ndarray, np.ndarray], metric_cfg: CalibrationConfig,
                     app_cfg: CalibrationConfig, k_shot: int, n_way: int, episodes: int,
@@ -89,6 +76,11 @@ def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarr
 
 def _judge(qm: np.ndarray, qa: np.ndarray, pm: np.ndarray, pa: np.ndarray, tm: np.ndarray,
            ta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The service's rule (app/services/classification.py), vectorised: the winner is the
+    nearest metric prototype; it is unknown when its metric distance exceeds its metric
+    threshold or its appearance distance its appearance threshold. -> (winner, unknown)"""
     dm = np.linalg.norm(qm[:, None] - pm[None], axis=2)
     da = np.linalg.norm(qa[:, None] - pa[None], axis=2)
-    return reject_unknown(dm, tm, da, ta)
+    best = dm.argmin(axis=1)
+    rows = np.arange(len(best))
+    return best, (dm[rows, best] > tm[best]) | (da[rows, best] > ta[best])

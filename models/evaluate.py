@@ -211,7 +211,7 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
         f"{b}_g": g for b, g in groups.items()}
     emb = {b: {p: unit(served[p][b][:, :metric_dim]) for p in served} for b in images}
     rows = evaluate(emb, {b: y for b, (_, y) in images.items()}, shots, episodes, 5, 15,
-                    seed + 1000, setup={b: (2, g) for b, g in groups.items()})
+                    seed + 1000, setup={b: (REJECTION_SETUP[b][0], g) for b, g in groups.items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "precision.json").write_text(json.dumps(rows, indent=2))
     lines = ["| benchmark | precision | " + " | ".join(f"{k}-shot" for k in shots) + " |",
