@@ -74,6 +74,45 @@ def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarr
             "foreign_rejected": foreign_reject / nf}
 
 
+def novelty_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray,
+                  groups: np.ndarray, metric_cfg: CalibrationConfig,
+                  app_cfg: CalibrationConfig, k_shot: int, known_defects: int,
+                  episodes: int, seed: int, q_query: int = 10) -> dict[str, float]:
+    """Open set on one part: inside one group (surface), enrol label 0 ("ok") and
+    `known_defects` random other labels from k_shot images each; then judge held-out
+    images of those classes and images of the labels left out (defect types nobody
+    enrolled). Returns: known accepted with the right class, known falsely rejected, and
+    novel rejected (what an honest "unknown" should catch)."""
+    rng = np.random.default_rng(seed)
+    right = false_reject = novel_reject = n_known = n_novel = 0
+    defects = [int(c) for c in np.unique(labels) if c != 0]
+    for _ in range(episodes):
+        g = rng.choice(np.unique(groups))
+        known = [0, *(int(c) for c in rng.choice(defects, known_defects, replace=False))]
+        pm, pa, tm, ta, queries, qlab = [], [], [], [], [], []
+        for i, c in enumerate(known):
+            idx = rng.permutation(np.flatnonzero((labels == c) & (groups == g)))
+            sup, q = idx[:k_shot], idx[k_shot:k_shot + q_query]
+            pm.append(metric[sup].mean(0))
+            pa.append(appearance[sup].mean(0))
+            tm.append(class_threshold(metric[sup], metric_cfg))
+            ta.append(class_threshold(appearance[sup], app_cfg))
+            queries.append(q)
+            qlab.append(np.full(len(q), i))
+        protos = (np.stack(pm), np.stack(pa), np.array(tm), np.array(ta))
+        q, ql = np.concatenate(queries), np.concatenate(qlab)
+        best, unk = _judge(metric[q], appearance[q], *protos)
+        right += int(((best == ql) & ~unk).sum())
+        false_reject += int(unk.sum())
+        n_known += len(q)
+        novel = np.flatnonzero(~np.isin(labels, known) & (groups == g))
+        nq = rng.choice(novel, min(len(novel), q_query * 3), replace=False)
+        novel_reject += int(_judge(metric[nq], appearance[nq], *protos)[1].sum())
+        n_novel += len(nq)
+    return {"accepted_correct": right / n_known, "falsely_rejected": false_reject / n_known,
+            "novel_rejected": novel_reject / n_novel}
+
+
 def _judge(qm: np.ndarray, qa: np.ndarray, pm: np.ndarray, pa: np.ndarray, tm: np.ndarray,
            ta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The service's rule (app/services/classification.py), vectorised: the winner is the

@@ -127,9 +127,26 @@ def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: Cali
     """Unknown rejection with the service's calibration on held-out classes: how many
     genuine images are accepted with the right class or falsely rejected, and how many
     images of an unrelated set are rejected. Writes rejection.{json,md}."""
-    parts = {b: (embed(data[f"{b}_x"]), unit(data[f"{b}_x"][:, :1280])) for b in REJECTION_SETUP}
+    parts = {b: (embed(data[f"{b}_x"]), unit(data[f"{b}_x"][:, :1280]))
+             for b in (*REJECTION_SETUP, "novel_eval")}
     rows = rejection_rows({"": parts}, data, metric_cfg, app_cfg, shots, episodes, seed)
-    return write_rejection(rows, out_dir / "rejection")
+    md = write_rejection(rows, out_dir / "rejection")
+    from models.calibration import novelty_rates
+
+    novel = [{"shots": k, "known": "ok + 2 defect types", "novel": "the other 3",
+              "episodes": episodes} | {m: round(v, 4) for m, v in novelty_rates(
+                  *parts["novel_eval"], data["novel_eval_y"], data["novel_eval_g"],
+                  metric_cfg, app_cfg, k, 2, episodes, seed + 500 + k).items()}
+             for k in shots]
+    (out_dir / "novelty.json").write_text(json.dumps(novel, indent=2))
+    lines = ["| shots | known classes accepted, right class | known falsely rejected "
+             "| unseen defect types rejected |", "|---|---|---|---|"]
+    lines += [f"| {r['shots']} | {100 * float(r['accepted_correct']):.1f} | "  # type: ignore[arg-type]
+              f"{100 * float(r['falsely_rejected']):.1f} | "  # type: ignore[arg-type]
+              f"{100 * float(r['novel_rejected']):.1f} |" for r in novel]  # type: ignore[arg-type]
+    table = "\n".join(lines) + "\n"
+    (out_dir / "novelty.md").write_text(table)
+    return md + "\nUnseen defect types on one surface (enrolled: ok + 2 held-out types):\n" + table
 
 
 def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
@@ -206,6 +223,8 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
     from models.backbones import create_backbone
 
     metric_dim = create_backbone(backbone_name).metric_dim
+    images = {b: images[b] for b in REJECTION_SETUP}
+    groups = {b: g for b, g in groups.items() if b in images}
     served = served_embeddings(backbone_name, ("fp32", precision), images, cache_dir)
     labels = {f"{b}_y": y for b, (_, y) in images.items()} | {
         f"{b}_g": g for b, g in groups.items()}

@@ -109,12 +109,15 @@ def eval_images(cfg: TrainConfig) -> tuple[dict[str, tuple[np.ndarray, np.ndarra
     """The held-out evaluation splits as (N, h, w) grey images and labels, and the
     surface of each OK-vs-defective image (its episodes stay inside one surface)."""
     bx, by, bg = synthetic.make_binary_set(synthetic.EVAL_TYPES, 30, cfg.seed + 4)
+    # "ok" (0) and every held-out defect type (1..5) on every surface: open-set episodes.
+    nx, ny, ng = synthetic.make_surface_set(("ok", *synthetic.EVAL_TYPES), 20, cfg.seed + 6)
     return {
         "synth_eval": synthetic.make_set(synthetic.EVAL_TYPES, cfg.synth_per_class,
                                          cfg.seed + 1)[:2],
         "fmnist_eval": fashion_mnist(FMNIST_EVAL, cfg.fmnist_per_class, cfg.seed + 3)[:2],
         "binary_eval": (bx, by),
-    }, {"binary_eval": bg}
+        "novel_eval": (nx, ny),
+    }, {"binary_eval": bg, "novel_eval": ng}
 
 
 def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
@@ -135,7 +138,7 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
         out |= {f"{name}_g": g for name, g in groups.items()}
         return out
 
-    out = _cached(cache_dir / f"eval2-{tag}-{ekey}.npz", eval_sets)
+    out = _cached(cache_dir / f"eval3-{tag}-{ekey}.npz", eval_sets)
     if random_init:
         return out
 

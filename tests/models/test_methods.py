@@ -10,6 +10,7 @@ from models.calibration import (
     CalibrationConfig,
     class_threshold,
     loo_distances,
+    novelty_rates,
     rejection_rates,
 )
 from models.methods import available_methods, create_method
@@ -68,6 +69,29 @@ def test_rejection_rates_tell_foreign_images_from_members() -> None:
     same = rejection_rates(members, members, labels, (members, members), cfg, cfg, k_shot=5,
                            n_way=6, episodes=30, seed=1)
     assert same["foreign_rejected"] < 0.2
+
+
+def test_novelty_rates_catch_far_unseen_classes_only() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(2), 4 * 20)  # two parts, four classes each: "ok" = 0
+    labels = np.tile(np.repeat(np.arange(4), 20), 2)
+    cfg = CalibrationConfig(margin=1.5, k_std=3, floor=0.05, ceiling=1.0, fallback=0.5)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    # Every class its own direction: the one defect type left out (of 1..3) is far from
+    # "ok" and the two enrolled ones, and comes back unknown.
+    far = unit(rng.normal(size=(2, 4, 16))[groups, labels] + rng.normal(size=(160, 16)) * 0.05)
+    r = novelty_rates(far, far, labels, groups, cfg, cfg, k_shot=5, known_defects=2,
+                      episodes=40, seed=2)
+    assert r["accepted_correct"] > 0.9 and r["falsely_rejected"] < 0.1
+    assert r["novel_rejected"] > 0.9
+    # Defects that look like "ok": nothing tells the unseen one apart.
+    same = unit(rng.normal(size=(2, 1, 16))[groups, 0] + rng.normal(size=(160, 16)) * 0.05)
+    r = novelty_rates(same, same, labels, groups, cfg, cfg, k_shot=5, known_defects=2,
+                      episodes=40, seed=2)
+    assert r["novel_rejected"] < 0.2
 
 
 def test_registries_fail_loudly() -> None:
