@@ -45,6 +45,7 @@ class DescriptorTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t: Any = self.trunk
+        # `_swish` is the package's name for the activation: for Lite0 it is ReLU6.
         h = t._swish(t._bn0(t._conv_stem(x)))
         mid = h
         for i, block in enumerate(t._blocks):
