@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = None  # exported ONNX files; default data_dir/onnx
     backbone: str = "fsdi_lite0_meta"
     runtime: str = "onnxruntime"
-    # "int8": static INT8 quantisation of the served network (ONNX Runtime only): ~1.4x
+    # "int8": static INT8 quantisation of the served network (ONNX Runtime only): ~1.3x
     # the fp32 network on our CPUs at the accuracy in models/MODEL_CARD.md. Changing it
     # changes the model version (run `fsdi reembed`).
     precision: Literal["fp32", "int8"] = "fp32"

@@ -62,7 +62,7 @@ class Backbone:
     def version(self) -> str:
         """Weights, code revision, preprocessing *and* precision: any changing means new
         embeddings."""
-        served = "" if self.precision == "fp32" else f"|{self.precision}"
+        served = "" if self.precision == "fp32" else f"|{self.precision}|{INT8_RECIPE}"
         h = hashlib.sha256(f"{self.weights_sha256}|{self.revision}|{self.preprocess!r}{served}"
                            .encode()).hexdigest()
         return f"{self.name}@{h[:12]}"
@@ -110,6 +110,9 @@ def available_backbones() -> list[str]:
 
 
 PRECISIONS = ("fp32", "int8")
+# Names models/quantize.py's recipe (calibration set, layers kept in float, ranges):
+# change it with the recipe, so INT8 versions and cached INT8 files follow.
+INT8_RECIPE = "qdq-perchannel-minmax-syn128-stem+dw-float"
 
 
 def create_backbone(name: str, precision: str = "fp32") -> Backbone:

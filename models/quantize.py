@@ -7,7 +7,8 @@ its fidelity (mean cosine to fp32 0.79 with everything quantised, 0.94 with the 
 float, 0.98 with the depthwise layers too) for little speed. The calibration images are
 generated (the synthetic meta-train defect types), so nothing downloads and every
 machine builds the same file. Accuracy against fp32: `fsdi evaluate --precision int8`
-(models/MODEL_CARD.md).
+(models/MODEL_CARD.md). Changing this recipe means changing `INT8_RECIPE` in
+models/backbones.py: it is part of the INT8 model version.
 """
 
 from __future__ import annotations
