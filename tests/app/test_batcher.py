@@ -4,10 +4,13 @@ that record what they were given."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,18 +33,26 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
+@contextlib.asynccontextmanager
+async def running(embed: Callable[[np.ndarray], np.ndarray], **kw: Any
+                  ) -> AsyncIterator[MicroBatcher]:
+    """A started batcher over `embed`, stopped on the way out."""
+    b = MicroBatcher(embed, **kw)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
 def test_results_go_back_to_their_own_request_in_order() -> None:
     sizes: list[int] = []
 
     async def main() -> list[np.ndarray]:
-        b = MicroBatcher(lambda x: x * 2, max_batch=4, max_wait_ms=20,
-                         max_queue_images=100, on_batch=sizes.append, streams=2)
-        await b.start()
-        try:
+        async with running(lambda x: x * 2, max_batch=4, max_wait_ms=20,
+                           max_queue_images=100, on_batch=sizes.append, streams=2) as b:
             return await asyncio.gather(*(b.embed(tagged(n, t))
                                           for t, n in enumerate([3, 1, 6, 2])))
-        finally:
-            await b.stop()
 
     outs = run(main())
     for t, (out, n) in enumerate(zip(outs, [3, 1, 6, 2], strict=True)):
@@ -59,15 +70,12 @@ def test_one_request_is_spread_over_the_streams() -> None:
         return x
 
     async def main() -> float:
-        b = MicroBatcher(slow, max_batch=1, max_wait_ms=0, max_queue_images=100, streams=2)
-        await b.start()
-        try:
+        async with running(slow, max_batch=1, max_wait_ms=0, max_queue_images=100,
+                           streams=2) as b:
             t = time.perf_counter()
             out = await b.embed(tagged(6, 0))
             np.testing.assert_array_equal(out, tagged(6, 0))
             return time.perf_counter() - t
-        finally:
-            await b.stop()
 
     took = run(main())
     assert threads == {"fsdi-infer-0", "fsdi-infer-1"}
@@ -81,15 +89,12 @@ def test_a_failed_forward_pass_reaches_its_request_and_the_batcher_goes_on() -> 
         return x
 
     async def main() -> None:
-        b = MicroBatcher(picky, max_batch=8, max_wait_ms=0, max_queue_images=100, streams=1)
-        await b.start()
-        try:
+        async with running(picky, max_batch=8, max_wait_ms=0, max_queue_images=100,
+                           streams=1) as b:
             with pytest.raises(RuntimeError, match="bad batch"):
                 await b.embed(-np.ones((2, 1), np.float32))
             np.testing.assert_array_equal(await b.embed(tagged(3, 1)), tagged(3, 1))
             assert b.queued_images == 0
-        finally:
-            await b.stop()
 
     run(main())
 
@@ -102,19 +107,18 @@ def test_full_queue_is_refused_with_retry_after() -> None:
         return x
 
     async def main() -> None:
-        b = MicroBatcher(blocked, max_batch=4, max_wait_ms=0, max_queue_images=4, streams=1)
-        await b.start()
-        try:
-            first = asyncio.ensure_future(b.embed(tagged(4, 0)))
-            await asyncio.sleep(0.05)
-            with pytest.raises(Overloaded) as exc:
-                await b.embed(tagged(1, 1))
-            assert exc.value.headers == {"Retry-After": "1"}
-            gate.set()
-            np.testing.assert_array_equal(await first, tagged(4, 0))
-        finally:
-            gate.set()
-            await b.stop()
+        async with running(blocked, max_batch=4, max_wait_ms=0, max_queue_images=4,
+                           streams=1) as b:
+            try:
+                first = asyncio.ensure_future(b.embed(tagged(4, 0)))
+                await asyncio.sleep(0.05)
+                with pytest.raises(Overloaded) as exc:
+                    await b.embed(tagged(1, 1))
+                assert exc.value.headers == {"Retry-After": "1"}
+                gate.set()
+                np.testing.assert_array_equal(await first, tagged(4, 0))
+            finally:
+                gate.set()  # never leave the stream blocked at stop
 
     run(main())
 
