@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.backbones import Backbone
 from models.calibration import CalibrationConfig
 from models.data.episodes import EpisodeSampler
 from models.meta import ProjectionHead
@@ -190,18 +191,19 @@ def write_rejection(rows: list[dict[str, object]], stem: Path) -> str:
     return md
 
 
-def served_embeddings(backbone_name: str, precisions: tuple[str, ...],
+def served_embeddings(backbone: Backbone, precisions: tuple[str, ...],
                       images: dict[str, tuple[np.ndarray, np.ndarray]], cache_dir: Path,
                       threads: int = 2) -> dict[str, dict[str, np.ndarray]]:
     """Embed each set with the network exactly as served (ONNX Runtime, each precision):
     out[precision][set] = (N, D) full served embeddings."""
-    from models.backbones import create_backbone
+    from dataclasses import replace
+
     from models.embedder import OrtEmbedder
     from models.features import grey_to_input
 
     out: dict[str, dict[str, np.ndarray]] = {}
     for p in precisions:
-        bb = create_backbone(backbone_name, p)
+        bb = replace(backbone, precision=p)  # same network, served at precision p
         emb = OrtEmbedder(bb, cache_dir, threads)
         out[p] = {}
         for name, (imgs, _) in images.items():
@@ -222,10 +224,11 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
     precision.{json,md} and precision_rejection.{json,md}."""
     from models.backbones import create_backbone
 
-    metric_dim = create_backbone(backbone_name).metric_dim
+    backbone = create_backbone(backbone_name)
+    metric_dim = backbone.metric_dim
     images = {b: images[b] for b in REJECTION_SETUP}
     groups = {b: g for b, g in groups.items() if b in images}
-    served = served_embeddings(backbone_name, ("fp32", precision), images, cache_dir)
+    served = served_embeddings(backbone, ("fp32", precision), images, cache_dir)
     labels = {f"{b}_y": y for b, (_, y) in images.items()} | {
         f"{b}_g": g for b, g in groups.items()}
     emb = {b: {p: unit(served[p][b][:, :metric_dim]) for p in served} for b in images}
