@@ -181,6 +181,13 @@ def key_by_hash(s: Session, key_hash: str) -> ApiKey | None:
     return s.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
 
 
+def keys_stamp(s: Session) -> tuple[int, int, int]:
+    """Moves whenever a key is created or revoked: (keys, revoked keys, highest id)."""
+    row = s.execute(select(func.count(), func.count(ApiKey.revoked_at),
+                           func.coalesce(func.max(ApiKey.id), 0))).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def list_keys(s: Session) -> Sequence[ApiKey]:
     return s.scalars(select(ApiKey).order_by(ApiKey.id)).all()
 

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import Forbidden, NotReady, Unauthorized
 from app.schemas import MAX_ID
-from app.services.keys import Principal, authenticate, env_admin
+from app.services.keys import Principal, authenticate, env_admin, hash_key
 from app.services.runtime import Runtime
 
 bearer = HTTPBearer(auto_error=False)
@@ -34,8 +34,10 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
                                                   Depends(bearer)]) -> Principal:
         if cred is None or not cred.credentials:
             raise Unauthorized("missing 'Authorization: Bearer <key>' header")
-        # Only a stored key needs the database, and only that lookup leaves the loop.
-        who = env_admin(cred.credentials, rt.settings)
+        # Only a stored key needs the database (unless verified moments ago), and only
+        # that lookup leaves the loop.
+        who = (env_admin(cred.credentials, rt.settings)
+               or rt.key_cache.get(hash_key(cred.credentials)))
         if who is None:
             who = await run_in_threadpool(_lookup, rt, cred.credentials)
         if who.role not in allowed:
@@ -47,8 +49,11 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
 
 def _lookup(rt: Runtime, presented: str) -> Principal:
     assert rt.sessions is not None
+    generation = rt.key_cache.generation  # before the read: a racing revocation wins
     with rt.sessions() as s:
-        return authenticate(s, presented, rt.settings)
+        who = authenticate(s, presented, rt.settings)
+    rt.key_cache.put(hash_key(presented), who, generation)
+    return who
 
 
 IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -67,3 +70,54 @@ def bootstrap_admin(s: Session, settings: Settings) -> str | None:
         return None
     _, key = create_key(s, "admin", "bootstrap")
     return key
+
+
+class KeyCache:
+    """Stored keys verified in the last `ttl_s` seconds, so that a factory system's every
+    request does not wait for a database round trip. Only successful checks are kept (a
+    new key works at once). It never outlives a revocation by more than the replica sync
+    interval: `clear()` runs after a revocation on this replica, and `observe()` clears it
+    whenever the keys table's stamp moves (another replica or the CLI changed a key); an
+    entry is trusted for `ttl_s` at most, even if the sync loop stalls."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._stamp: Any = None
+
+    @property
+    def generation(self) -> int:
+        """Read before a database check and pass to `put`: a check that raced with a
+        clear() is not cached."""
+        return self._generation
+
+    def get(self, digest: str) -> Principal | None:
+        hit = self._entries.get(digest)
+        if hit is None or time.monotonic() - hit[1] > self.ttl_s:
+            return None
+        return hit[0]
+
+    def put(self, digest: str, who: Principal, generation: int) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest] = (who, time.monotonic())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+
+    def observe(self, stamp: Any) -> None:
+        """The keys table's current stamp (repo.keys_stamp); a change clears the cache."""
+        if stamp != self._stamp:
+            self.clear()
+            self._stamp = stamp

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.services.batcher import MicroBatcher
-from app.services.keys import bootstrap_admin
+from app.services.keys import KeyCache, bootstrap_admin
 from app.services.metrics import Metrics
 from app.services.prototypes import EmbeddingLayout, PrototypeCache
 from app.services.push import Pusher, Target
@@ -80,6 +80,7 @@ class Runtime:
         self.siamese: Siamese | None = None
         self._seen_versions: dict[str, int] = {}
         self.pusher = Pusher(settings, self.metrics.push)
+        self.key_cache = KeyCache(settings.key_cache_s)
         self._push_lock = threading.Lock()
         self._push_generation = 0
         if settings.default_method not in self.methods:
@@ -157,6 +158,7 @@ class Runtime:
             return []
         generation = self._push_generation
         with self.sessions() as s:
+            self.key_cache.observe(repo.keys_stamp(s))
             self.load_push_targets(s, generation)
             versions = repo.group_versions(s)
             changed = [g for g, v in versions.items() if self._seen_versions.get(g) != v]

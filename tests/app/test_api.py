@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.services.keys import KeyCache, Principal, hash_key
+from storage import repositories as repo
 from tests.app.conftest import as_files, new_key
 from tests.imagegen import CLASSES, flat, sample
 
@@ -230,6 +233,44 @@ def test_keys_are_shown_once_and_revocable(client: TestClient) -> None:
     assert client.get("/api/v1/classes", headers=h).status_code == 401
     assert client.delete("/api/v1/keys/999999").status_code == 404
     assert client.post("/api/v1/keys", json={"role": "root"}).status_code == 422
+
+
+def test_a_key_revoked_elsewhere_is_refused_after_the_next_sync(client: TestClient) -> None:
+    """Another replica (or `fsdi keys revoke`) revokes in the database; this replica's
+    cache of verified keys must not outlive its next sync."""
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    key = new_key(client, "operator")
+    h = {"Authorization": f"Bearer {key}"}
+    assert client.get("/api/v1/classes", headers=h).status_code == 200
+    assert rt.key_cache.get(hash_key(key)) is not None  # verified once, then from memory
+    with rt.sessions.begin() as s:
+        row = repo.key_by_hash(s, hash_key(key))
+        assert row is not None
+        repo.revoke_key(s, row)
+    rt.sync_once()
+    assert client.get("/api/v1/classes", headers=h).status_code == 401
+
+
+def test_key_cache_expires_and_never_keeps_a_check_that_raced_a_revocation() -> None:
+    who = Principal("machine", 7, "key:7")
+    cache = KeyCache(ttl_s=0.2)
+    cache.put("d", who, cache.generation)
+    assert cache.get("d") == who
+    time.sleep(0.25)
+    assert cache.get("d") is None  # trusted for ttl_s at most
+    before = cache.generation  # a check starts, reads the database ...
+    cache.clear()  # ... a revocation commits meanwhile
+    cache.put("d", who, before)
+    assert cache.get("d") is None
+    cache.observe((3, 0, 3))
+    cache.put("d", who, cache.generation)
+    cache.observe((3, 0, 3))  # nothing changed
+    assert cache.get("d") == who
+    cache.observe((3, 1, 3))  # a key was revoked somewhere
+    assert cache.get("d") is None
+    off = KeyCache(ttl_s=0)
+    off.put("d", who, off.generation)
+    assert off.get("d") is None
 
 
 @pytest.mark.parametrize("method", ["protonet", "siamese", "relationnet", "maml", "fomaml",

@@ -64,3 +64,26 @@ def test_enrolment_on_one_replica_is_used_by_the_other_within_a_second(
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.postgres
+def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second(
+        tmp_path: Path, model_cache: Path, pg_url: str) -> None:
+    env = {"FSDI_ADMIN_KEY": KEY, "FSDI_DATABASE_URL": pg_url,
+           "FSDI_MODEL_CACHE_DIR": str(model_cache)}
+    a = Server(tmp_path / "data", env).start()
+    b = Server(tmp_path / "data", env).start()
+    try:
+        made = httpx.post(a.url + "/api/v1/keys", json={"role": "operator"}, headers=H).json()
+        h = {"Authorization": f"Bearer {made['key']}"}
+        for _ in range(3):  # B verifies it and keeps it in memory
+            assert httpx.get(b.url + "/api/v1/classes", headers=h).status_code == 200
+        assert httpx.delete(f"{a.url}/api/v1/keys/{made['id']}", headers=H).status_code == 204
+        revoked = time.monotonic()
+        assert httpx.get(a.url + "/api/v1/classes", headers=h).status_code == 401  # at once
+        while httpx.get(b.url + "/api/v1/classes", headers=h).status_code != 401:
+            assert time.monotonic() - revoked < 1.0, "replica B still lets a revoked key in"
+            time.sleep(0.05)
+    finally:
+        a.stop()
+        b.stop()

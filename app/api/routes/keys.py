@@ -44,4 +44,5 @@ def revoke_key(key_id: IdPath, rt: RuntimeDep, who: Admin) -> Response:
             raise NotFound(f"key {key_id} not found")
         repo.revoke_key(s, row)
         repo.audit(s, who.actor, "key.revoke", f"id={key_id}")
+    rt.key_cache.clear()  # committed: no request after this one gets in with that key
     return Response(status_code=204)
