@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loader = asyncio.get_running_loop().run_in_executor(None, runtime.load)
         batcher = runtime.make_batcher()
         await batcher.start()
+        runtime.results.start()
         sync = asyncio.create_task(sync_loop(runtime), name="fsdi-replica-sync")
         await runtime.pusher.start()
         try:
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sync.cancel()
             await runtime.pusher.stop()
             await batcher.stop()
+            runtime.results.stop()
             await loader
             runtime.close()
 

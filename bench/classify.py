@@ -11,13 +11,14 @@
    embeddings of the served model version; images are not needed to classify).
 4. The raw network on preprocessed tensors, in ONNX Runtime and in PyTorch eager.
    A selection pass (before the server starts) measures every configuration worth
-   trying and picks the baselines: the fastest ORT configuration, the service's own,
-   PyTorch eager as usually run (one model, its thread pool over all cores, the faster
-   of batch 1 and 16) and the fastest PyTorch configuration. Those are then measured
+   trying and names the candidates: the fastest ORT configuration and the service's
+   own; PyTorch eager as usually run (one model, its thread pool over all cores, the
+   faster of batch 1 and 16) and the fastest PyTorch configuration. Those are measured
    again, taking turns with the end-to-end load (baseline, load, ..., baseline) while
-   the server idles: a fresh measurement is free of the selection's luck, and drift of
-   the shared machine hits the service and its baselines alike. Prints the ratios the
-   targets are stated in.
+   the server idles: picking the best of several noisy figures favours a lucky one, so
+   the fastest of a runtime is the faster of its candidates *as measured again*; and
+   drift of the shared machine hits the service and its baselines alike. Prints the
+   ratios the targets are stated in.
 """
 
 from __future__ import annotations
@@ -329,10 +330,10 @@ def main() -> None:
         selection = raw.measure([(rt, k) for k in configs for rt in (ORT, TORCH)],
                                 a.select_seconds)
         baselines: dict[str, Pair] = {
-            "fastest ONNX Runtime": (ORT, best(selection, ORT, configs)),
+            "ONNX Runtime, fastest in the selection": (ORT, best(selection, ORT, configs)),
             "ONNX Runtime as the service runs it": (ORT, served),
             "PyTorch eager, one model on all cores": (TORCH, best(selection, TORCH, plain)),
-            "fastest PyTorch eager": (TORCH, best(selection, TORCH, configs)),
+            "PyTorch eager, fastest in the selection": (TORCH, best(selection, TORCH, configs)),
         }
         pairs = list(dict.fromkeys(baselines.values()))
         est: dict[Pair, list[float]] = {p: [] for p in pairs}
@@ -361,6 +362,11 @@ def main() -> None:
             srv.stop()
     e2e = images / busy
     rate = {name: statistics.mean(est[p]) for name, p in baselines.items()}
+    # The fastest runtime configuration is the faster of its candidates as measured again.
+    ort_rate = max(rate["ONNX Runtime, fastest in the selection"],
+                   rate["ONNX Runtime as the service runs it"])
+    torch_rate = max(rate["PyTorch eager, fastest in the selection"],
+                     rate["PyTorch eager, one model on all cores"])
     print(f"\n/classify end to end: {e2e:.1f} img/s  ({a.clients} clients x "
           f"{a.per_request} JPEG 640x480 per request, {len(lat)} requests in {a.rounds} "
           f"segments; service: {served})")
@@ -376,17 +382,15 @@ def main() -> None:
     print(f"baselines measured again, {a.rounds + 1} x {a.raw_seconds:g} s between the "
           f"end-to-end segments, img/s mean (min-max):")
     for name, (rt, k) in baselines.items():
-        print(f"  {name + ' (' + str(k) + ')':78s} {spread(est[(rt, k)])}")
-    print(f"ratio e2e / fastest raw ORT = {e2e / rate['fastest ONNX Runtime']:.2f}"
-          f"   (target >= 0.8)")
+        print(f"  {name + ' (' + str(k) + ')':80s} {spread(est[(rt, k)])}")
+    print(f"ratio e2e / fastest raw ORT = {e2e / ort_rate:.2f}   (target >= 0.8)")
     print(f"ratio e2e / raw ORT as the service runs it = "
           f"{e2e / rate['ONNX Runtime as the service runs it']:.2f}")
     print(f"ratio e2e / PyTorch eager, one model on all cores = "
           f"{e2e / rate['PyTorch eager, one model on all cores']:.2f}   (target >= 3)")
     print(f"ratio e2e / fastest PyTorch eager (any configuration above) = "
-          f"{e2e / rate['fastest PyTorch eager']:.2f}")
-    print(f"ratio fastest raw ORT / fastest PyTorch eager = "
-          f"{rate['fastest ONNX Runtime'] / rate['fastest PyTorch eager']:.2f}"
+          f"{e2e / torch_rate:.2f}")
+    print(f"ratio fastest raw ORT / fastest PyTorch eager = {ort_rate / torch_rate:.2f}"
           f"   (no service can pass this against the fastest torch)")
     print(f"enrol 5 images -> classifiable: {enrol_s * 1000:.0f} ms   (target < 1000 ms)")
     base = scale[counts[0]]

@@ -217,16 +217,19 @@ def audit(s: Session, actor: str, action: str, detail: str = "") -> None:
     s.add(AuditEvent(actor=actor, action=action, detail=detail[:4000]))
 
 
-def add_classifications(s: Session, rows: list[dict[str, Any]], actor: str) -> list[int]:
-    """Insert classification results and their audit events in two bulk statements;
-    returns the new result ids in the order of `rows`."""
+def add_classifications(s: Session, rows: list[dict[str, Any]], actors: str | list[str]
+                        ) -> list[int]:
+    """Insert classification results and their audit events (by `actors`, one per row or
+    one for all) in two bulk statements; returns the new result ids in the order of
+    `rows`."""
+    who = [actors] * len(rows) if isinstance(actors, str) else actors
     ids = list(s.scalars(
         insert(ClassificationResult).returning(ClassificationResult.id,
                                                sort_by_parameter_order=True),
         rows,
     ))
     events = []
-    for rid, r in zip(ids, rows, strict=True):
+    for rid, r, actor in zip(ids, rows, who, strict=True):
         decision = "unknown" if r["unknown"] else f"class={r['class_id']}"
         events.append({
             "actor": actor, "action": "classify",

@@ -13,12 +13,12 @@ from app.errors import Conflict, Unprocessable
 from app.schemas import ClassifyResponse, Evidence, ModelInfo, Result, TopK
 from app.services.keys import Principal
 from app.services.prototypes import GroupSnapshot
+from app.services.results import PendingResults
 from app.services.runtime import Runtime
-from app.services.uploads import Upload, decode_all, read_parts
+from app.services.uploads import decode_all, read_parts
 from models.methods import FewShotMethod, MethodOutput, create_method
 from models.methods.meta_base import MetaMethod
 from models.methods.protonet import euclidean, score_from_distances
-from storage import repositories as repo
 
 EVIDENCE_PER_CLASS = 3
 
@@ -109,8 +109,14 @@ async def classify(
             d_app = float(np.linalg.norm(appearance[i] - snap.app_prototypes[best]))
             unknown = d_app > float(snap.app_thresholds[best])
         rows.append((tops, unknown, best, tops[0].score))
-    # Off the event loop: a durable commit waits for fsync.
-    ids = await asyncio.to_thread(_store, rt, group, uploads, rows, name, who)
+    # Off the event loop, committed together with concurrent requests' results.
+    ids = await rt.results.submit(PendingResults(group, uploads, [
+        {"group_name": group, "filename": u.filename, "sha256": u.sha256,
+         "class_id": None if unk else tops[0].class_id,
+         "label": None if unk else tops[0].label, "unknown": unk, "score": score,
+         "method": name, "model_version": rt.backbone.version, "key_id": who.key_id}
+        for u, (tops, unk, _best, score) in zip(uploads, rows, strict=True)
+    ], who.actor))
     results = [
         Result(id=rid, filename=u.filename, unknown=unk, score=score, top_k=tops,
                label=None if unk else snap.entries[best].name,
@@ -140,22 +146,3 @@ async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float
     z = torch.from_numpy(np.ascontiguousarray(full[:, :rt.backbone.metric_dim]))
     p = rt.siamese.same_probability(z[0], z[1])
     return p >= 0.5, p
-
-
-def _store(rt: Runtime, group: str, uploads: list[Upload], rows: list, method: str,
-           who: Principal) -> list[int]:
-    """Record each result with its audit event; keep the query images (not fsynced: a
-    lost one only means that result cannot be promoted) when the settings say so."""
-    assert rt.sessions is not None and rt.backbone is not None
-    with rt.sessions.begin() as s:
-        ids = repo.add_classifications(s, [
-            {"group_name": group, "filename": u.filename, "sha256": u.sha256,
-             "class_id": None if unk else tops[0].class_id,
-             "label": None if unk else tops[0].label, "unknown": unk, "score": score,
-             "method": method, "model_version": rt.backbone.version, "key_id": who.key_id}
-            for u, (tops, unk, _best, score) in zip(uploads, rows, strict=True)
-        ], who.actor)
-    if rt.settings.keep_query_images:
-        for u in uploads:
-            rt.blobs.put(u.data, durable=False, digest=u.sha256)
-    return ids

@@ -15,6 +15,7 @@ from app.services.keys import KeyCache, bootstrap_admin
 from app.services.metrics import Metrics
 from app.services.prototypes import EmbeddingLayout, PrototypeCache
 from app.services.push import Pusher, Target
+from app.services.results import GroupCommit, PendingResults, write_results
 from app.settings import Settings
 from models.backbones import Backbone, create_backbone
 from models.calibration import CalibrationConfig
@@ -81,6 +82,8 @@ class Runtime:
         self._seen_versions: dict[str, int] = {}
         self.pusher = Pusher(settings, self.metrics.push)
         self.key_cache = KeyCache(settings.key_cache_s)
+        self.results: GroupCommit[PendingResults, list[int]] = GroupCommit(
+            lambda items: write_results(self, items), name="fsdi-results")
         self._push_lock = threading.Lock()
         self._push_generation = 0
         if settings.default_method not in self.methods:

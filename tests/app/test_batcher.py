@@ -1,5 +1,5 @@
-"""The micro-batcher and the decode fan-out, without a network: fake embed functions
-that record what they were given."""
+"""The micro-batcher, the decode fan-out and the results' group commit, without a
+network or a database: fake functions that record what they were given."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from app.errors import ApiError, Overloaded
 from app.services.batcher import MicroBatcher
+from app.services.results import GroupCommit
 from app.services.uploads import decode_all
 from app.settings import Settings
 from models.backbones import PreprocessConfig
@@ -171,3 +172,61 @@ def test_decode_keeps_request_order_and_names_the_first_bad_file() -> None:
         run(decode_all(bad, cfg, settings, pool))
     assert exc.value.message.startswith("b3.png:") and exc.value.code == "empty_file"
     pool.shutdown()
+
+
+def test_group_commit_shares_one_write_and_a_bad_request_fails_alone() -> None:
+    writes: list[list[int]] = []
+    gate = threading.Event()
+
+    def write(items: list[int]) -> list[int]:
+        gate.wait(5)  # the first write holds the writer while the others queue up
+        writes.append(items)
+        if -1 in items:
+            raise ValueError("bad row")
+        return [10 * i for i in items]
+
+    async def main() -> list[int | BaseException]:
+        gc: GroupCommit[int, int] = GroupCommit(write, name="test-writer")
+        gc.start()
+        try:
+            first = asyncio.ensure_future(gc.submit(0))
+            await asyncio.sleep(0.05)
+            rest = [asyncio.ensure_future(gc.submit(i)) for i in (1, 2, -1, 3)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            return list(await asyncio.gather(first, *rest, return_exceptions=True))
+        finally:
+            gate.set()
+            gc.stop()
+
+    out = run(main())
+    assert out[:3] == [0, 10, 20] and out[4] == 30
+    assert isinstance(out[3], ValueError)
+    assert writes[0] == [0] and writes[1] == [1, 2, -1, 3]  # four requests, one write ...
+    assert sorted(writes[2:]) == [[-1], [1], [2], [3]]  # ... which failed: each alone
+
+
+def test_group_commit_writes_what_was_submitted_before_stop() -> None:
+    written: list[int] = []
+
+    def write(items: list[int]) -> list[int]:
+        time.sleep(0.02)
+        written.extend(items)
+        return items
+
+    async def main() -> None:
+        gc: GroupCommit[int, int] = GroupCommit(write, name="test-writer")
+        gc.start()
+        futs = [asyncio.ensure_future(gc.submit(i)) for i in range(5)]
+        await asyncio.sleep(0)  # all five queued
+        thread = gc._thread
+        gc.stop()
+        assert await asyncio.gather(*futs) == list(range(5))
+        assert thread is not None
+        thread.join(2)
+        assert not thread.is_alive()
+        with pytest.raises(RuntimeError, match="not started"):
+            await gc.submit(9)
+
+    run(main())
+    assert written == list(range(5))

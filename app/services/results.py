@@ -1,0 +1,139 @@
+"""Group commit for classification results: one writer thread stores the results of all
+/classify requests that arrived while its previous commit ran, in one transaction.
+
+Every request still gets its ids only after its rows are durable; concurrent requests
+share the transaction's fixed costs (begin, commit, the WAL fsync) instead of paying
+them one by one. If a shared transaction fails, each request of it is retried alone, so
+one bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from storage import repositories as repo
+
+if TYPE_CHECKING:
+    from app.services.runtime import Runtime
+    from app.services.uploads import Upload
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    loop: asyncio.AbstractEventLoop
+
+    def hand_back(self, value: R | BaseException) -> None:
+        # A closed event loop raises RuntimeError: nobody is waiting then.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(_resolve, self.future, value)
+
+
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
+    if fut.done():  # the request went away
+        return
+    if isinstance(value, BaseException):
+        fut.set_exception(value)
+    else:
+        fut.set_result(value)
+
+
+class GroupCommit(Generic[T, R]):
+    """`write(items)` stores items in one transaction and returns one result per item;
+    `submit(item)` waits for its item's result."""
+
+    def __init__(self, write: Callable[[list[T]], list[R]], name: str,
+                 max_items: int = 64) -> None:
+        self._write = write
+        self._name = name
+        self.max_items = max_items
+        self._queue: queue.SimpleQueue[_Pending[T, R] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Whatever was submitted before is still written; then the thread ends."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
+
+    async def submit(self, item: T) -> R:
+        if self._thread is None:
+            raise RuntimeError(f"{self._name} not started")
+        loop = asyncio.get_running_loop()
+        pending: _Pending[T, R] = _Pending(item, loop.create_future(), loop)
+        self._queue.put(pending)
+        return await pending.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group, stopping = [first], False
+            while len(group) < self.max_items:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                group.append(nxt)
+            self._commit(group)
+            if stopping:
+                return
+
+    def _commit(self, group: list[_Pending[T, R]]) -> None:
+        try:
+            results = self._write([p.item for p in group])
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].hand_back(exc)
+                return
+            for p in group:  # find the bad one: each alone
+                self._commit([p])
+            return
+        for p, r in zip(group, results, strict=True):
+            p.hand_back(r)
+
+
+@dataclass(frozen=True)
+class PendingResults:
+    """One /classify request's results, as _classify decided them."""
+    group: str
+    uploads: list[Upload]
+    rows: list[dict[str, Any]]  # ClassificationResult columns, one per upload
+    actor: str
+
+
+def write_results(rt: Runtime, items: list[PendingResults]) -> list[list[int]]:
+    """Record each result with its audit event in one transaction; then keep the query
+    images (not fsynced: a lost one only means that result cannot be promoted) when the
+    settings say so. Returns each request's result ids."""
+    assert rt.sessions is not None
+    with rt.sessions.begin() as s:
+        ids = repo.add_classifications(s, [r for it in items for r in it.rows],
+                                       [it.actor for it in items for _ in it.rows])
+    if rt.settings.keep_query_images:
+        for it in items:
+            for u in it.uploads:
+                rt.blobs.put(u.data, durable=False, digest=u.sha256)
+    out, start = [], 0
+    for it in items:
+        out.append(ids[start:start + len(it.rows)])
+        start += len(it.rows)
+    return out
