@@ -54,6 +54,8 @@ class Backbone:
     # How the network is served: "fp32", or "int8" (static quantisation, ONNX Runtime
     # only; models/quantize.py). INT8 embeddings differ, so the version differs too.
     precision: str = "fp32"
+    _version: tuple[tuple[object, ...], str] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def serving(self) -> ServingNet:
         return ServingNet(self.net, self.preprocess).eval()
@@ -62,10 +64,13 @@ class Backbone:
     def version(self) -> str:
         """Weights, code revision, preprocessing *and* precision: any changing means new
         embeddings."""
-        served = "" if self.precision == "fp32" else f"|{self.precision}|{INT8_RECIPE}"
-        h = hashlib.sha256(f"{self.weights_sha256}|{self.revision}|{self.preprocess!r}{served}"
-                           .encode()).hexdigest()
-        return f"{self.name}@{h[:12]}"
+        key = (self.name, self.weights_sha256, self.revision, self.preprocess, self.precision)
+        if self._version is None or self._version[0] != key:  # read on every request
+            served = "" if self.precision == "fp32" else f"|{self.precision}|{INT8_RECIPE}"
+            h = hashlib.sha256(f"{self.weights_sha256}|{self.revision}|{self.preprocess!r}"
+                               f"{served}".encode()).hexdigest()
+            self._version = (key, f"{self.name}@{h[:12]}")
+        return self._version[1]
 
 
 class ServingNet(nn.Module):

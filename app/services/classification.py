@@ -110,11 +110,12 @@ async def classify(
             unknown = d_app > float(snap.app_thresholds[best])
         rows.append((tops, unknown, best, tops[0].score))
     # Off the event loop, committed together with concurrent requests' results.
+    version = rt.backbone.version
     ids = await rt.results.submit(PendingResults(group, uploads, [
         {"group_name": group, "filename": u.filename, "sha256": u.sha256,
          "class_id": None if unk else tops[0].class_id,
          "label": None if unk else tops[0].label, "unknown": unk, "score": score,
-         "method": name, "model_version": rt.backbone.version, "key_id": who.key_id}
+         "method": name, "model_version": version, "key_id": who.key_id}
         for u, (tops, unk, _best, score) in zip(uploads, rows, strict=True)
     ], who.actor))
     results = [
@@ -124,7 +125,7 @@ async def classify(
         for rid, u, (tops, unk, best, score) in zip(ids, uploads, rows, strict=True)
     ]
     response = ClassifyResponse(results=results, model=ModelInfo(
-        backbone=rt.backbone.name, method=name, version=rt.backbone.version,
+        backbone=rt.backbone.name, method=name, version=version,
         runtime=rt.embedder.runtime if rt.embedder else "none"))
     if rt.pusher.wants(group):
         rt.pusher.submit(group, {"group": group, **response.model_dump(mode="json")})
