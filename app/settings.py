@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     sync_interval_ms: int = Field(default=500, ge=0)
     # A stored key, once verified, is trusted from memory for at most this long (0: every
     # request asks the database). A revocation on this replica ends it at once; one made
-    # elsewhere (another replica, `fsdi keys revoke`) within sync_interval_ms (within
+    # elsewhere (another replica, a direct database change) within sync_interval_ms (within
     # key_cache_s when the sync is off).
     key_cache_s: float = Field(default=5.0, ge=0)
     # Orphaned blobs are swept at start-up only once this old: another replica sharing

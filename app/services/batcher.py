@@ -15,7 +15,6 @@ small batches beat large ones (activations stay in cache): README, "Benchmark".
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import Overloaded
+from app.services.handoff import hand_back
 
 
 @dataclass
@@ -32,15 +32,6 @@ class _Job:
     batch: np.ndarray
     future: asyncio.Future[np.ndarray]
     loop: asyncio.AbstractEventLoop
-
-
-def _resolve(fut: asyncio.Future[np.ndarray], value: np.ndarray | BaseException) -> None:
-    if fut.done():  # the request went away (client disconnect, another chunk failed)
-        return
-    if isinstance(value, BaseException):
-        fut.set_exception(value)
-    else:
-        fut.set_result(value)
 
 
 class MicroBatcher:
@@ -142,9 +133,7 @@ class MicroBatcher:
             for j in jobs:
                 n = j.batch.shape[0]
                 part = out if isinstance(out, BaseException) else out[start:start + n]
-                # A closed event loop raises RuntimeError: nobody is waiting then.
-                with contextlib.suppress(RuntimeError):
-                    j.loop.call_soon_threadsafe(_resolve, j.future, part)
+                hand_back(j.loop, j.future, part)
                 start += n
             if stopping:
                 return

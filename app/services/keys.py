@@ -77,7 +77,7 @@ class KeyCache:
     request does not wait for a database round trip. Only successful checks are kept (a
     new key works at once). It never outlives a revocation by more than the replica sync
     interval: `clear()` runs after a revocation on this replica, and `observe()` clears it
-    whenever the keys table's stamp moves (another replica or the CLI changed a key); an
+    whenever the keys table's stamp moves (another replica changed a key); an
     entry is trusted for `ttl_s` at most, even if the sync loop stalls."""
 
     MAX_ENTRIES = 10_000

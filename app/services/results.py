@@ -10,13 +10,13 @@ one bad request fails alone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from app.services.handoff import hand_back
 from storage import repositories as repo
 
 if TYPE_CHECKING:
@@ -34,18 +34,7 @@ class _Pending(Generic[T, R]):
     loop: asyncio.AbstractEventLoop
 
     def hand_back(self, value: R | BaseException) -> None:
-        # A closed event loop raises RuntimeError: nobody is waiting then.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(_resolve, self.future, value)
-
-
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    if fut.done():  # the request went away
-        return
-    if isinstance(value, BaseException):
-        fut.set_exception(value)
-    else:
-        fut.set_result(value)
+        hand_back(self.loop, self.future, value)
 
 
 class GroupCommit(Generic[T, R]):
@@ -113,7 +102,7 @@ class GroupCommit(Generic[T, R]):
 
 @dataclass(frozen=True)
 class PendingResults:
-    """One /classify request's results, as _classify decided them."""
+    """One /classify request's results, as `classification.classify` decided them."""
     group: str
     uploads: list[Upload]
     rows: list[dict[str, Any]]  # ClassificationResult columns, one per upload
