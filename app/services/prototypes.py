@@ -88,6 +88,7 @@ class PrototypeCache:
         self._groups: dict[str, GroupSnapshot] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
         self._lock = threading.Lock()
+        self._published: dict[str, int] = {}  # per group: snapshots published so far
 
     def snapshot(self, group: str) -> GroupSnapshot | None:
         return self._groups.get(group)
@@ -113,8 +114,12 @@ class PrototypeCache:
             self._entries = entries
             self._groups = {g: self._build(g, e) for g, e in entries.items()}
 
-    def refresh_group(self, s: Session, group: str) -> None:
-        """Re-read a whole group (another replica changed it)."""
+    def refresh_group(self, s: Session, group: str) -> bool:
+        """Re-read a whole group (another replica changed it). Returns False, publishing
+        nothing, when a local change to the group was published while this read ran:
+        the read may predate it (a just-enrolled class would vanish until the next
+        sync), so the caller reads again later."""
+        seen = self._published.get(group, 0)
         classes = {c.id: c for c in repo.list_classes(s, group)}
         by_class: dict[int, tuple[list[int], list[np.ndarray]]] = {}
         for emb in repo.embeddings_for(s, self.model_version, list(classes)):
@@ -124,7 +129,10 @@ class PrototypeCache:
         fresh = {cid: make_entry(cid, classes[cid].name, group, ids, vecs, self.layout)
                  for cid, (ids, vecs) in by_class.items()}
         with self._lock:
+            if self._published.get(group, 0) != seen:
+                return False
             self._publish(group, fresh)
+        return True
 
     def refresh_class(self, s: Session, class_id: int, group: str) -> None:
         """Re-read one class from the database and swap in its group's new snapshot."""
@@ -152,6 +160,7 @@ class PrototypeCache:
             groups.pop(group, None)
         self._entries = entries
         self._groups = groups  # the atomic swap readers see
+        self._published[group] = self._published.get(group, 0) + 1
 
     def _build(self, group: str, entries: dict[int, ClassEntry]) -> GroupSnapshot:
         ordered = tuple(entries[k] for k in sorted(entries))

@@ -166,7 +166,8 @@ class Runtime:
             versions = repo.group_versions(s)
             changed = [g for g, v in versions.items() if self._seen_versions.get(g) != v]
             for g in changed:
-                self.cache.refresh_group(s, g)
+                if not self.cache.refresh_group(s, g):
+                    versions.pop(g)  # raced with a local change: read it again next time
         self._seen_versions = versions
         if changed:
             self.metrics.classes.set(self.cache.class_count())

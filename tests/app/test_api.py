@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -233,6 +235,36 @@ def test_keys_are_shown_once_and_revocable(client: TestClient) -> None:
     assert client.get("/api/v1/classes", headers=h).status_code == 401
     assert client.delete("/api/v1/keys/999999").status_code == 404
     assert client.post("/api/v1/keys", json={"role": "root"}).status_code == 422
+
+
+def test_a_replica_sync_read_never_hides_a_class_enrolled_meanwhile(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync reads a group, a local enrolment publishes a new class, then the sync
+    would publish what it read: the new class must stay, and the sync read again later."""
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    grp = group()
+    enrol(client, grp, shots=2)
+    read = repo.embeddings_for
+    me = threading.current_thread()
+
+    def read_then_enrol(*args: Any, **kw: Any) -> Any:
+        rows = read(*args, **kw)
+        if threading.current_thread() is me:  # not the background sync loop's own reads
+            monkeypatch.setattr(repo, "embeddings_for", read)
+            cid = client.post("/api/v1/classes", json={"name": "late", "group": grp}).json()
+            r = client.post(f"/api/v1/classes/{cid['id']}/images",
+                            files=as_files([("l.png", sample("grass", "hole", 5))]))
+            assert r.status_code == 201
+        return rows
+
+    monkeypatch.setattr(repo, "embeddings_for", read_then_enrol)
+    with rt.sessions() as s:
+        published = rt.cache.refresh_group(s, grp)
+    assert "late" in [e.name for e in rt.cache.snapshot(grp).entries]
+    assert published is False  # its read predates "late": the next sync reads again
+    with rt.sessions() as s:
+        assert rt.cache.refresh_group(s, grp) is True
+    assert len(rt.cache.snapshot(grp).entries) == len(CLASSES) + 1
 
 
 def test_a_key_revoked_elsewhere_is_refused_after_the_next_sync(client: TestClient) -> None:
