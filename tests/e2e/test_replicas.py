@@ -22,6 +22,22 @@ def pg_url() -> Iterator[str]:
     yield from fresh_pg_database()
 
 
+@pytest.fixture
+def replicas(tmp_path: Path, model_cache: Path, pg_url: str) -> Iterator[tuple[Server, Server]]:
+    """Two servers on one PostgreSQL database and one data directory."""
+    env = {"FSDI_ADMIN_KEY": KEY, "FSDI_DATABASE_URL": pg_url,
+           "FSDI_MODEL_CACHE_DIR": str(model_cache)}
+    a = Server(tmp_path / "data", env).start()
+    try:
+        b = Server(tmp_path / "data", env).start()
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
 def classify_labels(url: str, group: str) -> list[str] | None:
     r = httpx.post(url + "/api/v1/classify", params={"group": group, "top_k": 5},
                    files=[("files", ("q.png", sample("brick", "scratch", 999), "image/png"))],
@@ -33,57 +49,43 @@ def classify_labels(url: str, group: str) -> list[str] | None:
 
 @pytest.mark.postgres
 def test_enrolment_on_one_replica_is_used_by_the_other_within_a_second(
-        tmp_path: Path, model_cache: Path, pg_url: str) -> None:
-    env = {"FSDI_ADMIN_KEY": KEY, "FSDI_DATABASE_URL": pg_url,
-           "FSDI_MODEL_CACHE_DIR": str(model_cache)}
-    a = Server(tmp_path / "data", env).start()
-    b = Server(tmp_path / "data", env).start()
-    try:
-        ids = {}
-        for ci, (name, (surf, defect)) in enumerate(CLASSES.items()):
-            ids[name] = httpx.post(a.url + "/api/v1/classes", json={"name": name, "group": "line"},
-                                   headers=H).json()["id"]
-            r = httpx.post(f"{a.url}/api/v1/classes/{ids[name]}/images", headers=H, timeout=60,
-                           files=[("files", (f"{j}.png", sample(surf, defect, 40 * ci + j),
-                                             "image/png")) for j in range(3)])
-            assert r.status_code == 201
-            acked = time.monotonic()
-            while True:  # B sees the new class
-                labels = classify_labels(b.url, "line")
-                if labels and name in labels:
-                    break
-                assert time.monotonic() - acked < 1.0, f"replica B missed {name}: {labels}"
-                time.sleep(0.05)
-        assert classify_labels(b.url, "line")[0] == "brick-scratch"  # type: ignore[index]
-        assert httpx.delete(f"{b.url}/api/v1/classes/{ids['brick-scratch']}",
-                            headers=H).status_code == 204
-        gone = time.monotonic()
-        while "brick-scratch" in (classify_labels(a.url, "line") or []):
-            assert time.monotonic() - gone < 1.0, "replica A still classifies a deleted class"
+        replicas: tuple[Server, Server]) -> None:
+    a, b = replicas
+    ids = {}
+    for ci, (name, (surf, defect)) in enumerate(CLASSES.items()):
+        ids[name] = httpx.post(a.url + "/api/v1/classes", json={"name": name, "group": "line"},
+                               headers=H).json()["id"]
+        r = httpx.post(f"{a.url}/api/v1/classes/{ids[name]}/images", headers=H, timeout=60,
+                       files=[("files", (f"{j}.png", sample(surf, defect, 40 * ci + j),
+                                         "image/png")) for j in range(3)])
+        assert r.status_code == 201
+        acked = time.monotonic()
+        while True:  # B sees the new class
+            labels = classify_labels(b.url, "line")
+            if labels and name in labels:
+                break
+            assert time.monotonic() - acked < 1.0, f"replica B missed {name}: {labels}"
             time.sleep(0.05)
-    finally:
-        a.stop()
-        b.stop()
+    assert classify_labels(b.url, "line")[0] == "brick-scratch"  # type: ignore[index]
+    assert httpx.delete(f"{b.url}/api/v1/classes/{ids['brick-scratch']}",
+                        headers=H).status_code == 204
+    gone = time.monotonic()
+    while "brick-scratch" in (classify_labels(a.url, "line") or []):
+        assert time.monotonic() - gone < 1.0, "replica A still classifies a deleted class"
+        time.sleep(0.05)
 
 
 @pytest.mark.postgres
 def test_a_key_revoked_on_one_replica_is_refused_by_the_other_within_a_second(
-        tmp_path: Path, model_cache: Path, pg_url: str) -> None:
-    env = {"FSDI_ADMIN_KEY": KEY, "FSDI_DATABASE_URL": pg_url,
-           "FSDI_MODEL_CACHE_DIR": str(model_cache)}
-    a = Server(tmp_path / "data", env).start()
-    b = Server(tmp_path / "data", env).start()
-    try:
-        made = httpx.post(a.url + "/api/v1/keys", json={"role": "operator"}, headers=H).json()
-        h = {"Authorization": f"Bearer {made['key']}"}
-        for _ in range(3):  # B verifies it and keeps it in memory
-            assert httpx.get(b.url + "/api/v1/classes", headers=h).status_code == 200
-        assert httpx.delete(f"{a.url}/api/v1/keys/{made['id']}", headers=H).status_code == 204
-        revoked = time.monotonic()
-        assert httpx.get(a.url + "/api/v1/classes", headers=h).status_code == 401  # at once
-        while httpx.get(b.url + "/api/v1/classes", headers=h).status_code != 401:
-            assert time.monotonic() - revoked < 1.0, "replica B still lets a revoked key in"
-            time.sleep(0.05)
-    finally:
-        a.stop()
-        b.stop()
+        replicas: tuple[Server, Server]) -> None:
+    a, b = replicas
+    made = httpx.post(a.url + "/api/v1/keys", json={"role": "operator"}, headers=H).json()
+    h = {"Authorization": f"Bearer {made['key']}"}
+    for _ in range(3):  # B verifies it and keeps it in memory
+        assert httpx.get(b.url + "/api/v1/classes", headers=h).status_code == 200
+    assert httpx.delete(f"{a.url}/api/v1/keys/{made['id']}", headers=H).status_code == 204
+    revoked = time.monotonic()
+    assert httpx.get(a.url + "/api/v1/classes", headers=h).status_code == 401  # at once
+    while httpx.get(b.url + "/api/v1/classes", headers=h).status_code != 401:
+        assert time.monotonic() - revoked < 1.0, "replica B still lets a revoked key in"
+        time.sleep(0.05)
