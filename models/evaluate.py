@@ -199,7 +199,7 @@ def served_embeddings(backbone: Backbone, precisions: tuple[str, ...],
     from dataclasses import replace
 
     from models.embedder import OrtEmbedder
-    from models.features import grey_to_input
+    from models.features import served_input
 
     out: dict[str, dict[str, np.ndarray]] = {}
     for p in precisions:
@@ -207,8 +207,7 @@ def served_embeddings(backbone: Backbone, precisions: tuple[str, ...],
         emb = OrtEmbedder(bb, cache_dir, threads)
         out[p] = {}
         for name, (imgs, _) in images.items():
-            x = grey_to_input(imgs, bb.preprocess.input_size)
-            x = x[:, :, :, :1] if bb.preprocess.grey else x
+            x = served_input(imgs, bb.preprocess)
             out[p][name] = np.concatenate([emb.embed(x[i:i + 32])
                                            for i in tqdm(range(0, len(x), 32),
                                                          desc=f"{p}:{name}", leave=False)])

@@ -25,6 +25,13 @@ def grey_to_input(imgs: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def served_input(imgs: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """(N, h, w) grey uint8 -> (N, S, S, C) uint8 as the served network takes it: one
+    channel for a grey backbone, three otherwise."""
+    x = grey_to_input(imgs, cfg.input_size)
+    return np.ascontiguousarray(x[:, :, :, :1]) if cfg.grey else x
+
+
 def descriptors(trunk: torch.nn.Module, imgs: np.ndarray, cfg: PreprocessConfig,
                 batch: int = 32, threads: int = 2, desc: str = "features") -> np.ndarray:
     """(N, h, w) grey uint8 images -> (N, 2784) float32 descriptors."""

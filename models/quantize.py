@@ -30,11 +30,10 @@ def calibration_images(cfg: PreprocessConfig, per_type: int = CALIBRATION_PER_TY
     """(N, S, S, C) uint8 serving input: synthetic meta-train images (grey, replicated to
     three channels for a colour backbone)."""
     from models.data import synthetic
-    from models.features import grey_to_input
+    from models.features import served_input
 
     imgs, _, _ = synthetic.make_set(synthetic.TRAIN_TYPES, per_type, CALIBRATION_SEED)
-    x = grey_to_input(imgs, cfg.input_size)
-    return np.ascontiguousarray(x[:, :, :, :1] if cfg.grey else x)
+    return served_input(imgs, cfg)
 
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray) -> None:

@@ -36,10 +36,10 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
             raise Unauthorized("missing 'Authorization: Bearer <key>' header")
         # Only a stored key needs the database (unless verified moments ago), and only
         # that lookup leaves the loop.
-        who = (env_admin(cred.credentials, rt.settings)
-               or rt.key_cache.get(hash_key(cred.credentials)))
+        digest = hash_key(cred.credentials)
+        who = env_admin(digest, rt.settings) or rt.key_cache.get(digest)
         if who is None:
-            who = await run_in_threadpool(_lookup, rt, cred.credentials)
+            who = await run_in_threadpool(_lookup, rt, digest)
         if who.role not in allowed:
             raise Forbidden(f"a {who.role} key may not do this")
         return who
@@ -47,12 +47,12 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
     return dep
 
 
-def _lookup(rt: Runtime, presented: str) -> Principal:
+def _lookup(rt: Runtime, digest: str) -> Principal:
     assert rt.sessions is not None
     generation = rt.key_cache.generation  # before the read: a racing revocation wins
     with rt.sessions() as s:
-        who = authenticate(s, presented, rt.settings)
-    rt.key_cache.put(hash_key(presented), who, generation)
+        who = authenticate(s, digest)
+    rt.key_cache.put(digest, who, generation)
     return who
 
 

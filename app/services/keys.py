@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -45,19 +46,22 @@ def create_key(s: Session, role: str, label: str) -> tuple[ApiKey, str]:
     return row, key
 
 
-def env_admin(presented: str, settings: Settings) -> Principal | None:
-    """The FSDI_ADMIN_KEY bootstrap admin, recognised without touching the database."""
-    if settings.admin_key and hmac.compare_digest(hash_key(presented),
-                                                  hash_key(settings.admin_key)):
+@lru_cache(maxsize=4)
+def _admin_digest(admin_key: str) -> str:
+    return hash_key(admin_key)
+
+
+def env_admin(digest: str, settings: Settings) -> Principal | None:
+    """The FSDI_ADMIN_KEY bootstrap admin (`digest` = hash_key of the presented key),
+    recognised without touching the database."""
+    if settings.admin_key and hmac.compare_digest(digest, _admin_digest(settings.admin_key)):
         return Principal("admin", None, "admin-env")
     return None
 
 
-def authenticate(s: Session, presented: str, settings: Settings) -> Principal:
-    who = env_admin(presented, settings)
-    if who is not None:
-        return who
-    digest = hash_key(presented)
+def authenticate(s: Session, digest: str) -> Principal:
+    """A stored key by its digest (hash_key of the presented key); 401 if unknown or
+    revoked. The FSDI_ADMIN_KEY admin is `env_admin`'s."""
     row = repo.key_by_hash(s, digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at:
         raise Unauthorized("invalid or revoked API key")
