@@ -286,6 +286,23 @@ def best(rates: dict[Pair, float], rt: str, among: list[Config]) -> Config:
     return max(among, key=lambda k: rates[(rt, k)])
 
 
+# The service's threads by OS-level name (app/services/threadnames.py); the main thread
+# runs the event loop.
+STAGES = (("fsdi-infer", "network (inference threads)"),
+          ("fsdi-decode", "decode + resize (decode pool)"),
+          ("fsdi-results", "results store (writer thread)"))
+EVENT_LOOP = "HTTP, multipart, request logic (event loop)"
+
+
+def add_stage_cpu(acc: dict[str, float], before: dict[int, tuple[str, float]],
+                  after: dict[int, tuple[str, float]], pid: int) -> None:
+    """Add each thread's CPU seconds between two snapshots to its stage in `acc`."""
+    for tid, (name, cpu) in after.items():
+        stage = EVENT_LOOP if tid == pid else next(
+            (label for prefix, label in STAGES if name.startswith(prefix)), "other threads")
+        acc[stage] = acc.get(stage, 0.0) + cpu - before.get(tid, (name, 0.0))[1]
+
+
 def spread(xs: list[float]) -> str:
     return f"{statistics.mean(xs):7.1f}  ({min(xs):.1f}-{max(xs):.1f})"
 
@@ -339,6 +356,7 @@ def main() -> None:
         est: dict[Pair, list[float]] = {p: [] for p in pairs}
         srv = Server(data, {"FSDI_ADMIN_KEY": KEY}).start(timeout=300)
         images, busy, lat = 0, 0.0, list[float]()
+        stage_cpu: dict[str, float] = {}
         try:
             with httpx.Client(base_url=srv.url, headers=H, timeout=120) as c:
                 enrol_ten(c, "bench")
@@ -353,8 +371,10 @@ def main() -> None:
                     for p, img_s in raw.measure(pairs, a.raw_seconds).items():
                         est[p].append(img_s)
                     if r < a.rounds:
+                        before = srv.thread_times()
                         n, dt, seg = load(srv.url, a.clients, a.per_request,
                                           a.seconds / a.rounds, key)
+                        add_stage_cpu(stage_cpu, before, srv.thread_times(), srv.pid)
                         images, busy, lat = images + n, busy + dt, lat + seg
                 enrol_s = time_to_classifiable(c)
             scale = scale_latency(srv.url, counts, 40)
@@ -392,6 +412,17 @@ def main() -> None:
           f"{e2e / torch_rate:.2f}")
     print(f"ratio fastest raw ORT / fastest PyTorch eager = {ort_rate / torch_rate:.2f}"
           f"   (no service can pass this against the fastest torch)")
+    if stage_cpu:  # Linux only: read from /proc
+        net = stage_cpu.get(STAGES[0][1], 0.0)
+        print("server CPU per image during the load, by thread "
+              "(ms; the network's own cost is the baseline):")
+        for stage, cpu in sorted(stage_cpu.items(), key=lambda kv: -kv[1]):
+            share = f"   {cpu / net * 100:3.0f}% of the network's" if net and cpu != net else ""
+            print(f"  {stage:46s} {cpu / images * 1000:6.2f}{share}")
+        cores = served.streams * served.threads
+        raw_ms = cores * 1000 / rate["ONNX Runtime as the service runs it"]
+        print(f"  (raw ORT as the service runs it: {raw_ms:.2f} ms of CPU per image, "
+              f"all {cores} cores busy)")
     print(f"enrol 5 images -> classifiable: {enrol_s * 1000:.0f} ms   (target < 1000 ms)")
     base = scale[counts[0]]
     for n in counts:

@@ -25,6 +25,7 @@ import numpy as np
 
 from app.errors import Overloaded
 from app.services.handoff import hand_back
+from app.services.threadnames import name_this_thread
 
 
 @dataclass
@@ -111,6 +112,7 @@ class MicroBatcher:
         return jobs, False
 
     def _run(self) -> None:
+        name_this_thread()
         while True:
             first = self._queue.get()
             if first is None:

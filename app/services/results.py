@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from app.services.handoff import hand_back
+from app.services.threadnames import name_this_thread
 from storage import repositories as repo
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class GroupCommit(Generic[T, R]):
         return await pending.future
 
     def _run(self) -> None:
+        name_this_thread()
         while True:
             first = self._queue.get()
             if first is None:

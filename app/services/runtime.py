@@ -16,6 +16,7 @@ from app.services.metrics import Metrics
 from app.services.prototypes import EmbeddingLayout, PrototypeCache
 from app.services.push import Pusher, Target
 from app.services.results import GroupCommit, PendingResults, write_results
+from app.services.threadnames import name_this_thread
 from app.settings import Settings
 from models.backbones import Backbone, create_backbone
 from models.calibration import CalibrationConfig
@@ -76,7 +77,8 @@ class Runtime:
         self.cache: PrototypeCache | None = None
         self.batcher: MicroBatcher | None = None
         self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
-                                              thread_name_prefix="fsdi-decode")
+                                              thread_name_prefix="fsdi-decode",
+                                              initializer=name_this_thread)
         self.methods = available_methods()
         self.siamese: Siamese | None = None
         self._seen_versions: dict[str, int] = {}

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -138,6 +140,23 @@ def test_stop_ends_the_inference_threads() -> None:
     for t in run(main()):
         t.join(2)
         assert not t.is_alive()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_inference_threads_carry_os_level_names() -> None:
+    def comm(t: threading.Thread) -> str:
+        return Path(f"/proc/self/task/{t.native_id}/comm").read_text().strip()
+
+    async def main() -> list[str]:
+        async with running(lambda x: x, max_batch=2, max_wait_ms=1, max_queue_images=10,
+                           streams=2) as b:
+            deadline = time.monotonic() + 5  # each thread names itself as it starts
+            while time.monotonic() < deadline and not all(
+                    comm(t).startswith("fsdi") for t in b._threads):
+                await asyncio.sleep(0.01)
+            return [comm(t) for t in b._threads]
+
+    assert run(main()) == ["fsdi-infer-0", "fsdi-infer-1"]
 
 
 def test_streams_never_ask_for_more_cores_than_threads() -> None:

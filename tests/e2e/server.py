@@ -46,6 +46,25 @@ class Server:
             time.sleep(0.1)
         raise AssertionError("server never became ready:\n" + self.log.read_text()[-3000:])
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def thread_times(self) -> dict[int, tuple[str, float]]:
+        """Per thread of the server process (Linux /proc): its OS-level name and the CPU
+        seconds (user + system) it has used so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {}
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread ended meanwhile
+            out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+        return out
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -1,5 +1,5 @@
 """A real `fsdi serve` process: the contract walk, durability across restarts, first-start
-admin key."""
+admin key, OS-level thread names."""
 
 from __future__ import annotations
 
@@ -58,5 +58,8 @@ def test_enrolments_survive_restart(tmp_path: Path, model_cache: Path) -> None:
         strip = [{k: v for k, v in r.items() if k != "id"} for r in before]
         assert strip == [{k: v for k, v in r.items() if k != "id"} for r in after]
         assert [r["top_k"][0]["label"] for r in after] == list(CLASSES)
+        if sys.platform.startswith("linux"):  # the service's threads carry OS-level names
+            names = {name for name, _ in srv2.thread_times().values()}
+            assert {"fsdi-infer-0", "fsdi-decode_0", "fsdi-results"} <= names, names
     finally:
         srv2.stop()
