@@ -23,9 +23,10 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = None  # exported ONNX files; default data_dir/onnx
     backbone: str = "fsdi_lite0_meta"
     runtime: str = "onnxruntime"
-    # "int8": static INT8 quantisation of the served network (ONNX Runtime only): ~1.3x
-    # the fp32 network on our CPUs at the accuracy in models/MODEL_CARD.md. Changing it
-    # changes the model version (run `fsdi reembed`).
+    # "int8": static INT8 quantisation of the served network (ONNX Runtime only). Speed
+    # depends on the CPU (~1.3x fp32 where int8 kernels are fast, 0.89x on an AVX2-only
+    # AMD EPYC); accuracy in models/MODEL_CARD.md. Changing it changes the model version
+    # (run `fsdi reembed`).
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int = Field(default=2, ge=1, le=64)
     default_method: str = "protonet"

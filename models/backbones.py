@@ -117,7 +117,7 @@ def available_backbones() -> list[str]:
 PRECISIONS = ("fp32", "int8")
 # Names models/quantize.py's recipe (calibration set, layers kept in float, ranges):
 # change it with the recipe, so INT8 versions and cached INT8 files follow.
-INT8_RECIPE = "qdq-perchannel-minmax-syn128-stem+dw-float"
+INT8_RECIPE = "qdq-perchannel-w7-minmax-syn128-stem+dw-float"
 
 
 def create_backbone(name: str, precision: str = "fp32") -> Backbone:
