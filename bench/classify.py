@@ -412,12 +412,13 @@ def main() -> None:
           f"{e2e / torch_rate:.2f}")
     print(f"ratio fastest raw ORT / fastest PyTorch eager = {ort_rate / torch_rate:.2f}"
           f"   (no service can pass this against the fastest torch)")
-    if stage_cpu:  # Linux only: read from /proc
-        net = stage_cpu.get(STAGES[0][1], 0.0)
+    net_stage = STAGES[0][1]
+    if stage_cpu.get(net_stage):  # Linux only: read from /proc
+        net = stage_cpu[net_stage]
         print("server CPU per image during the load, by thread "
               "(ms; the network's own cost is the baseline):")
         for stage, cpu in sorted(stage_cpu.items(), key=lambda kv: -kv[1]):
-            share = f"   {cpu / net * 100:3.0f}% of the network's" if net and cpu != net else ""
+            share = "" if stage == net_stage else f"   {cpu / net * 100:3.0f}% of the network's"
             print(f"  {stage:46s} {cpu / images * 1000:6.2f}{share}")
         cores = served.streams * served.threads
         raw_ms = cores * 1000 / rate["ONNX Runtime as the service runs it"]

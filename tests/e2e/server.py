@@ -53,10 +53,13 @@ class Server:
 
     def thread_times(self) -> dict[int, tuple[str, float]]:
         """Per thread of the server process (Linux /proc): its OS-level name and the CPU
-        seconds (user + system) it has used so far."""
+        seconds (user + system) it has used so far; empty where there is no /proc."""
+        tasks = Path(f"/proc/{self.pid}/task")
+        if not tasks.is_dir():
+            return {}
         tick = os.sysconf("SC_CLK_TCK")
         out = {}
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
+        for task in tasks.iterdir():
             try:
                 name = (task / "comm").read_text().strip()
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
