@@ -42,6 +42,20 @@ def client(module_db_url: str, model_cache: Path,
         c.__exit__(None, None, None)
 
 
+@pytest.fixture(scope="module")
+def quiet_client(module_db_url: str, model_cache: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A second app on the same database with its replica sync loop off, for tests that
+    call `sync_once` (or a cache refresh) themselves: a background sync between two of
+    their steps would make them race it."""
+    c = started(make_settings(tmp_path_factory.mktemp("quiet"), module_db_url, model_cache,
+                              sync_interval_ms=0))
+    try:
+        yield c
+    finally:
+        c.__exit__(None, None, None)
+
+
 def as_files(items: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("files", (name, data, "image/png")) for name, data in items]
 
