@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -50,7 +51,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = 64 * 1024 * 1024
     max_file_bytes: int = 16 * 1024 * 1024
     max_files_per_request: int = 64
-    max_image_pixels: int = 40_000_000
+    # At most Pillow's own limit (Image.MAX_IMAGE_PIXELS, ~89 M), past which Pillow warns
+    # or refuses whatever this says: our header check always decides first.
+    max_image_pixels: int = Field(default=40_000_000, ge=1, le=Image.MAX_IMAGE_PIXELS)
     max_top_k: int = 20
     page_size: int = 100
 

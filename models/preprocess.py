@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,38 +39,41 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None,
 
     `draft_to` lets a JPEG decode at a reduced DCT scale that still covers that size:
     the network sees the same squash-resized input at a fraction of the cost.
-    `width`/`height` are always the file's own dimensions."""
+    `width`/`height` are always the file's own dimensions.
+
+    Pillow's own bomb check backs ours (a warning above Image.MAX_IMAGE_PIXELS, an error
+    above twice that); the service's `max_pixels` stays under it, so ours decides. No
+    warnings filter is set here: `warnings.catch_warnings` swaps process-wide state and
+    is not thread-safe, and images are decoded in several threads at once."""
     if not data:
         raise ImageRejected("empty_file", "the file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
-            fmt = img.format or ""
-            w, h = img.size
-            if w < 1 or h < 1:
-                raise ImageRejected("bad_dimensions", "the image has no pixels")
-            if w * h > max_pixels:
-                raise ImageRejected(
-                    "too_many_pixels",
-                    f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}",
-                    status=413,
-                )
-            img.seek(0)
-            if draft_to and fmt == "JPEG":
-                # A grey draft decodes only the luma plane: no chroma work at all.
-                mode = "L" if grey else (img.mode if img.mode in ("L", "RGB") else "RGB")
-                img.draft(mode, (draft_to, draft_to))
-            img.load()
-            upright: Image.Image = img
-            if img.getexif().get(0x0112, 1) not in (1, None):  # transpose only if needed
-                upright = ImageOps.exif_transpose(img) or img
-            rgb = to_rgb(upright)
-            if grey and rgb.mode != "L":
-                rgb = rgb.convert("L")
+        img = Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS))
+        fmt = img.format or ""
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise ImageRejected("bad_dimensions", "the image has no pixels")
+        if w * h > max_pixels:
+            raise ImageRejected(
+                "too_many_pixels",
+                f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}",
+                status=413,
+            )
+        img.seek(0)
+        if draft_to and fmt == "JPEG":
+            # A grey draft decodes only the luma plane: no chroma work at all.
+            mode = "L" if grey else (img.mode if img.mode in ("L", "RGB") else "RGB")
+            img.draft(mode, (draft_to, draft_to))
+        img.load()
+        upright: Image.Image = img
+        if img.getexif().get(0x0112, 1) not in (1, None):  # transpose only if needed
+            upright = ImageOps.exif_transpose(img) or img
+        rgb = to_rgb(upright)
+        if grey and rgb.mode != "L":
+            rgb = rgb.convert("L")
     except ImageRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected(
             "too_many_pixels", f"image has more than {max_pixels} pixels", status=413
         ) from exc
