@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,27 +20,26 @@ def make_settings(data_dir: Path, db_url: str, model_cache: Path, **kw: object) 
                     model_cache_dir=model_cache, **kw)  # type: ignore[arg-type]
 
 
-def started(app_settings: Settings) -> TestClient:
-    client = TestClient(create_app(app_settings), raise_server_exceptions=False)
-    client.__enter__()
-    deadline = time.monotonic() + 120
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "service never became ready"
-        time.sleep(0.05)
-    client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
-    return client
+@contextlib.contextmanager
+def serving(app_settings: Settings) -> Iterator[TestClient]:
+    """A started app, ready and holding the admin key; shut down on the way out."""
+    with TestClient(create_app(app_settings), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "service never became ready"
+            time.sleep(0.05)
+        client.headers["Authorization"] = f"Bearer {ADMIN_KEY}"
+        yield client
 
 
 @pytest.fixture(scope="module")
 def client(module_db_url: str, model_cache: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    c = started(make_settings(tmp_path_factory.mktemp("data"), module_db_url, model_cache,
-                              max_request_bytes=4 * 1024 * 1024, max_file_bytes=2 * 1024 * 1024,
-                              max_files_per_request=12, max_image_pixels=4_000_000))
-    try:
+    with serving(make_settings(tmp_path_factory.mktemp("data"), module_db_url, model_cache,
+                               max_request_bytes=4 * 1024 * 1024,
+                               max_file_bytes=2 * 1024 * 1024, max_files_per_request=12,
+                               max_image_pixels=4_000_000)) as c:
         yield c
-    finally:
-        c.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +48,9 @@ def quiet_client(module_db_url: str, model_cache: Path,
     """A second app on the same database with its replica sync loop off, for tests that
     call `sync_once` (or a cache refresh) themselves: a background sync between two of
     their steps would make them race it."""
-    c = started(make_settings(tmp_path_factory.mktemp("quiet"), module_db_url, model_cache,
-                              sync_interval_ms=0))
-    try:
+    with serving(make_settings(tmp_path_factory.mktemp("quiet"), module_db_url, model_cache,
+                               sync_interval_ms=0)) as c:
         yield c
-    finally:
-        c.__exit__(None, None, None)
 
 
 def as_files(items: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:

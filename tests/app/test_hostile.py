@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import text
 
-from tests.app.conftest import as_files, make_settings, new_key, started
+from tests.app.conftest import as_files, make_settings, new_key, serving
 from tests.imagegen import CLASSES, png_bytes, sample
 
 
@@ -133,9 +133,8 @@ def test_hostile_file_enrolment_changes_nothing_or_everything(
 
 
 def test_overload_answers_503_with_retry_after(tmp_path: Path, model_cache: Path) -> None:
-    c = started(make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", model_cache,
-                              queue_max_images=1))
-    try:
+    with serving(make_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", model_cache,
+                              queue_max_images=1)) as c:
         cid = c.post("/api/v1/classes", json={"name": "a"}).json()["id"]
         r = c.post(f"/api/v1/classes/{cid}/images", files=as_files(
             [("a.png", sample("brick", None, 1))]))
@@ -146,8 +145,6 @@ def test_overload_answers_503_with_retry_after(tmp_path: Path, model_cache: Path
         assert r.json()["error"]["code"] == "overloaded"
         assert c.post("/api/v1/classify", files=as_files([("a.png", sample("brick", None, 4))])
                       ).status_code == 200  # the queue drained: service recovered
-    finally:
-        c.__exit__(None, None, None)
 
 
 def test_groups_never_leak_into_each_other(client: TestClient) -> None:

@@ -9,21 +9,18 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.reembed import reembed
-from tests.app.conftest import as_files, make_settings, started
+from tests.app.conftest import as_files, make_settings, serving
 from tests.imagegen import CLASSES, sample
 
 
 def test_backbone_change_requires_reembed(tmp_path: Path, model_cache: Path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     old = make_settings(tmp_path, url, model_cache, backbone="efficientnet_lite0")
-    c = started(old)
-    try:
+    with serving(old) as c:
         for ci, (name, (surf, defect)) in enumerate(CLASSES.items()):
             cid = c.post("/api/v1/classes", json={"name": name}).json()["id"]
             c.post(f"/api/v1/classes/{cid}/images", files=as_files(
                 [(f"{j}.png", sample(surf, defect, 10 * ci + j)) for j in range(3)]))
-    finally:
-        c.__exit__(None, None, None)
 
     new = make_settings(tmp_path, url, model_cache)  # the default: fsdi_lite0_meta
     with TestClient(create_app(new)) as c2:
@@ -36,14 +33,11 @@ def test_backbone_change_requires_reembed(tmp_path: Path, model_cache: Path) -> 
 
     assert reembed(new, batch=4, max_batches=1, progress=False) == (4, 5)  # interrupted
     assert reembed(new, batch=4, prune=True, progress=False) == (5, 0)  # resumed
-    c3 = started(new)
-    try:
+    with serving(new) as c3:
         q = [(f"{n}.png", sample(s, d, 500 + i)) for i, (n, (s, d)) in enumerate(CLASSES.items())]
         res = c3.post("/api/v1/classify", files=as_files(q)).json()
         assert res["model"]["version"].startswith("fsdi_lite0_meta@")
         assert [r["top_k"][0]["label"] for r in res["results"]] == list(CLASSES)
-    finally:
-        c3.__exit__(None, None, None)
     # pruned: the old version's rows are gone
     from sqlalchemy import create_engine, text
     with create_engine(url).connect() as conn:
