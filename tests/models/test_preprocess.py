@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from models.backbones import PreprocessConfig
 from models.preprocess import ImageRejected, decode_image, to_input, to_tensor
@@ -63,10 +63,31 @@ def test_bad_bytes_are_rejected_without_decoder_text(data: bytes, code: str) -> 
     assert "cannot identify" not in str(e.value)
 
 
-def test_truncated_jpeg_is_rejected() -> None:
+@pytest.mark.parametrize("draft_to", [None, 32])
+def test_truncated_jpeg_is_rejected(draft_to: int | None) -> None:
     data = encode(Image.new("RGB", (64, 64), (9, 9, 9)), "JPEG")
     with pytest.raises(ImageRejected):
-        decode_image(data[: len(data) // 2], 10**6)
+        decode_image(data[: len(data) // 2], 10**6, draft_to=draft_to)
+
+
+def pillow_draft(data: bytes, draft_to: int, mode: str) -> np.ndarray:
+    img = Image.open(io.BytesIO(data))
+    img.draft(mode, (draft_to, draft_to))
+    return np.asarray(ImageOps.exif_transpose(img).convert(mode))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_matches_pillows_transpose(orientation: int) -> None:
+    a = np.zeros((48, 64, 3), np.uint8)
+    a[:8, :16] = 255  # a white corner shows every flip and turn
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(a), "JPEG", exif=exif, quality=95)
+    for draft_to in (None, 16):
+        dec = decode_image(data, 10**6, draft_to=draft_to)
+        want = pillow_draft(data, draft_to or 64, "RGB")
+        assert np.array_equal(np.asarray(dec.rgb), want)
+        assert (dec.width, dec.height) == ((48, 64) if orientation >= 5 else (64, 48))
 
 
 def test_pixel_limit_checked_from_header() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
+from storage import blobs
 from storage import repositories as repo
 from storage.blobs import BlobStore, sha256_hex
 from storage.db import make_engine, make_sessionmaker
@@ -38,6 +40,26 @@ def test_blob_store_dedups_and_sweeps(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         store.path("../../etc/passwd")
     assert oct(os.stat(store.path(d1)).st_mode)[-3:] in {"600", "644"}
+
+
+def test_blob_put_survives_a_stale_temp_file_and_leaves_nothing_when_it_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    digest = sha256_hex(b"data")
+    store.path(digest).parent.mkdir(parents=True)
+    stale = store.path(digest).parent / f".tmp-{blobs._TOKEN}-{threading.get_ident()}-{digest}"
+    stale.write_bytes(b"half")  # this thread's own temp name is taken
+    assert store.put(b"data", durable=False) == (digest, True)
+    assert store.get(digest) == b"data" and stale.read_bytes() == b"half"
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError):
+        store.put(b"other")
+    folder = store.path(sha256_hex(b"other")).parent
+    assert not store.exists(sha256_hex(b"other")) and list(folder.iterdir()) == []
 
 
 def test_schema_and_repositories(db_url: str) -> None:
