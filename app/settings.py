@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     max_top_k: int = 20
     page_size: int = 100
 
-    # Keep classified images (content-addressed, not fsynced) so an operator's correction
-    # can be promoted into the support set in one call.
+    # Keep classified images (appended to pack files under data_dir/query-images, not
+    # fsynced) so an operator's correction can be promoted into the support set in one
+    # call. Nothing removes them yet: plan the disk for it, or turn this off.
     keep_query_images: bool = True
 
     # Result push: the MQTT broker (mqtt://host:port) for groups with an mqtt_topic, and

@@ -128,11 +128,11 @@ def load(url: str, clients: int, per_req: int, seconds: float, key: str
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         i = 0
         while time.monotonic() < stop:
-            body, at = bodies[i % len(bodies)]
+            buf, at = bodies[i % len(bodies)]
             for k, offset in enumerate(at):
-                body[offset:offset + TAG] = f"{run:08d}{w:04d}{i:012d}{k:08d}".encode()
+                buf[offset:offset + TAG] = f"{run:08d}{w:04d}{i:012d}{k:08d}".encode()
             t = time.perf_counter()
-            conn.request("POST", "/api/v1/classify?group=bench", body=body,
+            conn.request("POST", "/api/v1/classify?group=bench", body=buf,
                          headers={"Authorization": f"Bearer {key}", "Content-Type": ctype})
             resp = conn.getresponse()
             payload = resp.read()

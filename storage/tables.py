@@ -104,6 +104,9 @@ class ClassificationResult(Base):
     group_name: Mapped[str] = mapped_column(String(64), index=True)
     filename: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64))
+    # Where the kept image lies in the query-image packs (storage/packs.py); None when
+    # it was not kept, or was kept as a blob before packs existed.
+    image_ref: Mapped[str | None] = mapped_column(String(96), nullable=True)
     class_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     label: Mapped[str | None] = mapped_column(String(128), nullable=True)
     unknown: Mapped[bool] = mapped_column(Boolean)

@@ -11,6 +11,7 @@ from app.services.enrolment import enrol_bytes, get_class
 from app.services.keys import Principal
 from app.services.runtime import Runtime
 from storage import repositories as repo
+from storage.blobs import sha256_hex
 from storage.tables import Feedback
 
 
@@ -44,12 +45,24 @@ async def promote(rt: Runtime, feedback_id: int, who: Principal
         res = repo.get_result(s, fb.result_id)
         assert res is not None
         target = res.class_id if fb.correct else fb.class_id
-        sha, name = res.sha256, res.filename
+        sha, name, ref = res.sha256, res.filename, res.image_ref
     if target is None:
         raise Conflict("the operator confirmed an 'unknown' result: there is no class to "
                        "promote it into", code="no_target_class")
-    if not rt.blobs.exists(sha):
-        raise Conflict("the classified image was not kept (FSDI_KEEP_QUERY_IMAGES=false)",
+    data = await asyncio.to_thread(kept_image, rt, sha, ref)
+    if data is None:
+        raise Conflict("the classified image was not kept (FSDI_KEEP_QUERY_IMAGES=false, "
+                       "or lost in a crash before it reached the disk)",
                        code="image_not_kept")
-    data = await asyncio.to_thread(rt.blobs.get, sha)
     return await enrol_bytes(rt, get_class(rt, target), [(name, data)], who)
+
+
+def kept_image(rt: Runtime, sha: str, ref: str | None) -> bytes | None:
+    """A classified image's bytes: from its pack, checked against its sha256 (a torn tail
+    after a crash is no image); else from the blob store (kept there before packs, or
+    enrolled as a support image meanwhile)."""
+    if ref is not None:
+        data = rt.packs.read(ref)
+        if data is not None and sha256_hex(data) == sha:
+            return data
+    return rt.blobs.get(sha) if rt.blobs.exists(sha) else None

@@ -112,17 +112,16 @@ class PendingResults:
 
 
 def write_results(rt: Runtime, items: list[PendingResults]) -> list[list[int]]:
-    """Record each result with its audit event in one transaction; then keep the query
-    images (not fsynced: a lost one only means that result cannot be promoted) when the
-    settings say so. Returns each request's result ids."""
+    """Keep the query images when the settings say so (appended to this process's pack,
+    not fsynced: a lost one only means its result cannot be promoted), then record each
+    result, with where its image lies, and its audit event in one transaction. Returns
+    each request's result ids."""
     assert rt.sessions is not None
+    keep = rt.settings.keep_query_images
+    rows = [{**row, "image_ref": rt.packs.append(u.data) if keep else None}
+            for it in items for u, row in zip(it.uploads, it.rows, strict=True)]
     with rt.sessions.begin() as s:
-        ids = repo.add_classifications(s, [r for it in items for r in it.rows],
-                                       [it.actor for it in items for _ in it.rows])
-    if rt.settings.keep_query_images:
-        for it in items:
-            for u in it.uploads:
-                rt.blobs.put(u.data, durable=False, digest=u.sha256)
+        ids = repo.add_classifications(s, rows, [it.actor for it in items for _ in it.rows])
     out, start = [], 0
     for it in items:
         out.append(ids[start:start + len(it.rows)])

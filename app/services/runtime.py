@@ -27,6 +27,7 @@ from storage import repositories as repo
 from storage.blobs import BlobStore
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
+from storage.packs import PackStore
 
 log = logging.getLogger("fsdi")
 
@@ -72,6 +73,7 @@ class Runtime:
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
         self.blobs = BlobStore(settings.data_dir / "blobs")
+        self.packs = PackStore(settings.data_dir / "query-images")
         self.backbone: Backbone | None = None
         self.embedder: Embedder | None = None
         self.cache: PrototypeCache | None = None
@@ -188,5 +190,6 @@ class Runtime:
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.packs.close()
         if self.engine is not None:
             self.engine.dispose()

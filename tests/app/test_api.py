@@ -393,6 +393,46 @@ def test_enrolment_report(client: TestClient) -> None:
     assert client.get("/api/v1/groups/nope-none/report").status_code == 404
 
 
+def test_kept_query_images_go_to_packs_and_a_lost_one_is_not_promoted(
+        client: TestClient) -> None:
+    """A kept image is appended to a pack (no file of its own); promotion reads it back
+    only if its bytes still hash to the result's sha256: a torn or lost tail is 409."""
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    grp = group()
+    ids = enrol(client, grp, shots=2)
+    imgs = [("p1.png", sample("gravel", "hole", 8101)), ("p2.png", sample("grass", "stain", 8102)),
+            ("p3.png", sample("brick", "scratch", 8103))]
+    res = client.post("/api/v1/classify", params={"group": grp, "threshold": 4},
+                      files=as_files(imgs)).json()["results"]
+    assert rt.settings.keep_query_images
+    refs = []
+    with rt.sessions() as s:
+        for r, (_, data) in zip(res, imgs, strict=True):
+            row = repo.get_result(s, r["id"])
+            assert row is not None and row.image_ref and rt.packs.read(row.image_ref) == data
+            assert not rt.blobs.exists(row.sha256)  # no file per classified image
+            refs.append(row.image_ref)
+    fb = [client.post("/api/v1/feedback", json={
+        "result_id": r["id"], "correct": False, "class_id": ids["brick-scratch"]}).json()["id"]
+        for r in res]
+    pack = rt.packs.root / refs[1].split(":")[0]
+    _, offset, length = refs[1].split(":")
+    with open(pack, "r+b") as fh:  # flip the middle image's bytes: lost in a crash
+        fh.seek(int(offset))
+        flipped = bytes(b ^ 0xFF for b in fh.read(int(length)))
+        fh.seek(int(offset))
+        fh.write(flipped)
+    lost = client.post(f"/api/v1/feedback/{fb[1]}/promote")
+    assert lost.status_code == 409 and lost.json()["error"]["code"] == "image_not_kept"
+    with open(pack, "r+b") as fh:  # and a torn tail: the last image only half written
+        fh.truncate(int(refs[2].split(":")[1]) + 10)
+    torn = client.post(f"/api/v1/feedback/{fb[2]}/promote")
+    assert torn.status_code == 409 and torn.json()["error"]["code"] == "image_not_kept"
+    ok = client.post(f"/api/v1/feedback/{fb[0]}/promote")
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["images"][0]["original_name"] == "p1.png"
+
+
 def test_feedback_stats_and_promotion(client: TestClient) -> None:
     grp = group()
     ids = enrol(client, grp, shots=2)

@@ -16,6 +16,7 @@ from storage import repositories as repo
 from storage.blobs import BlobStore, sha256_hex
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
+from storage.packs import PackStore
 from storage.tables import (
     AuditEvent,
     ClassificationResult,
@@ -60,6 +61,31 @@ def test_blob_put_survives_a_stale_temp_file_and_leaves_nothing_when_it_fails(
         store.put(b"other")
     folder = store.path(sha256_hex(b"other")).parent
     assert not store.exists(sha256_hex(b"other")) and list(folder.iterdir()) == []
+
+
+def test_pack_store_appends_reads_back_and_rolls_over(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    packs = PackStore(tmp_path / "packs", max_bytes=100)
+    datas = [bytes([i]) * n for i, n in enumerate((60, 50, 10, 0, 120))]
+    refs = [packs.append(d) for d in datas]
+    assert [packs.read(r) for r in refs] == datas
+    names = [r.split(":")[0] for r in refs]
+    assert names[0] == names[1] != names[2] == names[3] == names[4]  # rolled over at 100 B
+    assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == sorted(set(names))
+    for bad in ("", "x:1:2", f"{names[0]}:0", f"../{names[0]}:0:1", f"{names[0]}:-1:5",
+                f"{names[0]}:108:5", f"{'1' * 19}-{'a' * 12}.pack:0:1"):
+        assert packs.read(bad) is None  # malformed, outside the pack, or no such pack
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(OSError):
+        packs.append(b"lost")
+    monkeypatch.undo()
+    after = packs.append(b"next")  # a new pack: never append after a torn tail
+    assert after.split(":")[0] not in names and packs.read(after) == b"next"
+    packs.close()
 
 
 def test_schema_and_repositories(db_url: str) -> None:
