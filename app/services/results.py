@@ -118,8 +118,11 @@ def write_results(rt: Runtime, items: list[PendingResults]) -> list[list[int]]:
     each request's result ids."""
     assert rt.sessions is not None
     keep = rt.settings.keep_query_images
-    rows = [{**row, "image_ref": rt.packs.append(u.data) if keep else None}
-            for it in items for u, row in zip(it.uploads, it.rows, strict=True)]
+    for it in items:
+        for u, row in zip(it.uploads, it.rows, strict=True):
+            if "image_ref" not in row:  # a retry alone (GroupCommit) keeps its first append
+                row["image_ref"] = rt.packs.append(u.data) if keep else None
+    rows = [row for it in items for row in it.rows]
     with rt.sessions.begin() as s:
         ids = repo.add_classifications(s, rows, [it.actor for it in items for _ in it.rows])
     out, start = [], 0
