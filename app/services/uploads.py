@@ -49,7 +49,8 @@ async def read_parts(files: list[UploadFile], settings: Settings) -> list[tuple[
     return parts
 
 
-def _decode_one(name: str, data: bytes, cfg: PreprocessConfig, max_pixels: int) -> Upload:
+def decode_one(name: str, data: bytes, cfg: PreprocessConfig, max_pixels: int) -> Upload:
+    """One part -> Upload: sha256, decode (JPEG at a reduced DCT scale), resize."""
     try:
         img = decode_image(data, max_pixels, draft_to=cfg.input_size, grey=cfg.grey)
     except ImageRejected as exc:
@@ -83,7 +84,7 @@ def _decode_slice(parts: list[tuple[str, bytes]], cfg: PreprocessConfig, max_pix
     out: list[Upload | ApiError] = []
     for name, data in parts:
         try:
-            out.append(_decode_one(name, data, cfg, max_pixels))
+            out.append(decode_one(name, data, cfg, max_pixels))
         except ApiError as exc:
             out.append(exc)
     return out
