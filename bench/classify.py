@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -128,17 +129,19 @@ def decode_cpu_ms(frames: list[bytes], seconds: float) -> float:
 
 
 def load(url: str, clients: int, per_req: int, seconds: float, key: str
-         ) -> tuple[int, float, list[float]]:
+         ) -> tuple[int, float, list[float], float]:
     """C keep-alive clients holding a `machine` key, as a factory system does (its lookup
     is part of every request). Every upload is a file the service has not seen: 64 frames
     are drawn once, and each upload's comment segment gets a text of its own, written in
     place into request bodies built up front (the client shares the machine's two cores
-    with the service, so it costs as little as it can)."""
+    with the service, so it costs as little as it can). Returns images, seconds, request
+    latencies and the client threads' own CPU seconds while sending."""
     frames = load_frames()
     run = time.time_ns() % 10**8
     host, port = url.removeprefix("http://").split(":")
     lat: list[float] = []
     count = [0]
+    client_cpu = [0.0]
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
@@ -152,7 +155,7 @@ def load(url: str, clients: int, per_req: int, seconds: float, key: str
                 at.append(body.find(b"#" * TAG, at[-1] + TAG))
             bodies.append((bytearray(body), at))
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
-        i = 0
+        i, cpu0 = 0, time.thread_time()
         while time.monotonic() < stop:
             buf, at = bodies[i % len(bodies)]
             for k, offset in enumerate(at):
@@ -168,6 +171,8 @@ def load(url: str, clients: int, per_req: int, seconds: float, key: str
                 lat.append(dt)
                 count[0] += per_req
             i += 1
+        with lock:
+            client_cpu[0] += time.thread_time() - cpu0
         conn.close()
 
     t0 = time.perf_counter()
@@ -176,7 +181,7 @@ def load(url: str, clients: int, per_req: int, seconds: float, key: str
         t.start()
     for t in ts:
         t.join()
-    return count[0], time.perf_counter() - t0, lat
+    return count[0], time.perf_counter() - t0, lat, client_cpu[0]
 
 
 def time_to_classifiable(c: httpx.Client) -> float:
@@ -405,7 +410,7 @@ def main() -> None:
         est: dict[Pair, list[float]] = {p: [] for p in pairs}
         frames, decode_turns = load_frames(), list[float]()
         srv = Server(data, {"FSDI_ADMIN_KEY": KEY}).start(timeout=300)
-        images, busy, lat = 0, 0.0, list[float]()
+        images, busy, lat, client_s = 0, 0.0, list[float](), 0.0
         stage_cpu: dict[str, float] = {}
         try:
             with httpx.Client(base_url=srv.url, headers=H, timeout=120) as c:
@@ -423,10 +428,11 @@ def main() -> None:
                     decode_turns.append(decode_cpu_ms(frames, a.raw_seconds))
                     if r < a.rounds:
                         before = srv.thread_times()
-                        n, dt, seg = load(srv.url, a.clients, a.per_request,
-                                          a.seconds / a.rounds, key)
+                        n, dt, seg, cpu = load(srv.url, a.clients, a.per_request,
+                                               a.seconds / a.rounds, key)
                         add_stage_cpu(stage_cpu, before, srv.thread_times(), srv.pid)
                         images, busy, lat = images + n, busy + dt, lat + seg
+                        client_s += cpu
                 enrol_s = time_to_classifiable(c)
             scale = scale_latency(srv.url, counts, 40)
         finally:
@@ -471,6 +477,13 @@ def main() -> None:
         for stage, cpu in sorted(stage_cpu.items(), key=lambda kv: -kv[1]):
             share = "" if stage == net_stage else f"   {cpu / net * 100:3.0f}% of the network's"
             print(f"  {stage:46s} {cpu / images * 1000:6.2f}{share}")
+        print(f"  {'load client (the bench, on the same cores)':46s} "
+              f"{client_s / images * 1000:6.2f}   {client_s / net * 100:3.0f}% of the network's")
+        had = len(os.sched_getaffinity(0)) * busy  # CPU seconds the machine had
+        rest = had - sum(stage_cpu.values()) - client_s
+        print(f"  {'rest of the machine (kernel, idle)':46s} {rest / images * 1000:6.2f}"
+              f"   (all {len(os.sched_getaffinity(0))} cores: "
+              f"{had / images * 1000:.2f} ms per image)")
         cores = served.streams * served.threads
         raw_ms = cores * 1000 / rate["ONNX Runtime as the service runs it"]
         print(f"  (raw ORT as the service runs it: {raw_ms:.2f} ms of CPU per image, "
