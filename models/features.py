@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,12 @@ def descriptors(trunk: torch.nn.Module, imgs: np.ndarray, cfg: PreprocessConfig,
     s = cfg.input_size
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "desc.onnx"
-        torch.onnx.export(net, (torch.zeros(2, s, s, 3, dtype=torch.uint8),), str(path),
-                          input_names=["images"], output_names=["desc"],
-                          dynamic_axes={"images": {0: "n"}, "desc": {0: "n"}},
-                          opset_version=17, dynamo=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on this fixed-size network
+            torch.onnx.export(net, (torch.zeros(2, s, s, 3, dtype=torch.uint8),), str(path),
+                              input_names=["images"], output_names=["desc"],
+                              dynamic_axes={"images": {0: "n"}, "desc": {0: "n"}},
+                              opset_version=17, dynamo=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -225,7 +225,7 @@ def train(cfg: TrainConfig, out: Path, cache_dir: Path, resume: bool = True,
             opt.zero_grad()
             (loss + reg).backward()
             opt.step()
-            run_loss += float(loss)
+            run_loss += float(loss.detach())
             run_acc += float(acc)
             if (step + 1) % log_every == 0:
                 rec = {"episode": step + 1, "loss": run_loss / log_every,

@@ -20,6 +20,7 @@ class Boom:
         return (exec, ("raise SystemExit('payload ran')",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's note on it
 def test_malicious_checkpoint_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "evil.pth"
     with open(p, "wb") as fh:
