@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -136,4 +137,25 @@ def test_add_classifications_bulk_returns_ids_in_order_with_audit(db_url: str) -
     assert details[-3:] == [
         f"result={ids[i]} group=bulk sha256={i:064d} model=m@1 method=protonet "
         f"decision={'unknown' if i == 1 else 'class=7'}" for i in range(3)]
+    engine.dispose()
+
+
+def test_times_read_back_are_utc_on_every_backend(db_url: str) -> None:
+    """SQLite keeps no time zone: a time read back must still be the aware UTC it was
+    written as, or the API would print it without its zone (read as local time)."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    written = datetime(2026, 3, 1, 12, 30, tzinfo=timezone(timedelta(hours=2)))
+    with sessions.begin() as s:
+        s.add(DefectClass(name="dent", group_name="g", description="", created_at=written))
+        s.add(AuditEvent(actor="t", action="test", detail=""))
+    with sessions() as s:
+        c = s.scalars(select(DefectClass)).one()
+        assert c.created_at.utcoffset() == timedelta(0) and c.created_at == written
+        at = s.scalars(select(AuditEvent.at)).one()
+        assert at.utcoffset() == timedelta(0)
+        assert abs((datetime.now(UTC) - at).total_seconds()) < 60
+        assert s.scalars(select(DefectClass).where(DefectClass.created_at < written
+                                                   + timedelta(seconds=1))).one() is c
     engine.dispose()
