@@ -6,6 +6,7 @@ import hashlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -70,10 +71,12 @@ class BlobStore:
     def all_digests(self) -> set[str]:
         return {p.name for p in self.root.glob("??/??/*") if not p.name.startswith(".tmp-")}
 
-    def sweep(self, referenced: set[str], min_age_s: float = 0.0) -> int:
+    def sweep(self, referenced: Callable[[set[str]], set[str]], min_age_s: float = 0.0
+              ) -> int:
         """Remove temp leftovers and blobs no row refers to (crash orphans) that are older
         than `min_age_s`: a replica sharing this store may be mid-enrolment, its blob
-        written and its row not yet committed."""
+        written and its row not yet committed. `referenced(digests)` says which of the
+        old blobs' digests rows still refer to."""
         cutoff = time.time() - min_age_s
         removed = 0
 
@@ -87,8 +90,8 @@ class BlobStore:
             if old(p):
                 p.unlink(missing_ok=True)
                 removed += 1
-        for digest in self.all_digests() - referenced:
-            if old(self.path(digest)):
-                self.delete(digest)
-                removed += 1
+        candidates = {d for d in self.all_digests() if old(self.path(d))}
+        for digest in candidates - referenced(candidates) if candidates else ():
+            self.delete(digest)
+            removed += 1
         return removed

@@ -96,10 +96,25 @@ def sha_referenced(s: Session, digest: str) -> bool:
     return bool(s.scalar(select(func.count()).where(SupportImage.sha256 == digest)))
 
 
-def all_referenced_digests(s: Session) -> set[str]:
-    """Support images, and classified images kept for feedback and promotion."""
-    support = set(s.scalars(select(SupportImage.sha256).distinct()))
-    return support | set(s.scalars(select(ClassificationResult.sha256).distinct()))
+def referenced_digests(s: Session, digests: set[str], chunk: int = 500) -> set[str]:
+    """Which of `digests` a row still refers to: a support image (asked by index, in
+    chunks), or else a classification result whose query image was kept as a blob before
+    packs existed (`image_ref` is None). The results table grows without bound and has no
+    index on sha256 (one would cost every classified image), so it is read only for
+    digests no support image claims (crash orphans, pre-pack query images), streamed,
+    never loaded whole."""
+    found: set[str] = set()
+    todo = sorted(digests)
+    for i in range(0, len(todo), chunk):
+        found.update(s.scalars(select(SupportImage.sha256)
+                               .where(SupportImage.sha256.in_(todo[i:i + chunk]))))
+    rest = digests - found
+    if rest:
+        legacy = (select(ClassificationResult.sha256)
+                  .where(ClassificationResult.image_ref.is_(None))
+                  .execution_options(yield_per=10_000))
+        found.update(d for d in s.scalars(legacy) if d in rest)
+    return found
 
 
 def feedback_rows(s: Session, group: str | None) -> list[tuple[Feedback, ClassificationResult]]:

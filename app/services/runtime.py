@@ -135,7 +135,7 @@ class Runtime:
             with self.sessions() as s:
                 self.load_push_targets(s)
                 self._seen_versions = repo.group_versions(s)  # before loading: never miss one
-                removed = self.blobs.sweep(repo.all_referenced_digests(s),
+                removed = self.blobs.sweep(lambda ds: repo.referenced_digests(s, ds),
                                            min_age_s=s_.orphan_grace_s)
                 if removed:
                     log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)

@@ -34,8 +34,16 @@ def test_blob_store_dedups_and_sweeps(tmp_path: Path) -> None:
     orphan, _ = store.put(b"orphan")
     leftover = store.path(d1).parent / ".tmp-crash"
     leftover.write_bytes(b"half")
-    assert store.sweep({d1}, min_age_s=3600) == 0  # too young: maybe another replica's
-    assert store.sweep({d1}) == 2
+    asked: list[set[str]] = []
+
+    def referenced(ds: set[str]) -> set[str]:
+        asked.append(ds)
+        return ds & {d1}
+
+    assert store.sweep(referenced, min_age_s=3600) == 0  # too young: maybe another replica's
+    assert asked == []  # nothing old enough to ask about
+    assert store.sweep(referenced) == 2
+    assert asked == [{d1, orphan}]
     assert store.exists(d1) and not store.exists(orphan) and not leftover.exists()
     with pytest.raises(ValueError):
         store.path("../../etc/passwd")
@@ -158,4 +166,28 @@ def test_times_read_back_are_utc_on_every_backend(db_url: str) -> None:
         assert abs((datetime.now(UTC) - at).total_seconds()) < 60
         assert s.scalars(select(DefectClass).where(DefectClass.created_at < written
                                                    + timedelta(seconds=1))).one() is c
+    engine.dispose()
+
+
+def test_referenced_digests_finds_support_and_pre_pack_query_images(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    support, legacy_query, orphan, other, packed = (f"{c}" * 64 for c in "abcde")
+    with sessions.begin() as s:
+        c = DefectClass(name="scratch", group_name="g", description="")
+        c.images.append(SupportImage(sha256=support, original_name="s.png", byte_size=1,
+                                     width=1, height=1))
+        s.add(c)
+        repo.add_classifications(s, [
+            {"group_name": "g", "filename": f"{d[0]}.jpg", "sha256": d, "class_id": None,
+             "label": None, "unknown": True, "score": 0.5, "method": "protonet",
+             "model_version": "m@1", "key_id": None, "image_ref": ref}
+            for d, ref in ((legacy_query, None), (other, None), (packed, "p.pack:0:9"))], "t")
+    with sessions() as s:
+        # A result whose image lies in a pack owns no blob: a blob of that digest is an
+        # orphan unless a support image claims it.
+        asked = {support, legacy_query, orphan, packed}
+        assert repo.referenced_digests(s, asked, chunk=2) == {support, legacy_query}
+        assert repo.referenced_digests(s, set()) == set()
     engine.dispose()
