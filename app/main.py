@@ -34,6 +34,16 @@ async def sync_loop(runtime: Runtime) -> None:
             logging.getLogger("fsdi").exception("replica sync failed; retrying")
 
 
+async def housekeeping_loop(runtime: Runtime, interval_s: float = 3600.0) -> None:
+    """Every `interval_s`: remove the query-image packs past their retention."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(runtime.prune_query_images)
+        except Exception:  # a file-system hiccup must not end the loop
+            logging.getLogger("fsdi").exception("query-image retention failed; retrying")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     runtime = Runtime(settings)
@@ -45,11 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await batcher.start()
         runtime.results.start()
         sync = asyncio.create_task(sync_loop(runtime), name="fsdi-replica-sync")
+        housekeeping = asyncio.create_task(housekeeping_loop(runtime), name="fsdi-housekeeping")
         await runtime.pusher.start()
         try:
             yield
         finally:
             sync.cancel()
+            housekeeping.cancel()
             await runtime.pusher.stop()
             await batcher.stop()
             runtime.results.stop()

@@ -59,8 +59,11 @@ class Settings(BaseSettings):
 
     # Keep classified images (appended to pack files under data_dir/query-images, not
     # fsynced) so an operator's correction can be promoted into the support set in one
-    # call. Nothing removes them yet: plan the disk for it, or turn this off.
+    # call. Best effort: when the disk refuses, classification goes on without keeping.
     keep_query_images: bool = True
+    # Packs last written longer ago than this are removed, at start-up and hourly (0:
+    # never); a result whose image is gone can no longer be promoted (409).
+    query_image_retention_days: float = Field(default=30, ge=0)
 
     # Result push: the MQTT broker (mqtt://host:port) for groups with an mqtt_topic, and
     # the webhook delivery policy.

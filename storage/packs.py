@@ -11,6 +11,11 @@ Each process appends to packs of its own (a random token in the name: replicas m
 the volume) and starts a new pack once the current one holds `max_bytes`. Not fsynced,
 like the per-file query images were: a lost image only means its result cannot be
 promoted. Support images stay in the content-addressed, fsynced BlobStore.
+
+Keeping is best effort: after a failed write (a full disk, an I/O error) appends are
+refused for `retry_s` seconds without touching the disk, rather than trying, and leaving
+a new empty pack, for every image. `prune` removes whole packs last written before a
+cutoff (retention).
 """
 
 from __future__ import annotations
@@ -25,32 +30,63 @@ from pathlib import Path
 _NAME = re.compile(r"^[0-9]{19}-[0-9a-f]{12}\.pack$")
 
 
+class PackUnavailable(OSError):
+    """Appends are paused after a failed write; see PackStore.retry_s."""
+
+
 class PackStore:
-    def __init__(self, root: Path, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, root: Path, max_bytes: int = 256 * 1024 * 1024,
+                 retry_s: float = 10.0) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.retry_s = retry_s
         self._token = secrets.token_hex(6)
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._name = ""
         self._size = 0
+        self._paused_until = 0.0
 
     def append(self, data: bytes) -> str:
-        """Write `data` at the end of this process's current pack; return its reference."""
+        """Write `data` at the end of this process's current pack; return its reference.
+        Raises OSError when the write fails, and PackUnavailable (an OSError) for
+        `retry_s` seconds after that."""
         with self._lock:
-            if self._fd is None or self._size >= self.max_bytes:
-                self._open_next()
-            assert self._fd is not None
-            view = memoryview(data)
+            if time.monotonic() < self._paused_until:
+                raise PackUnavailable("query-image packs paused after a failed write")
             try:
+                if self._fd is None or self._size >= self.max_bytes:
+                    self._open_next()
+                assert self._fd is not None
+                view = memoryview(data)
                 while view:
                     view = view[os.write(self._fd, view):]
                 # Where the bytes really went (O_APPEND writes at the file's end).
                 self._size = os.lseek(self._fd, 0, os.SEEK_CUR)
             except BaseException:
                 self._close()  # the tail may be torn: never append after it
+                self._paused_until = time.monotonic() + self.retry_s
                 raise
             return f"{self._name}:{self._size - len(data)}:{len(data)}"
+
+    def prune(self, older_than_s: float) -> int:
+        """Remove the packs last written more than `older_than_s` seconds ago (any
+        process's: a pack still being appended to was written just now); returns how
+        many. Results that point into them read as not kept."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        with self._lock:
+            current = self._name if self._fd is not None else None
+        for p in self.root.glob("*.pack") if self.root.is_dir() else ():
+            if not _NAME.match(p.name) or p.name == current:
+                continue
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # another replica pruned it meanwhile
+        return removed
 
     def read(self, ref: str) -> bytes | None:
         """The bytes behind `ref`, or None when the pack or that stretch of it is gone."""

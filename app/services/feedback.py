@@ -52,7 +52,8 @@ async def promote(rt: Runtime, feedback_id: int, who: Principal
     data = await asyncio.to_thread(kept_image, rt, sha, ref)
     if data is None:
         raise Conflict("the classified image was not kept (FSDI_KEEP_QUERY_IMAGES=false, "
-                       "or lost in a crash before it reached the disk)",
+                       "the disk refused it, it was lost in a crash before it reached the "
+                       "disk, or FSDI_QUERY_IMAGE_RETENTION_DAYS removed it)",
                        code="image_not_kept")
     return await enrol_bytes(rt, get_class(rt, target), [(name, data)], who)
 

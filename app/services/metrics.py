@@ -29,5 +29,9 @@ class Metrics:
                             ["channel", "outcome"], registry=r)
         self.feedback = Counter("fsdi_feedback_total", "Operator verdicts", ["correct"],
                                 registry=r)
+        self.not_kept = Counter(
+            "fsdi_query_images_not_kept_total",
+            "Classified images the query-image packs refused (disk full, I/O error)",
+            registry=r)
         self.classes = Gauge("fsdi_classes_cached", "Classes in the prototype cache",
                              registry=r)

@@ -10,6 +10,7 @@ one bad request fails alone.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -19,11 +20,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from app.services.handoff import hand_back
 from app.services.threadnames import name_this_thread
 from storage import repositories as repo
+from storage.packs import PackUnavailable
 
 if TYPE_CHECKING:
     from app.services.runtime import Runtime
     from app.services.uploads import Upload
 
+log = logging.getLogger("fsdi")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -121,7 +124,7 @@ def write_results(rt: Runtime, items: list[PendingResults]) -> list[list[int]]:
     for it in items:
         for u, row in zip(it.uploads, it.rows, strict=True):
             if "image_ref" not in row:  # a retry alone (GroupCommit) keeps its first append
-                row["image_ref"] = rt.packs.append(u.data) if keep else None
+                row["image_ref"] = keep_image(rt, u.data) if keep else None
     rows = [row for it in items for row in it.rows]
     with rt.sessions.begin() as s:
         ids = repo.add_classifications(s, rows, [it.actor for it in items for _ in it.rows])
@@ -130,3 +133,18 @@ def write_results(rt: Runtime, items: list[PendingResults]) -> list[list[int]]:
         out.append(ids[start:start + len(it.rows)])
         start += len(it.rows)
     return out
+
+
+def keep_image(rt: Runtime, data: bytes) -> str | None:
+    """Append a classified image to the packs; None when the disk refuses it. Keeping is
+    best effort: a full disk must not stop classification. The failure is logged once,
+    then the packs pause (storage/packs.py) and each image refused meanwhile is counted."""
+    try:
+        return rt.packs.append(data)
+    except PackUnavailable:
+        pass
+    except OSError as exc:
+        log.warning("query images are not kept for the next %.0f s: %s (%s)",
+                    rt.packs.retry_s, type(exc).__name__, exc.strerror or exc)
+    rt.metrics.not_kept.inc()
+    return None

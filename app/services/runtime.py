@@ -139,6 +139,7 @@ class Runtime:
                                            min_age_s=s_.orphan_grace_s)
                 if removed:
                     log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
+                self.prune_query_images()
                 self.cache.load_all(s)
             self.metrics.classes.set(self.cache.class_count())
             self.ready.set()
@@ -147,6 +148,17 @@ class Runtime:
         except Exception as exc:
             self.failed = f"{type(exc).__name__}: see the service log"
             log.exception("start-up failed")
+
+    def prune_query_images(self) -> int:
+        """Remove the query-image packs past QUERY_IMAGE_RETENTION_DAYS (0: keep all)."""
+        days = self.settings.query_image_retention_days
+        if days <= 0:
+            return 0
+        removed = self.packs.prune(days * 86_400)
+        if removed:
+            log.info("removed %d query-image pack(s) last written over %g day(s) ago",
+                     removed, days)
+        return removed
 
     def load_push_targets(self, s: Session, generation: int | None = None) -> None:
         """Replace the push targets from the database. A background reader passes the

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.main import housekeeping_loop
 from app.services.keys import KeyCache, Principal, hash_key
 from storage import repositories as repo
-from tests.app.conftest import as_files, new_key
+from storage.packs import PackStore
+from tests.app.conftest import as_files, make_settings, new_key, serving
 from tests.imagegen import CLASSES, flat, sample
 
 
@@ -458,3 +463,72 @@ def test_feedback_stats_and_promotion(client: TestClient) -> None:
     again = client.post(f"/api/v1/feedback/{wrong.json()['id']}/promote")
     assert again.status_code == 409  # already in that class's support set
     assert client.post("/api/v1/feedback/999999/promote").status_code == 404
+
+
+def metric(client: TestClient, name: str) -> float:
+    line = next(x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_a_disk_that_refuses_query_images_does_not_stop_classification(
+        client: TestClient, tmp_path: Path) -> None:
+    """Keeping is best effort: the results are still stored and answered; the images are
+    counted as not kept, and their promotion is a clear 409."""
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    grp = group()
+    ids = enrol(client, grp, shots=2)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the packs' folder should be")
+    kept, rt.packs = rt.packs, PackStore(blocked, retry_s=60)
+    before = metric(client, "fsdi_query_images_not_kept_total")
+    try:
+        r = client.post("/api/v1/classify", params={"group": grp, "threshold": 4},
+                        files=as_files([("a.png", sample("gravel", "hole", 8201)),
+                                        ("b.png", sample("grass", "stain", 8202))]))
+        assert r.status_code == 200, r.text
+        res = r.json()["results"]
+        assert metric(client, "fsdi_query_images_not_kept_total") == before + 2
+    finally:
+        rt.packs = kept
+    with rt.sessions() as s:
+        rows = [repo.get_result(s, x["id"]) for x in res]
+        assert all(row is not None and row.image_ref is None for row in rows)
+    fb = client.post("/api/v1/feedback", json={"result_id": res[0]["id"], "correct": False,
+                                                "class_id": ids["brick-scratch"]}).json()
+    r = client.post(f"/api/v1/feedback/{fb['id']}/promote")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "image_not_kept"
+
+
+def test_query_image_packs_past_retention_are_removed(client: TestClient,
+                                                      tmp_path: Path) -> None:
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    assert rt.settings.query_image_retention_days == 30
+
+    def pack(age_days: float) -> str:
+        other = PackStore(rt.packs.root)  # as another process (or an earlier run) left it
+        ref = other.append(b"old image")
+        other.close()
+        path = rt.packs.root / ref.split(":")[0]
+        t = time.time() - age_days * 86_400
+        os.utime(path, (t, t))
+        return ref
+
+    old, young = pack(31), pack(29)
+    assert rt.prune_query_images() == 1
+    assert rt.packs.read(old) is None and rt.packs.read(young) == b"old image"
+    old = pack(45)
+    with pytest.raises(TimeoutError):  # the hourly loop, here every 10 ms
+        asyncio.run(asyncio.wait_for(housekeeping_loop(rt, interval_s=0.01), 0.5))
+    assert rt.packs.read(old) is None and rt.packs.read(young) == b"old image"
+    # At start-up too; and 0 keeps everything.
+    data = tmp_path / "data"
+    for days, survives in ((30, False), (0, True)):
+        left = PackStore(data / "query-images")
+        ref = left.append(b"x")
+        left.close()
+        os.utime(left.root / ref.split(":")[0], (0, 0))
+        with serving(make_settings(data, f"sqlite:///{tmp_path / 'fsdi.db'}",
+                                   rt.settings.resolved_model_cache,
+                                   query_image_retention_days=days)) as c:
+            kept = c.app.state.runtime.packs.read(ref)  # type: ignore[attr-defined]
+        assert (kept == b"x") is survives

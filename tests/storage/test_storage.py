@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from storage import repositories as repo
 from storage.blobs import BlobStore, sha256_hex
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
-from storage.packs import PackStore
+from storage.packs import PackStore, PackUnavailable
 from storage.tables import (
     AuditEvent,
     ClassificationResult,
@@ -84,8 +86,42 @@ def test_pack_store_appends_reads_back_and_rolls_over(tmp_path: Path,
     with pytest.raises(OSError):
         packs.append(b"lost")
     monkeypatch.undo()
+    opened: list[object] = []
+    real_open = os.open
+
+    def counting_open(*args: Any, **kwargs: Any) -> int:
+        opened.append(args)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    with pytest.raises(PackUnavailable):  # paused: a full disk is not retried per image
+        packs.append(b"paused")
+    assert opened == []
+    later = time.monotonic() + packs.retry_s + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
     after = packs.append(b"next")  # a new pack: never append after a torn tail
     assert after.split(":")[0] not in names and packs.read(after) == b"next"
+    assert len(opened) == 1
+    packs.close()
+
+
+def test_pack_store_prunes_packs_last_written_before_the_cutoff(tmp_path: Path) -> None:
+    root = tmp_path / "packs"
+    other = PackStore(root, max_bytes=10)  # another replica's packs on the same volume
+    old_refs = [other.append(b"x" * 10) for _ in range(2)]
+    other.close()
+    packs = PackStore(root)
+    current = packs.append(b"now")
+    stranger = root / "notes.txt"
+    stranger.write_text("not a pack")
+    day_ago = time.time() - 86_400
+    for p in (*root.glob("*.pack"), stranger):
+        os.utime(p, (day_ago, day_ago))  # the current pack too: it is still never pruned
+    assert packs.prune(older_than_s=2 * 86_400) == 0
+    assert packs.prune(older_than_s=3600) == 2
+    assert [packs.read(r) for r in old_refs] == [None, None]
+    assert packs.read(current) == b"now" and stranger.exists()
+    assert PackStore(tmp_path / "none").prune(0) == 0  # no folder yet
     packs.close()
 
 
