@@ -25,9 +25,9 @@ class Settings(BaseSettings):
     backbone: str = "fsdi_lite0_meta"
     runtime: str = "onnxruntime"
     # "int8": static INT8 quantisation of the served network (ONNX Runtime only). Speed
-    # depends on the CPU (~1.3x fp32 where int8 kernels are fast, 0.89x on an AVX2-only
-    # AMD EPYC); accuracy in models/MODEL_CARD.md. Changing it changes the model version
-    # (run `fsdi reembed`).
+    # depends on the CPU (~1.3x fp32 where int8 kernels are fast, 1.08x on a Zen 5 EPYC
+    # with VNNI, 0.89x on an AVX2-only AMD EPYC); accuracy in models/MODEL_CARD.md.
+    # Changing it changes the model version (run `fsdi reembed`).
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int = Field(default=2, ge=1, le=64)
     default_method: str = "protonet"

@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from models.backbones import PreprocessConfig  # noqa: E402
 from tests.e2e.server import Server  # noqa: E402
 from tests.imagegen import SURFACES, draw_defect, surface  # noqa: E402
 
@@ -111,15 +112,12 @@ def load_frames() -> list[bytes]:
     return [frame(10_000 + i, DEFECTS[i % 4], SURFACES[i % 3]) for i in range(64)]
 
 
-def decode_cpu_ms(frames: list[bytes], seconds: float) -> float:
+def decode_cpu_ms(files: list[bytes], cfg: PreprocessConfig, seconds: float) -> float:
     """CPU ms per image of the service's own decode step (app.services.uploads.decode_one:
     sha256, JPEG decoding at a reduced DCT scale, resize), in one thread, on the load's
     files: the part of the service's work no HTTP stack or storage can avoid."""
     from app.services.uploads import decode_one
-    from models.backbones import create_backbone
 
-    cfg = create_backbone(*served_backbone()).preprocess
-    files = [tagged(f, f"{i:0{TAG}d}") for i, f in enumerate(frames)]
     decode_one("w.jpg", files[0], cfg, 10**9)  # warm-up
     n, t0, stop = 0, time.thread_time(), time.perf_counter() + seconds
     while time.perf_counter() < stop:
@@ -408,7 +406,9 @@ def main() -> None:
         }
         pairs = list(dict.fromkeys(baselines.values()))
         est: dict[Pair, list[float]] = {p: [] for p in pairs}
-        frames, decode_turns = load_frames(), list[float]()
+        # The load's files, each with a comment of its own as every upload has.
+        files = [tagged(f, f"{i:0{TAG}d}") for i, f in enumerate(load_frames())]
+        decode_turns: list[float] = []
         srv = Server(data, {"FSDI_ADMIN_KEY": KEY}).start(timeout=300)
         images, busy, lat, client_s = 0, 0.0, list[float](), 0.0
         stage_cpu: dict[str, float] = {}
@@ -425,7 +425,8 @@ def main() -> None:
                 for r in range(a.rounds + 1):
                     for p, img_s in raw.measure(pairs, a.raw_seconds).items():
                         est[p].append(img_s)
-                    decode_turns.append(decode_cpu_ms(frames, a.raw_seconds))
+                    decode_turns.append(decode_cpu_ms(files, raw.backbone.preprocess,
+                                                      a.raw_seconds))
                     if r < a.rounds:
                         before = srv.thread_times()
                         n, dt, seg, cpu = load(srv.url, a.clients, a.per_request,
@@ -479,10 +480,11 @@ def main() -> None:
             print(f"  {stage:46s} {cpu / images * 1000:6.2f}{share}")
         print(f"  {'load client (the bench, on the same cores)':46s} "
               f"{client_s / images * 1000:6.2f}   {client_s / net * 100:3.0f}% of the network's")
-        had = len(os.sched_getaffinity(0)) * busy  # CPU seconds the machine had
+        machine_cores = len(os.sched_getaffinity(0))
+        had = machine_cores * busy  # CPU seconds the machine had
         rest = had - sum(stage_cpu.values()) - client_s
         print(f"  {'rest of the machine (kernel, idle)':46s} {rest / images * 1000:6.2f}"
-              f"   (all {len(os.sched_getaffinity(0))} cores: "
+              f"   (all {machine_cores} cores: "
               f"{had / images * 1000:.2f} ms per image)")
         cores = served.streams * served.threads
         raw_ms = cores * 1000 / rate["ONNX Runtime as the service runs it"]

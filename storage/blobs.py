@@ -29,8 +29,7 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def put(self, data: bytes, durable: bool = True, digest: str | None = None
-            ) -> tuple[str, bool]:
+    def put(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
         """Store `data`; return (sha256, created) where created is False for a duplicate.
         `digest`, when the caller already hashed `data`, saves hashing it again.
 
@@ -47,14 +46,11 @@ class BlobStore:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                if durable:
-                    os.fsync(fh.fileno())
+                os.fsync(fh.fileno())
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        if not durable:
-            return digest, True
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -91,7 +87,8 @@ class BlobStore:
                 p.unlink(missing_ok=True)
                 removed += 1
         candidates = {d for d in self.all_digests() if old(self.path(d))}
-        for digest in candidates - referenced(candidates) if candidates else ():
-            self.delete(digest)
-            removed += 1
+        if candidates:
+            for digest in candidates - referenced(candidates):
+                self.delete(digest)
+                removed += 1
         return removed

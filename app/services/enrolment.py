@@ -101,7 +101,7 @@ async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, byte
     created: list[str] = []
     try:
         for u in uploads:
-            digest, new = await asyncio.to_thread(rt.blobs.put, u.data)
+            digest, new = await asyncio.to_thread(rt.blobs.put, u.data, u.sha256)
             if new:
                 created.append(digest)
         images = _commit_images(rt, class_id, uploads, vectors, who)

@@ -139,8 +139,8 @@ class Runtime:
                                            min_age_s=s_.orphan_grace_s)
                 if removed:
                     log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
-                self.prune_query_images()
                 self.cache.load_all(s)
+            self.prune_query_images()
             self.metrics.classes.set(self.cache.class_count())
             self.ready.set()
             log.info("ready: %s (%s), %d classes", self.backbone.version,
