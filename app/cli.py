@@ -10,13 +10,18 @@ for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import typer  # noqa: E402
 
 from app.settings import get_settings  # noqa: E402
 
-cli = typer.Typer(help="FSDI — few-shot defect inspection.", no_args_is_help=True)
-keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+cli = typer.Typer(help="FSDI — few-shot defect inspection.", no_args_is_help=True,
+                  rich_markup_mode="markdown")  # markdown: a paragraph reflows as one
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode="markdown")
 cli.add_typer(keys_cli, name="keys")
 
 
@@ -32,23 +37,53 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
                 timeout_keep_alive=5, log_level="info")
 
 
-@keys_cli.command("create")
-def keys_create(role: str = typer.Option(..., help="admin, operator or machine"),
-                label: str = "") -> None:
-    """Create an API key; it is printed once and stored only as a hash."""
-    from app.services.keys import ROLES, create_key
+def _key_sessions() -> sessionmaker[Session]:
+    """A migrated database of the configured FSDI_DATABASE_URL / FSDI_DATA_DIR."""
     from storage.db import make_engine, make_sessionmaker
     from storage.migrate import upgrade
 
-    if role not in ROLES:
-        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}")
     s = get_settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(s.resolved_database_url)
     upgrade(engine)
-    with make_sessionmaker(engine).begin() as db:
-        row, key = create_key(db, role, label)
-        typer.echo(f"id={row.id} role={row.role}\n{key}")
+    return make_sessionmaker(engine)
+
+
+@keys_cli.command("create")
+def keys_create(role: str = typer.Option(..., help="admin, operator or machine"),
+                label: str = "") -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from app.services.keys import ROLES, issue
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}")
+    created = issue(_key_sessions(), role, label, "cli")
+    typer.echo(f"id={created.id} role={created.role}\n{created.key}")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List the stored keys (id, role, state, prefix, label); secrets are never shown."""
+    from app.services.keys import listing
+
+    for k in listing(_key_sessions()):
+        state = "revoked" if k.revoked else "active"
+        typer.echo(f"{k.id}\t{k.role}\t{state}\t{k.prefix}…\t"
+                   f"{k.created_at:%Y-%m-%d %H:%M}Z\t{k.label}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: int = typer.Argument(..., help="the id from `fsdi keys list`")) -> None:
+    """Revoke a key at once; running servers refuse it from their next replica sync."""
+    from app.errors import NotFound
+    from app.services.keys import revoke
+
+    try:
+        revoke(_key_sessions(), key_id, "cli")
+    except NotFound as e:
+        typer.echo(e.message, err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"revoked key {key_id}")
 
 
 @cli.command()
@@ -95,10 +130,13 @@ def evaluate(
     precision: str = typer.Option("", help="'int8' compares the served network at that "
                                   "precision with fp32 (accuracy and rejection)"),
 ) -> None:
-    """N-way K-shot on held-out classes: the shipped head vs the frozen ImageNet global
-    pool vs a random-init network, on the same episodes, and unknown rejection; or, with
-    --method, every few-shot method on the same episodes; or, with --precision int8, the
-    served network at INT8 against fp32."""
+    """Measure few-shot accuracy and rejection on held-out classes.
+
+    N-way K-shot: the shipped head vs the frozen ImageNet global pool vs a random-init
+    network, on the same episodes, and unknown rejection; or, with --method, every few-shot
+    method on the same episodes; or, with --precision int8, the served network at INT8
+    against fp32.
+    """
     if precision and precision not in ("int8",):
         raise typer.BadParameter("--precision compares int8 with fp32; give 'int8'")
     if method:
@@ -149,8 +187,10 @@ def evaluate(
 def reembed(batch: int = 32, prune: bool = typer.Option(
         False, help="drop embeddings of other versions once every image has the new one")
             ) -> None:
-    """Recompute every support image's embedding for the configured backbone
-    (batched, resumable, with a progress bar)."""
+    """Recompute every support image's embedding for the configured backbone.
+
+    Batched, resumable, with a progress bar.
+    """
     from app.services.reembed import reembed as run
 
     done, left = run(get_settings(), batch=batch, prune=prune)

@@ -50,6 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Migrations finish before uvicorn reports start-up complete (a tidy log, and the
+        # schema is settled before any request); the slow rest loads while /healthz answers.
+        try:
+            await asyncio.to_thread(runtime.open_database)
+        except Exception:  # load() retries and, failing again, keeps /readyz at 503
+            logging.getLogger("fsdi").exception("database not ready at start-up")
         loader = asyncio.get_running_loop().run_in_executor(None, runtime.load)
         batcher = runtime.make_batcher()
         await batcher.start()

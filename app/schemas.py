@@ -5,12 +5,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # Row ids fit a signed 32-bit column everywhere; anything larger is a 422, not a 500.
 MAX_ID = 2_147_483_647
 DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
+# The most results a classify request may ask for per image; FSDI_MAX_TOP_K (<= this) is
+# the configured cap, and a request above it is refused, never silently cut.
+TOP_K_LIMIT = 100
+
+
+def _visible(v: str) -> str:
+    """Surrounding blanks are dropped; a name of only blanks is refused."""
+    v = v.strip()
+    if not v:
+        raise ValueError("must contain a visible character, not only whitespace")
+    return v
+
+
+Name = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_visible)]
+
+# Group names: letters, digits and _ . : - (they appear in URLs, topics and file names).
 GroupName = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
 
 
@@ -19,7 +35,7 @@ class Strict(BaseModel):
 
 
 class ClassCreate(Strict):
-    name: str = Field(min_length=1, max_length=128)
+    name: Name
     description: str = Field(default="", max_length=2000)
     group: str = GroupName
 

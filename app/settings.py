@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     # At most Pillow's own limit (Image.MAX_IMAGE_PIXELS, ~89 M), past which Pillow warns
     # or refuses whatever this says: our header check always decides first.
     max_image_pixels: int = Field(default=40_000_000, ge=1, le=Image.MAX_IMAGE_PIXELS)
-    max_top_k: int = 20
+    max_top_k: int = Field(default=20, ge=1, le=100)  # app.schemas.TOP_K_LIMIT
     page_size: int = 100
 
     # Keep classified images (appended to pack files under data_dir/query-images, not

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import Unauthorized
+from app.errors import NotFound, Unauthorized
+from app.schemas import KeyCreated, KeyPublic
 from app.settings import Settings
 from storage import repositories as repo
 from storage.tables import ApiKey
@@ -44,6 +45,35 @@ def create_key(s: Session, role: str, label: str) -> tuple[ApiKey, str]:
     s.add(row)
     s.flush()
     return row, key
+
+
+def public(k: ApiKey) -> KeyPublic:
+    return KeyPublic(id=k.id, role=k.role, label=k.label, prefix=k.prefix,
+                     created_at=k.created_at, revoked=k.revoked_at is not None)
+
+
+def issue(sessions: sessionmaker[Session], role: str, label: str, actor: str) -> KeyCreated:
+    """Create a key and audit it in one transaction; the secret is in the answer only."""
+    with sessions.begin() as s:
+        row, key = create_key(s, role, label)
+        repo.audit(s, actor, "key.create", f"id={row.id} role={row.role}")
+        return KeyCreated(**public(row).model_dump(), key=key)
+
+
+def listing(sessions: sessionmaker[Session]) -> list[KeyPublic]:
+    with sessions() as s:
+        return [public(k) for k in repo.list_keys(s)]
+
+
+def revoke(sessions: sessionmaker[Session], key_id: int, actor: str) -> None:
+    """Revoke at once (idempotent); 404 for an unknown id. Other replicas, and a running
+    server when the CLI revokes, drop the key from their caches at their next sync."""
+    with sessions.begin() as s:
+        row = s.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"key {key_id} not found")
+        repo.revoke_key(s, row)
+        repo.audit(s, actor, "key.revoke", f"id={key_id}")
 
 
 @lru_cache(maxsize=4)

@@ -96,9 +96,9 @@ class Runtime:
 
     def open_database(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(self.settings.resolved_database_url)
-        upgrade(self.engine)
-        self.sessions = make_sessionmaker(self.engine)
+        engine = make_engine(self.settings.resolved_database_url)
+        upgrade(engine)  # only a migrated database is kept: load() retries otherwise
+        self.engine, self.sessions = engine, make_sessionmaker(engine)
 
     def load(self) -> None:
         """The slow part of start-up; runs in a thread while /healthz already answers."""

@@ -167,6 +167,28 @@ def test_classify_errors(client: TestClient) -> None:
     assert r.status_code == 422
     r = client.post("/api/v1/classify", params={"group": grp})
     assert r.status_code == 422
+    # top_k above FSDI_MAX_TOP_K is refused with the cap named, never cut silently
+    r = client.post("/api/v1/classify", params={"group": grp, "top_k": 21}, files=one)
+    assert r.status_code == 422 and "at most 20" in error_of(r)["message"]
+    r = client.post("/api/v1/classify", params={"group": grp, "top_k": 20}, files=one)
+    assert r.status_code == 200
+    spec = client.get("/openapi.json").json()["paths"]["/api/v1/classify"]["post"]
+    top_k = next(p for p in spec["parameters"] if p["name"] == "top_k")
+    assert "FSDI_MAX_TOP_K" in top_k["description"]
+
+
+@pytest.mark.parametrize("name", ["", " ", "   ", "\t\n"])
+def test_a_class_name_of_only_whitespace_is_refused(client: TestClient, name: str) -> None:
+    r = client.post("/api/v1/classes", json={"name": name, "group": group()})
+    assert r.status_code == 422, r.text
+
+
+def test_class_names_lose_surrounding_blanks(client: TestClient) -> None:
+    grp = group()
+    r = client.post("/api/v1/classes", json={"name": "  scratch ", "group": grp})
+    assert r.status_code == 201 and r.json()["name"] == "scratch"
+    r = client.post("/api/v1/classes", json={"name": "scratch", "group": grp})
+    assert r.status_code == 409
 
 
 def test_limits(client: TestClient) -> None:

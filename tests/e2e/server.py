@@ -21,8 +21,10 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, fsdi: list[str] | None = None) -> None:
+        """`fsdi` is the command that runs the CLI (default: this interpreter's app.cli)."""
         self.data_dir = data_dir
+        self.fsdi = fsdi or [sys.executable, "-m", "app.cli"]
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FSDI_DATA_DIR": str(data_dir), **(env or {})}
@@ -33,7 +35,7 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                [*self.fsdi, "serve", "--port", str(self.port)],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.deps import Admin, Classifier, IdPath, Operator, RuntimeDep
 from app.errors import NotFound, Unprocessable
 from app.schemas import (
+    TOP_K_LIMIT,
     ClassifyResponse,
     EnrolResponse,
     FeedbackCreate,
@@ -29,14 +30,17 @@ router = APIRouter(prefix="/api/v1", tags=["classify"])
 async def classify(
     rt: RuntimeDep, who: Classifier, files: Annotated[list[UploadFile], File()],
     group: Annotated[str, Query(min_length=1, max_length=64)] = "default",
-    top_k: Annotated[int, Query(ge=1, le=100)] = 3,
+    top_k: Annotated[int, Query(ge=1, le=TOP_K_LIMIT, description=(
+        "nearest classes listed per image; above FSDI_MAX_TOP_K (default 20) -> 422"))] = 3,
     method: Annotated[str | None, Query(max_length=32)] = None,
     threshold: Annotated[float | None, Query(gt=0, le=4)] = None,
     evidence: bool = False,
 ) -> Response:
     """Classify each uploaded image; `threshold` overrides every class's calibrated
     rejection distance; `evidence=true` adds the nearest support images per class."""
-    top_k = min(top_k, rt.settings.max_top_k)
+    if top_k > rt.settings.max_top_k:
+        raise Unprocessable(f"top_k must be at most {rt.settings.max_top_k} (FSDI_MAX_TOP_K)",
+                            code="top_k_too_large")
     out = await svc.classify(rt, files, group, top_k, method, threshold, evidence, who)
     # Built and typed by the service already: serialise once, skip re-validation.
     return Response(out.model_dump_json(), media_type="application/json")

@@ -1,5 +1,6 @@
-"""group_versions: a per-group counter bumped by every enrolment and deletion, polled by
-replicas to keep their prototype caches coherent
+"""group_versions: a per-group counter that replicas poll to keep their caches coherent
+
+Bumped by every enrolment and deletion.
 
 Revision ID: 0003
 Revises: 0002

@@ -1,0 +1,59 @@
+"""The `fsdi` command as an operator uses it: key management and readable help."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.settings import get_settings
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("FSDI_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("FSDI_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def fsdi(*argv: str) -> tuple[int, str]:
+    r = CliRunner().invoke(cli, list(argv), env={"COLUMNS": "100"})
+    return r.exit_code, r.output
+
+
+def test_keys_create_list_revoke(data_dir: Path) -> None:
+    code, out = fsdi("keys", "create", "--role", "machine", "--label", "line1 PLC")
+    assert code == 0, out
+    key_id = int(re.search(r"id=(\d+)", out).group(1))  # type: ignore[union-attr]
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("fsdi_")
+    code, out = fsdi("keys", "list")
+    assert code == 0 and secret not in out and secret[:10] in out
+    row = next(ln for ln in out.splitlines() if ln.startswith(f"{key_id}\t"))
+    assert row.split("\t")[1:3] == ["machine", "active"] and row.endswith("line1 PLC")
+    assert fsdi("keys", "revoke", str(key_id)) == (0, f"revoked key {key_id}\n")
+    row = next(ln for ln in fsdi("keys", "list")[1].splitlines() if ln.startswith(f"{key_id}\t"))
+    assert row.split("\t")[2] == "revoked"
+    code, out = fsdi("keys", "revoke", "999")
+    assert code == 1 and "not found" in out
+    code, out = fsdi("keys", "create", "--role", "root")
+    assert code != 0
+
+
+def test_help_reflows_paragraphs_instead_of_cutting_them() -> None:
+    code, out = fsdi("evaluate", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "vs the frozen ImageNet global pool vs a random-init network" in text
+    for line in out.splitlines():  # no line of a paragraph stops after one lone word
+        words = line.strip(" │").split()
+        assert len(words) != 1 or words[0].startswith(("-", "[", "╭", "╰", "Usage")), line
+    code, out = fsdi("--help")
+    for command in ("serve", "train", "evaluate", "reembed", "keys"):
+        assert re.search(rf"│ {command}\s+\S", out), command
