@@ -27,14 +27,17 @@ cli.add_typer(keys_cli, name="keys")
 
 @cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
-          workers_limit: int = typer.Option(256, help="uvicorn concurrency limit")) -> None:
+          workers_limit: int | None = typer.Option(
+              None, help="requests in progress at once, 503 past it (FSDI_MAX_IN_FLIGHT, "
+              "256); health probes never count")) -> None:
     """Start the service on its embedded defaults (SQLite + blobs under FSDI_DATA_DIR)."""
-    import uvicorn
-
     from app.main import create_app
+    from app.server import run
 
-    uvicorn.run(create_app(), host=host, port=port, limit_concurrency=workers_limit,
-                timeout_keep_alive=5, log_level="info")
+    settings = get_settings()
+    if workers_limit is not None:
+        settings = settings.model_copy(update={"max_in_flight": workers_limit})
+    run(create_app(settings), settings, host, port)
 
 
 def _key_sessions() -> sessionmaker[Session]:

@@ -30,6 +30,9 @@ class ApiError(Exception):
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message, code, headers={"WWW-Authenticate": "Bearer"})
+
 
 class Forbidden(ApiError):
     status, code = 403, "forbidden"

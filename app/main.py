@@ -13,8 +13,9 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.api.routes import audit, classes, classify, console, health, keys, push
+from app.docs import install_docs
 from app.errors import install_handlers
-from app.middleware import BodyLimit, RequestMetrics
+from app.middleware import BodyLimit, InFlightLimit, KeyGate, RequestMetrics, SecurityHeaders
 from app.services.runtime import Runtime
 from app.settings import Settings, get_settings
 
@@ -74,8 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await loader
             runtime.close()
 
+    # /docs is served from the package (no CDN: a factory network has no internet);
+    # ReDoc, which would load from a CDN, is off.
     app = FastAPI(title="FSDI — few-shot defect inspection", version="0.1.0",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_docs(app)
     app.state.runtime = runtime
     install_handlers(app)
     # Routes are matched in this order: /classify, the hot path, comes first (matching it
@@ -90,7 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
+    # Added inner to outer: a request meets SecurityHeaders first, then metrics, the
+    # in-flight cap, the key check (before any body byte) and the body-size cap.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(KeyGate, runtime=runtime)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight)
     app.add_middleware(RequestMetrics, metrics=runtime.metrics)
+    app.add_middleware(SecurityHeaders)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # Row ids fit a signed 32-bit column everywhere; anything larger is a 422, not a 500.
 MAX_ID = 2_147_483_647
@@ -21,17 +22,41 @@ def _visible(v: str) -> str:
     v = v.strip()
     if not v:
         raise ValueError("must contain a visible character, not only whitespace")
+    if not v.isprintable():
+        raise ValueError("must not contain control characters (tab, newline, NUL, ...)")
     return v
 
 
 Name = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_visible)]
 
 # Group names: letters, digits and _ . : - (they appear in URLs, topics and file names).
-GroupName = Field(default="default", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+GROUP_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+GroupName = Field(default="default", min_length=1, max_length=64, pattern=GROUP_PATTERN)
+
+# Control characters have no place in a name, label, description or URL; NUL in particular
+# is refused by PostgreSQL (a 500 if it got that far). Tab and newlines stay allowed in
+# free text (a description), where they make sense.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _no_control(value: object, where: str) -> None:
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise ValueError(f"{where} contains a control character")
+    if isinstance(value, list):
+        for v in value:
+            _no_control(v, where)
 
 
 class Strict(BaseModel):
+    """Request bodies: unknown fields and control characters in any text are a 422."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _refuse_control_characters(self) -> Strict:
+        for name, value in self.__dict__.items():
+            _no_control(value, name)
+        return self
 
 
 class ClassCreate(Strict):
@@ -185,6 +210,7 @@ class FeedbackPublic(BaseModel):
 
 
 class PushConfig(Strict):
+    # Checked further by app.services.egress (no credentials, no internal targets).
     webhook_url: str | None = Field(default=None, max_length=2000,
                                     pattern=r"^https?://[^\s]+$")
     secret: str | None = Field(default=None, min_length=16, max_length=256)

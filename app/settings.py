@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1, le=Image.MAX_IMAGE_PIXELS)
     max_top_k: int = Field(default=20, ge=1, le=100)  # app.schemas.TOP_K_LIMIT
     page_size: int = 100
+    # Decoded pixels cost memory at 8-bit RGB: a file whose decoded size (width × height ×
+    # bytes per pixel of its mode, 16-bit counted twice) exceeds this is refused from its
+    # header, before any decoding.
+    max_decoded_bytes: int = Field(default=160 * 1024 * 1024, ge=1024)
+
+    # Connections (app.server): checked per connection before any request is routed.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # 431 and close past it
+    header_timeout_s: float = Field(default=10.0, gt=0)  # headers complete within this
+    body_idle_timeout_s: float = Field(default=15.0, gt=0)  # no body byte this long: close
+    body_timeout_s: float = Field(default=300.0, gt=0)  # a whole body within this
+    max_connections: int = Field(default=4096, ge=16)  # also capped by the open-file limit
+    max_in_flight: int = Field(default=256, ge=1)  # requests at once; past it 503
 
     # Keep classified images (appended to pack files under data_dir/query-images, not
     # fsynced) so an operator's correction can be promoted into the support set in one
@@ -71,6 +83,10 @@ class Settings(BaseSettings):
     push_queue_max: int = Field(default=1000, ge=1)
     push_max_attempts: int = Field(default=5, ge=1, le=20)
     push_backoff_s: float = Field(default=0.5, gt=0)
+    # Webhooks never go to loopback, private, link-local (cloud metadata), multicast or
+    # other non-global addresses, except to the hosts listed here (comma-separated exact
+    # names, addresses or CIDR networks, e.g. "mes.plant.local,10.20.0.0/16").
+    push_allow_hosts: str = ""
 
     # Replicas sharing one database poll for each other's changes this often (0: off).
     sync_interval_ms: int = Field(default=500, ge=0)

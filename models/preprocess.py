@@ -32,7 +32,7 @@ class DecodedImage:
 
 
 def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None,
-                 grey: bool = False) -> DecodedImage:
+                 grey: bool = False, max_bytes: int | None = None) -> DecodedImage:
     """Decode `data` into an upright RGB (or, with `grey`, 8-bit grey) image, checking
     format and pixel count from the header before any pixel is decoded. Multi-frame files
     use their first frame.
@@ -44,7 +44,10 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None,
     Pillow's own bomb check backs ours (a warning above Image.MAX_IMAGE_PIXELS, an error
     above twice that); the service's `max_pixels` stays under it, so ours decides. No
     warnings filter is set here: `warnings.catch_warnings` swaps process-wide state and
-    is not thread-safe, and images are decoded in several threads at once."""
+    is not thread-safe, and images are decoded in several threads at once.
+
+    `max_bytes` caps the decoded size (`decoded_bytes`: a 16-bit frame costs twice an 8-bit
+    one), also checked from the header."""
     if not data:
         raise ImageRejected("empty_file", "the file is empty")
     try:
@@ -59,6 +62,11 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None,
                 f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels}",
                 status=413,
             )
+        if max_bytes is not None and decoded_bytes(img) > max_bytes:
+            raise ImageRejected(
+                "too_many_bytes",
+                f"image decodes to {decoded_bytes(img)} bytes ({w}x{h} {img.mode}); the "
+                f"limit is {max_bytes}", status=413)
         img.seek(0)
         if draft_to and fmt == "JPEG":
             # A grey draft decodes only the luma plane: no chroma work at all.
@@ -86,14 +94,42 @@ def decode_image(data: bytes, max_pixels: int, draft_to: int | None = None,
     return DecodedImage(rgb=rgb, width=w, height=h, format=fmt)
 
 
+# Bytes per decoded pixel by Pillow mode: what a file of that mode costs in memory.
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16B": 2,
+              "I;16L": 2, "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Memory the decoded pixels take (4 bytes per pixel for any mode not listed)."""
+    w, h = img.size
+    return w * h * MODE_BYTES.get(img.mode, 4)
+
+
+def _stretch_to_8bit(img: Image.Image, rows_per_chunk: int = 256) -> Image.Image:
+    """A 16/32-bit or float grey image -> 8-bit grey, its own range stretched to 0..255
+    (floor((v - lo) * 255 / (hi - lo))). Works a band of rows at a time, so memory stays
+    at the 8-bit result plus one band, never a float64 copy of the whole frame."""
+    extrema = img.getextrema()  # one band: (min, max)
+    lo, hi = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
+    w, h = img.size
+    out = np.zeros((h, w), np.uint8)
+    if hi > lo:
+        for top in range(0, h, rows_per_chunk):
+            band = np.asarray(img.crop((0, top, w, min(h, top + rows_per_chunk))))
+            scaled: np.ndarray
+            if img.mode == "F":
+                scaled = (band.astype(np.float64) - lo) * (255.0 / (hi - lo))
+            else:  # exact integer floor: no float rounding at the steps
+                scaled = (band.astype(np.int64) - int(lo)) * 255 // (int(hi) - int(lo))
+            out[top:top + band.shape[0]] = np.clip(scaled, 0, 255)
+    return Image.fromarray(out, mode="L")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Grey, 16-bit, float, palette, RGBA and CMYK images -> 8-bit RGB (an 8-bit grey
     image stays grey: both the grey and the colour path can take it)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a: np.ndarray = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        scaled: np.ndarray = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _stretch_to_8bit(img)
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):

@@ -12,9 +12,29 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the database at `engine` to the newest schema revision."""
+    """Bring the database at `engine` to the newest schema revision.
+
+    On SQLite the migrations run with foreign keys off (a table that a migration recreates
+    is dropped, and with foreign keys on that drop would cascade to the rows referring to
+    it), then `PRAGMA foreign_key_check` must come back empty before they count."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction: effective
+        conn.commit()  # ends SQLAlchemy's autobegun (empty) transaction
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"migration left dangling references: {broken[:5]}")
+        finally:
+            conn.rollback()  # nothing open after a failure either
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()

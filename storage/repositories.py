@@ -238,6 +238,14 @@ def add_classifications(s: Session, rows: list[dict[str, Any]], actors: str | li
     one for all) in two bulk statements; returns the new result ids in the order of
     `rows`."""
     who = [actors] * len(rows) if isinstance(actors, str) else actors
+    # A class deleted while its images were being classified: the result keeps its label
+    # text but refers to no class (class_id is a foreign key).
+    named = {r["class_id"] for r in rows if r["class_id"] is not None}
+    if named:
+        alive = set(s.scalars(select(DefectClass.id).where(DefectClass.id.in_(named))))
+        if alive != named:
+            rows = [{**r, "class_id": None} if r["class_id"] not in alive else r
+                    for r in rows]
     # Core inserts on the tables, not ORM bulk inserts on the classes: the same rows for
     # about half the Python work, and this runs for every classified image.
     results = cast(Table, ClassificationResult.__table__)

@@ -54,7 +54,9 @@ class Base(DeclarativeBase):
 
 class DefectClass(Base):
     __tablename__ = "classes"
-    __table_args__ = (UniqueConstraint("group_name", "name", name="uq_class_group_name"),)
+    # AUTOINCREMENT: SQLite never hands a deleted class's id to another class.
+    __table_args__ = (UniqueConstraint("group_name", "name", name="uq_class_group_name"),
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
@@ -68,7 +70,8 @@ class DefectClass(Base):
 
 class SupportImage(Base):
     __tablename__ = "support_images"
-    __table_args__ = (UniqueConstraint("class_id", "sha256", name="uq_image_class_sha"),)
+    __table_args__ = (UniqueConstraint("class_id", "sha256", name="uq_image_class_sha"),
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     class_id: Mapped[int] = mapped_column(
@@ -131,7 +134,9 @@ class ClassificationResult(Base):
     # Where the kept image lies in the query-image packs (storage/packs.py); None when
     # it was not kept, or was kept as a blob before packs existed.
     image_ref: Mapped[str | None] = mapped_column(String(96), nullable=True)
-    class_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    class_id: Mapped[int | None] = mapped_column(
+        ForeignKey("classes.id", ondelete="SET NULL", name="fk_results_class"),
+        nullable=True, index=True)
     label: Mapped[str | None] = mapped_column(String(128), nullable=True)
     unknown: Mapped[bool] = mapped_column(Boolean)
     score: Mapped[float] = mapped_column(Float)
@@ -149,7 +154,9 @@ class Feedback(Base):
         ForeignKey("classification_results.id", ondelete="CASCADE"), index=True
     )
     correct: Mapped[bool] = mapped_column(Boolean)
-    class_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    class_id: Mapped[int | None] = mapped_column(
+        ForeignKey("classes.id", ondelete="SET NULL", name="fk_feedback_class"),
+        nullable=True, index=True)
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 

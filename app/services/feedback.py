@@ -45,17 +45,21 @@ async def promote(rt: Runtime, feedback_id: int, who: Principal
         res = repo.get_result(s, fb.result_id)
         assert res is not None
         target = res.class_id if fb.correct else fb.class_id
-        sha, name, ref = res.sha256, res.filename, res.image_ref
+        sha, name, ref, group = res.sha256, res.filename, res.image_ref, res.group_name
     if target is None:
-        raise Conflict("the operator confirmed an 'unknown' result: there is no class to "
-                       "promote it into", code="no_target_class")
+        raise Conflict("there is no class to promote it into: the operator confirmed an "
+                       "'unknown' result, or the class was deleted", code="no_target_class")
+    cls = get_class(rt, target)
+    if cls.group != group:  # never move one line's image into another line's class
+        raise Conflict(f"class {target} is in group {cls.group!r}, the image was classified "
+                       f"in {group!r}", code="group_mismatch")
     data = await asyncio.to_thread(kept_image, rt, sha, ref)
     if data is None:
         raise Conflict("the classified image was not kept (FSDI_KEEP_QUERY_IMAGES=false, "
                        "the disk refused it, it was lost in a crash before it reached the "
                        "disk, or FSDI_QUERY_IMAGE_RETENTION_DAYS removed it)",
                        code="image_not_kept")
-    return await enrol_bytes(rt, get_class(rt, target), [(name, data)], who)
+    return await enrol_bytes(rt, cls, [(name, data)], who)
 
 
 def kept_image(rt: Runtime, sha: str, ref: str | None) -> bytes | None:

@@ -89,6 +89,14 @@ def env_admin(digest: str, settings: Settings) -> Principal | None:
     return None
 
 
+def bearer_token(authorization: str | None) -> str:
+    """The key in an `Authorization: Bearer <key>` header; 401 when there is none."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing 'Authorization: Bearer <key>' header")
+    return token.strip()
+
+
 def authenticate(s: Session, digest: str) -> Principal:
     """A stored key by its digest (hash_key of the presented key); 401 if unknown or
     revoked. The FSDI_ADMIN_KEY admin is `env_admin`'s."""

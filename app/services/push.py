@@ -1,9 +1,12 @@
 """Result push for PLCs and MES systems: signed webhooks with retries, and MQTT.
 
-Classification never waits for a push: results go into a bounded queue that one worker
-drains. Webhook bodies are signed: `X-FSDI-Signature: sha256=<hex HMAC-SHA256 of
+Classification never waits for a push: each group's results go into that group's own
+bounded queue, drained by that group's own worker, so a hung or slow target only ever
+delays its own group. Webhook bodies are signed: `X-FSDI-Signature: sha256=<hex HMAC-SHA256 of
 "<timestamp>.<body>" with the group's secret>` and `X-FSDI-Timestamp`. Failed deliveries
 are retried with exponential backoff; a full queue drops the oldest result and counts it.
+Every delivery goes to an address checked by app.services.egress (no internal targets
+unless FSDI_PUSH_ALLOW_HOSTS names them).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from app.services.egress import Allow, EgressRefused, pinned, vet
 from app.settings import Settings
 
 log = logging.getLogger("fsdi.push")
@@ -37,52 +41,69 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+@dataclass
+class _Lane:
+    """One group's queue and the worker that drains it."""
+
+    queue: asyncio.Queue[tuple[Target, bytes]]
+    task: asyncio.Task[None]
+
+
 class Pusher:
     def __init__(self, settings: Settings, counter: Any = None) -> None:
         self.settings = settings
         self.counter = counter  # prometheus Counter with labels (channel, outcome)
         self.targets: dict[str, Target] = {}
-        self._queue: asyncio.Queue[tuple[Target, bytes]] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.allow = Allow.parse(settings.push_allow_hosts.split(","))
+        self._lanes: dict[str, _Lane] = {}
+        self._client: httpx.AsyncClient | None = None
         self._mqtt: Any = None
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue(self.settings.push_queue_max)
-        self._task = asyncio.create_task(self._run(), name="fsdi-push")
+        self._client = httpx.AsyncClient(timeout=10, follow_redirects=False)
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
+        for lane in self._lanes.values():
+            lane.task.cancel()
+        self._lanes.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
         if self._mqtt is not None:
             self._mqtt.loop_stop()
             self._mqtt.disconnect()
 
     def wants(self, group: str) -> bool:
         """Whether results of `group` are pushed anywhere (skip building the payload)."""
-        return self._queue is not None and group in self.targets
+        return self._client is not None and group in self.targets
 
     def submit(self, group: str, payload: dict[str, Any]) -> None:
+        """Queue a result for `group`'s target (call on the event loop)."""
         target = self.targets.get(group)
-        if target is None or self._queue is None:
+        if target is None or self._client is None:
             return
+        lane = self._lanes.get(group)
+        if lane is None or lane.task.done():
+            queue: asyncio.Queue[tuple[Target, bytes]] = asyncio.Queue(
+                self.settings.push_queue_max)
+            lane = _Lane(queue, asyncio.create_task(self._run(queue), name=f"fsdi-push-{group}"))
+            self._lanes[group] = lane
         body = json.dumps(payload, separators=(",", ":")).encode()
-        if self._queue.full():
-            self._queue.get_nowait()
+        if lane.queue.full():
+            lane.queue.get_nowait()
             self._count("queue", "dropped")
-        self._queue.put_nowait((target, body))
+        lane.queue.put_nowait((target, body))
 
-    async def _run(self) -> None:
-        assert self._queue is not None
-        async with httpx.AsyncClient(timeout=10, follow_redirects=False) as client:
-            while True:
-                target, body = await self._queue.get()
-                if target.mqtt_topic:
-                    await asyncio.to_thread(self._publish, target.mqtt_topic, body)
-                if target.webhook_url:
-                    await self._post(client, target, body)
+    async def _run(self, queue: asyncio.Queue[tuple[Target, bytes]]) -> None:
+        while True:
+            target, body = await queue.get()
+            if target.mqtt_topic:
+                await asyncio.to_thread(self._publish, target.mqtt_topic, body)
+            if target.webhook_url:
+                await self._post(target, body)
 
-    async def _post(self, client: httpx.AsyncClient, target: Target, body: bytes) -> None:
-        assert target.webhook_url
+    async def _post(self, target: Target, body: bytes) -> None:
+        assert target.webhook_url and self._client is not None
         delay = self.settings.push_backoff_s
         for attempt in range(1, self.settings.push_max_attempts + 1):
             ts = str(int(time.time()))
@@ -90,11 +111,19 @@ class Pusher:
             if target.webhook_secret:
                 headers["X-FSDI-Signature"] = sign(target.webhook_secret, ts, body)
             try:
-                r = await client.post(target.webhook_url, content=body, headers=headers)
+                parts, ip = await asyncio.to_thread(vet, target.webhook_url, self.allow, True)
+                assert ip is not None
+                url, host, ext = pinned(parts, ip)
+                r = await self._client.post(url, content=body, headers={**headers, **host},
+                                            extensions=ext)
                 if r.status_code < 300:
                     self._count("webhook", "delivered")
                     return
                 reason = f"HTTP {r.status_code}"
+            except EgressRefused as exc:
+                self._count("webhook", "refused")
+                log.warning("webhook not sent: %s", exc)
+                return
             except httpx.HTTPError as exc:
                 reason = type(exc).__name__
             self._count("webhook", "retry")

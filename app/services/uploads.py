@@ -49,10 +49,12 @@ async def read_parts(files: list[UploadFile], settings: Settings) -> list[tuple[
     return parts
 
 
-def decode_one(name: str, data: bytes, cfg: PreprocessConfig, max_pixels: int) -> Upload:
+def decode_one(name: str, data: bytes, cfg: PreprocessConfig, max_pixels: int,
+               max_bytes: int | None = None) -> Upload:
     """One part -> Upload: sha256, decode (JPEG at a reduced DCT scale), resize."""
     try:
-        img = decode_image(data, max_pixels, draft_to=cfg.input_size, grey=cfg.grey)
+        img = decode_image(data, max_pixels, draft_to=cfg.input_size, grey=cfg.grey,
+                           max_bytes=max_bytes)
     except ImageRejected as exc:
         raise ApiError(f"{name}: {exc}", code=exc.code, status=exc.status) from None
     return Upload(name, data, sha256_hex(data), img.width, img.height, to_input(img.rgb, cfg))
@@ -68,7 +70,8 @@ async def decode_all(
     loop = asyncio.get_running_loop()
     n = min(settings.decode_workers, len(parts))
     tasks = [loop.run_in_executor(pool, _decode_slice, parts[i::n], cfg,
-                                  settings.max_image_pixels) for i in range(n)]
+                                  settings.max_image_pixels, settings.max_decoded_bytes)
+             for i in range(n)]
     ordered: list[Upload | ApiError | None] = [None] * len(parts)
     for i, decoded in enumerate(await asyncio.gather(*tasks)):
         ordered[i::n] = decoded
@@ -78,13 +81,13 @@ async def decode_all(
     return [r for r in ordered if isinstance(r, Upload)]
 
 
-def _decode_slice(parts: list[tuple[str, bytes]], cfg: PreprocessConfig, max_pixels: int
-                  ) -> list[Upload | ApiError]:
+def _decode_slice(parts: list[tuple[str, bytes]], cfg: PreprocessConfig, max_pixels: int,
+                  max_bytes: int) -> list[Upload | ApiError]:
     """A rejected file stays in its place as its error, so the caller can name the first."""
     out: list[Upload | ApiError] = []
     for name, data in parts:
         try:
-            out.append(decode_one(name, data, cfg, max_pixels))
+            out.append(decode_one(name, data, cfg, max_pixels, max_bytes))
         except ApiError as exc:
             out.append(exc)
     return out

@@ -70,3 +70,11 @@ def test_every_shipped_weight_and_asset_is_package_data() -> None:
     shipped = {f for pkg, globs in data.items() for g in globs for f in (root / pkg).glob(g)}
     for path in wanted:  # setuptools globs: "*" never crosses a "/"
         assert path in shipped, f"{path} is not package data"
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (DOCKER.parent / "README.md").read_text()
+    missing = [n.upper() for n in Settings.model_fields
+               if f"`{n.upper()}`" not in readme and f"`FSDI_{n.upper()}`" not in readme
+               and not n.startswith("calib_")]
+    assert not missing, f"settings missing from the README: {missing}"

@@ -50,7 +50,8 @@ def mqtt_available() -> bool:
 def server(tmp_path: Path, model_cache: Path):  # type: ignore[no-untyped-def]
     srv = Server(tmp_path / "data", {"FSDI_ADMIN_KEY": KEY, "FSDI_MODEL_CACHE_DIR":
                                      str(model_cache), "FSDI_MQTT_URL": "mqtt://127.0.0.1:1883",
-                                     "FSDI_PUSH_BACKOFF_S": "0.2"}).start()
+                                     "FSDI_PUSH_BACKOFF_S": "0.2",
+                                     "FSDI_PUSH_ALLOW_HOSTS": "127.0.0.1"}).start()
     c = httpx.Client(base_url=srv.url, headers=H, timeout=60)
     for ci, (name, (surf, defect)) in enumerate(CLASSES.items()):
         cid = c.post("/api/v1/classes", json={"name": name, "group": "line7"}).json()["id"]

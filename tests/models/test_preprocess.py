@@ -114,3 +114,21 @@ def test_grey_backbones_see_colour_and_grey_files_alike() -> None:
     from models.preprocess import normalise
 
     assert normalise(a[None], cfg).shape == (1, 3, 32, 32)
+
+
+def test_sixteen_bit_stretch_is_exact_and_banded() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(1000, 50000, (700, 300), dtype=np.uint16)
+    dec = decode_image(encode(Image.fromarray(a), "PNG"), 10**6)
+    lo, hi = int(a.min()), int(a.max())
+    want = ((a.astype(np.int64) - lo) * 255 // (hi - lo)).astype(np.uint8)
+    assert np.array_equal(np.asarray(dec.rgb), want)  # 700 rows: several 256-row bands
+
+
+def test_decoded_size_is_capped_from_the_header() -> None:
+    a = np.zeros((100, 100), np.uint16)
+    data = encode(Image.fromarray(a), "PNG")
+    assert decode_image(data, 10**6, max_bytes=20_000).rgb.size == (100, 100)
+    with pytest.raises(ImageRejected) as err:
+        decode_image(data, 10**6, max_bytes=19_999)  # 100 x 100 x 2 bytes = 20,000
+    assert err.value.code == "too_many_bytes" and err.value.status == 413

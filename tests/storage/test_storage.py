@@ -164,8 +164,13 @@ def test_add_classifications_bulk_returns_ids_in_order_with_audit(db_url: str) -
     engine = make_engine(db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        cls = DefectClass(name="scratch", group_name="bulk", description="")
+        s.add(cls)
+        s.flush()
+        cid = cls.id
     rows = [{"group_name": "bulk", "filename": f"{i}.jpg", "sha256": f"{i:064d}",
-             "class_id": None if i == 1 else 7, "label": None if i == 1 else "scratch",
+             "class_id": None if i == 1 else cid, "label": None if i == 1 else "scratch",
              "unknown": i == 1, "score": 0.5 + i / 10, "method": "protonet",
              "model_version": "m@1", "key_id": None} for i in range(3)]
     with sessions.begin() as s:
@@ -180,7 +185,13 @@ def test_add_classifications_bulk_returns_ids_in_order_with_audit(db_url: str) -
             select(AuditEvent).where(AuditEvent.actor == "tester").order_by(AuditEvent.id))]
     assert details[-3:] == [
         f"result={ids[i]} group=bulk sha256={i:064d} model=m@1 method=protonet "
-        f"decision={'unknown' if i == 1 else 'class=7'}" for i in range(3)]
+        f"decision={'unknown' if i == 1 else f'class={cid}'}" for i in range(3)]
+    gone = [{**rows[0], "class_id": 10**6}]  # deleted meanwhile: kept, naming no class
+    with sessions.begin() as s:
+        (rid,) = repo.add_classifications(s, gone, "tester")
+    with sessions() as s:
+        got = s.get(ClassificationResult, rid)
+        assert got is not None and got.class_id is None and got.label == "scratch"
     engine.dispose()
 
 
@@ -226,4 +237,95 @@ def test_referenced_digests_finds_support_and_pre_pack_query_images(db_url: str)
         asked = {support, legacy_query, orphan, packed}
         assert repo.referenced_digests(s, asked, chunk=2) == {support, legacy_query}
         assert repo.referenced_digests(s, set()) == set()
+    engine.dispose()
+
+
+def test_migrated_schema_matches_the_tables(db_url: str) -> None:
+    """What the migrations build is what storage/tables.py declares (alembic's own diff)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from storage.tables import Base
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert [d for d in diff if d[0] != "modify_nullable"] == [], diff
+
+
+def test_class_ids_are_never_reused_and_references_are_real(db_url: str) -> None:
+    """Finding E: delete the newest class, create another: it gets a new id, and results or
+    feedback that named the deleted class now name no class."""
+    from storage.tables import Feedback
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        old = DefectClass(name="x", group_name="line1", description="")
+        s.add(old)
+        s.flush()
+        res = ClassificationResult(group_name="line1", filename="q.png", sha256="b" * 64,
+                                   class_id=old.id, label="x", unknown=False, score=0.9,
+                                   method="protonet", model_version="m")
+        s.add(res)
+        s.flush()
+        s.add(Feedback(result_id=res.id, correct=False, class_id=old.id))
+        old_id, res_id = old.id, res.id
+    with sessions.begin() as s:
+        s.delete(s.get(DefectClass, old_id))
+    with sessions.begin() as s:
+        new = DefectClass(name="y", group_name="other-line", description="")
+        s.add(new)
+        s.flush()
+        assert new.id > old_id
+    with sessions() as s:
+        assert s.get(ClassificationResult, res_id).class_id is None  # type: ignore[union-attr]
+        assert s.scalar(select(Feedback.class_id).where(Feedback.result_id == res_id)) is None
+    with pytest.raises(IntegrityError), sessions.begin() as s:  # no reference to nothing
+        s.add(Feedback(result_id=res_id, correct=False, class_id=10**6))
+    engine.dispose()
+
+
+def test_migration_0006_keeps_support_sets_and_skips_every_id_ever_referenced(
+        tmp_path: Path) -> None:
+    """An existing SQLite database from before 0006: recreating the classes table must not
+    cascade to its images, orphaned references are cleared, and the next class id is above
+    every id a result or feedback ever named."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from storage.migrate import MIGRATIONS
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        conn.execute(text("INSERT INTO classes (id, name, group_name, description, created_at)"
+                          " VALUES (1, 'a', 'g', '', '2026-01-01'), (2, 'b', 'g', '', "
+                          "'2026-01-01')"))
+        conn.execute(text("INSERT INTO support_images (id, class_id, sha256, original_name, "
+                          "byte_size, width, height, created_at) VALUES (1, 2, :h, 'i.png', 1,"
+                          " 1, 1, '2026-01-01')"), {"h": "c" * 64})
+        conn.execute(text("INSERT INTO classification_results (id, group_name, filename, "
+                          "sha256, class_id, unknown, score, method, model_version, "
+                          "created_at) VALUES (1, 'g', 'q', :h, 7, 0, 0.5, 'p', 'm', "
+                          "'2026-01-01'), (2, 'g', 'q', :h, 2, 0, 0.5, 'p', 'm', "
+                          "'2026-01-01')"), {"h": "d" * 64})
+    upgrade(engine)
+    with make_sessionmaker(engine).begin() as s:
+        assert s.get(SupportImage, 1) is not None, "recreating classes cascaded to images"
+        assert s.get(ClassificationResult, 1).class_id is None  # type: ignore[union-attr]
+        assert s.get(ClassificationResult, 2).class_id == 2  # type: ignore[union-attr]
+        new = DefectClass(name="c", group_name="g", description="")
+        s.add(new)
+        s.flush()
+        assert new.id > 7
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()

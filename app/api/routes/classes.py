@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, File, Response, UploadFile
 from fastapi.responses import JSONResponse
 
-from app.api.deps import Admin, IdPath, Operator, RuntimeDep
+from app.api.deps import Admin, GroupFilter, IdPath, Operator, RuntimeDep
 from app.schemas import ClassCreate, ClassList, ClassPublic, EnrolResponse, ImagePublic
 from app.services import enrolment as svc
 from app.services.reports import report_for
@@ -22,7 +22,7 @@ def create_class(body: ClassCreate, rt: RuntimeDep, who: Admin) -> ClassPublic:
 
 @router.get("", response_model=ClassList)
 def list_classes(rt: RuntimeDep, _: Operator,
-                 group: Annotated[str | None, Query(max_length=64)] = None) -> ClassList:
+                 group: GroupFilter = None) -> ClassList:
     return ClassList(items=svc.list_classes(rt, group))
 
 

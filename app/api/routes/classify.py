@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from app.api.deps import Admin, Classifier, IdPath, Operator, RuntimeDep
+from app.api.deps import (
+    Admin,
+    Classifier,
+    GroupFilter,
+    GroupQuery,
+    IdPath,
+    Operator,
+    RuntimeDep,
+)
 from app.errors import NotFound, Unprocessable
 from app.schemas import (
     TOP_K_LIMIT,
@@ -29,7 +37,7 @@ router = APIRouter(prefix="/api/v1", tags=["classify"])
 @router.post("/classify", response_model=ClassifyResponse)
 async def classify(
     rt: RuntimeDep, who: Classifier, files: Annotated[list[UploadFile], File()],
-    group: Annotated[str, Query(min_length=1, max_length=64)] = "default",
+    group: GroupQuery = "default",
     top_k: Annotated[int, Query(ge=1, le=TOP_K_LIMIT, description=(
         "nearest classes listed per image; above FSDI_MAX_TOP_K (default 20) -> 422"))] = 3,
     method: Annotated[str | None, Query(max_length=32)] = None,
@@ -56,7 +64,7 @@ async def verify(rt: RuntimeDep, _: Classifier, a: Annotated[UploadFile, File()]
 
 @router.get("/feedback/stats", response_model=FeedbackStats)
 def feedback_stats(rt: RuntimeDep, _: Operator,
-                   group: Annotated[str | None, Query(max_length=64)] = None) -> FeedbackStats:
+                   group: GroupFilter = None) -> FeedbackStats:
     """Feedback counts and the (predicted, true) confusion cells, most frequent first."""
     return fb_svc.stats(rt, group)
 

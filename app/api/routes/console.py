@@ -7,10 +7,9 @@ import io
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from fastapi import Path as PathParam
 from PIL import Image
 
-from app.api.deps import Classifier, IdPath, Operator, RuntimeDep
+from app.api.deps import Classifier, GroupPath, IdPath, Operator, RuntimeDep
 from app.errors import NotFound
 from app.schemas import GroupList, GroupPublic, GroupReportPublic, Me
 from app.services.reports import report_for
@@ -47,7 +46,7 @@ def _thumbnail(data: bytes, size: int) -> bytes:
 
 
 @router.get("/groups/{group}/report", response_model=GroupReportPublic)
-def group_report(group: Annotated[str, PathParam(min_length=1, max_length=64)],
+def group_report(group: GroupPath,
                  rt: RuntimeDep, _: Operator) -> GroupReportPublic:
     """Leave-one-out accuracy, per-class recall, the most confusable pair and warnings."""
     return report_for(rt, group)

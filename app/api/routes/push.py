@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter, Path, Response
-
-from app.api.deps import Admin, RuntimeDep
+from app.api.deps import Admin, GroupPath, RuntimeDep
 from app.errors import NotFound, Unprocessable
 from app.schemas import PushConfig, PushPublic
+from app.services.egress import EgressRefused, vet
 from storage import repositories as repo
 from storage.tables import PushTarget
 
 router = APIRouter(prefix="/api/v1/groups/{group}/push", tags=["push"])
-Group = Annotated[str, Path(min_length=1, max_length=64)]
+Group = GroupPath
 
 
 def _public(t: PushTarget) -> PushPublic:
@@ -28,6 +27,11 @@ def set_push(group: Group, body: PushConfig, rt: RuntimeDep, who: Admin) -> Push
         raise Unprocessable("give webhook_url, mqtt_topic or both", code="no_target")
     if body.mqtt_topic and not rt.settings.mqtt_url:
         raise Unprocessable("this service has no MQTT broker (FSDI_MQTT_URL)", code="no_broker")
+    if body.webhook_url:
+        try:
+            vet(body.webhook_url, rt.pusher.allow)
+        except EgressRefused as exc:
+            raise Unprocessable(str(exc), code="webhook_refused") from None
     assert rt.sessions is not None
     with rt.sessions.begin() as s:
         t = s.get(PushTarget, group) or PushTarget(group_name=group)
