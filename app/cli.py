@@ -149,9 +149,7 @@ def evaluate(
                           tuple(int(s) for s in shots.split(",")), seed)
         typer.echo(md)
         return
-    from app.services.runtime import calibration_configs
-
-    metric_cfg, app_cfg = calibration_configs(get_settings())
+    metric_cfg, app_cfg = get_settings().calibration()
     shot_counts = tuple(int(s) for s in shots.split(","))
     if precision:
         from models.evaluate import precision_report

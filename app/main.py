@@ -78,7 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # /docs is served from the package (no CDN: a factory network has no internet);
     # ReDoc, which would load from a CDN, is off.
     app = FastAPI(title="FSDI — few-shot defect inspection", version="0.1.0",
-                  lifespan=lifespan, docs_url=None, redoc_url=None)
+                  lifespan=lifespan, docs_url=None, redoc_url=None,
+                  # operation ids as a generated client wants them: `classify`, not
+                  # `classify_api_v1_classify_post`
+                  generate_unique_id_function=lambda route: route.name)
     install_docs(app)
     app.state.runtime = runtime
     install_handlers(app)

@@ -10,6 +10,8 @@ from PIL import Image
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.calibration import CalibrationConfig
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FSDI_", extra="ignore")
@@ -109,6 +111,17 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     queue_max_images: int = Field(default=512, ge=1)
     decode_workers: int = Field(default=2, ge=1)
+
+    def calibration(self) -> tuple[CalibrationConfig, CalibrationConfig]:
+        """(metric part, appearance part) rejection calibration."""
+        metric = CalibrationConfig(
+            margin=self.calib_metric_margin, k_std=self.calib_metric_k_std,
+            floor=self.calib_metric_floor, ceiling=self.calib_metric_ceiling,
+            fallback=self.calib_metric_fallback)
+        appearance = CalibrationConfig(
+            margin=self.calib_margin, k_std=self.calib_k_std, floor=self.calib_floor,
+            ceiling=self.calib_ceiling, fallback=self.calib_fallback)
+        return metric, appearance
 
     @field_validator("admin_key")
     @classmethod

@@ -294,8 +294,8 @@ class RawNetwork:
     def __init__(self, cache: Path, max_batch: int) -> None:
         import torch
 
-        from models.backbones import create_backbone
         from models.embedder import TorchEmbedder, pin_threads
+        from models.zoo import create_backbone
 
         self._torch = torch
         self.backbone = create_backbone(*served_backbone())
@@ -386,7 +386,7 @@ def main() -> None:
     ]))
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        from models.backbones import create_backbone
+        from models.zoo import create_backbone
 
         bb = create_backbone(st.backbone, st.precision)
         data.mkdir()

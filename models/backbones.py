@@ -1,4 +1,5 @@
-"""Backbone registry: name -> builder. Unknown names raise; weights never download.
+"""Backbone types and their registry (name -> builder); models.zoo builds them by name.
+Unknown names raise; weights never download.
 
 Each backbone carries its own preprocessing config, so enrolment and classification
 derive resize and normalisation from the same place.
@@ -109,33 +110,10 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
     return deco
 
 
-def available_backbones() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
 PRECISIONS = ("fp32", "int8")
 # Names models/quantize.py's recipe (calibration set, layers kept in float, ranges):
 # change it with the recipe, so INT8 versions and cached INT8 files follow.
 INT8_RECIPE = "qdq-perchannel-w7-minmax-syn128-stem+dw-float"
-
-
-def create_backbone(name: str, precision: str = "fp32") -> Backbone:
-    """Build a registered backbone; raise KeyError naming the valid ones otherwise."""
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
-    bb = _REGISTRY[name]()
-    bb.precision = precision
-    bb.net.eval()
-    bb.weights_sha256 = files_sha256(bb.weight_files)
-    with torch.no_grad():
-        size = bb.preprocess.input_size
-        bb.dim = int(bb.net(torch.zeros(1, 3, size, size)).shape[1])
-    bb.metric_dim = bb.metric_dim or bb.dim
-    return bb
 
 
 def files_sha256(paths: list[Path]) -> str:
@@ -155,8 +133,3 @@ def load_state_dict_safely(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path.name} is not a plain state dict of tensors")
     return obj
-
-
-def _load_builtin() -> None:
-    # Importing the module runs its @register_backbone decorators.
-    from models import effnet  # noqa: F401

@@ -132,7 +132,7 @@ def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: Cali
              for b in (*REJECTION_SETUP, "novel_eval")}
     rows = rejection_rows({"": parts}, data, metric_cfg, app_cfg, shots, episodes, seed)
     md = write_rejection(rows, out_dir / "rejection")
-    from models.calibration import novelty_rates
+    from models.openset import novelty_rates
 
     novel = [{"shots": k, "known": "ok + 2 defect types", "novel": "the other 3",
               "episodes": episodes} | {m: round(v, 4) for m, v in novelty_rates(
@@ -156,7 +156,7 @@ def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
                    seed: int) -> list[dict[str, object]]:
     """parts[name][bench] = (metric, appearance) embeddings; `labels` holds `<bench>_y`
     and, where episodes stay inside a group, `<bench>_g`. Same episodes for every name."""
-    from models.calibration import rejection_rates
+    from models.openset import rejection_rates
 
     rows: list[dict[str, object]] = []
     for bench, (ways, foreign) in REJECTION_SETUP.items():
@@ -221,7 +221,7 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
     """fp32 vs `precision`, both served by ONNX Runtime, on the same episodes: few-shot
     accuracy of the metric part and unknown rejection of the whole embedding. Writes
     precision.{json,md} and precision_rejection.{json,md}."""
-    from models.backbones import create_backbone
+    from models.zoo import create_backbone
 
     backbone = create_backbone(backbone_name)
     metric_dim = backbone.metric_dim

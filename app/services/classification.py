@@ -6,29 +6,15 @@ import asyncio
 import time
 
 import numpy as np
-import torch
 from fastapi import UploadFile
 
 from app.errors import Conflict, Unprocessable
 from app.schemas import ClassifyResponse, Evidence, ModelInfo, Result, TopK
 from app.services.keys import Principal
-from app.services.prototypes import GroupSnapshot
 from app.services.results import PendingResults
 from app.services.runtime import Runtime
 from app.services.uploads import decode_all, read_parts
-from models.methods import FewShotMethod, MethodOutput, create_method
-from models.methods.meta_base import MetaMethod
-from models.methods.protonet import euclidean, score_from_distances
-
-EVIDENCE_PER_CLASS = 3
-
-
-def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best scores, best first, without sorting all C classes."""
-    if k < scores.shape[0]:
-        idx = np.argpartition(-scores, k - 1)[:k]
-        return idx[np.argsort(-scores[idx], kind="stable")]
-    return np.argsort(-scores, kind="stable")
+from models.inference import Decision, GroupIndex
 
 
 def check_method(rt: Runtime, method: str | None) -> str:
@@ -39,91 +25,47 @@ def check_method(rt: Runtime, method: str | None) -> str:
     return name
 
 
-def fitted_method(snap: GroupSnapshot, name: str, runtime: str = "onnxruntime"
-                  ) -> FewShotMethod:
-    """Fit once per (group, support-set version) and reuse: /classify never adapts."""
-    m = snap.fitted.get(name)
-    if m is None:
-        support, labels = snap.support_matrix()
-        fresh = create_method(name).fit(support, labels)
-        if isinstance(fresh, MetaMethod) and runtime == "onnxruntime":
-            fresh.compile_onnx()  # the per-query head runs in ONNX Runtime too
-        m = snap.fitted.setdefault(name, fresh)
-    return m
-
-
-def predict(rt: Runtime, snap: GroupSnapshot, name: str, q: np.ndarray) -> MethodOutput:
-    if name == "protonet":  # prototypes are already in the snapshot
-        dist = euclidean(q, snap.prototypes, snap.proto_sq)
-        return MethodOutput(score_from_distances(dist, rt.settings.temperature), dist)
-    return fitted_method(snap, name, rt.settings.runtime).predict(q)
+def top_k_of(index: GroupIndex, d: Decision) -> list[TopK]:
+    return [TopK(class_id=index.entries[c.index].class_id, label=index.entries[c.index].name,
+                 score=round(c.score, 6), distance=round(c.distance, 6),
+                 threshold=round(c.threshold, 6),
+                 evidence=None if c.evidence is None else [
+                     Evidence(image_id=i, distance=round(dist, 5)) for i, dist in c.evidence])
+            for c in d.top]
 
 
 async def classify(
     rt: Runtime, files: list[UploadFile], group: str, top_k: int, method: str | None,
     threshold: float | None, evidence: bool, who: Principal,
 ) -> ClassifyResponse:
+    """read -> decode -> embed -> decide (models.inference) -> store -> respond."""
     assert rt.backbone is not None and rt.batcher is not None and rt.cache is not None
     t0 = time.perf_counter()
     name = check_method(rt, method)
-    snap = rt.cache.snapshot(group)
-    if snap is None:
+    index = rt.cache.snapshot(group)
+    if index is None:
         raise Conflict(f"group {group!r} has no classes with support images; enrol some first",
                        code="empty_group")
     parts = await read_parts(files, rt.settings)
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
-    q = np.ascontiguousarray(full[:, :rt.backbone.metric_dim])
-    appearance = full[:, rt.backbone.metric_dim:]
-    if name != "protonet" and name not in snap.fitted:
-        # Adapt once per (group, support-set version), off the event loop.
-        await asyncio.to_thread(fitted_method, snap, name, rt.settings.runtime)
-    out = predict(rt, snap, name, q)
-    # Rejection is always judged on prototype distance, whatever ranks the classes.
-    proto_dist = (out.distances if name == "protonet"
-                  else euclidean(q, snap.prototypes, snap.proto_sq))
-    k = min(top_k, len(snap.entries))
-    rows: list[tuple[list[TopK], bool, int, float]] = []
-    for i in range(len(uploads)):
-        order = top_indices(out.scores[i], k)
-        tops = []
-        for c in order:
-            e = snap.entries[c]
-            thr = float(threshold) if threshold is not None else float(snap.thresholds[c])
-            ev = None
-            if evidence:
-                d = np.linalg.norm(e.support - q[i], axis=1)
-                near = np.argsort(d)[:EVIDENCE_PER_CLASS]
-                ev = [Evidence(image_id=e.image_ids[j], distance=round(float(d[j]), 5))
-                      for j in near]
-            tops.append(TopK(class_id=e.class_id, label=e.name,
-                             score=round(float(out.scores[i, c]), 6),
-                             distance=round(float(proto_dist[i, c]), 6),
-                             threshold=round(thr, 6), evidence=ev))
-        best = int(order[0])
-        unknown = bool(proto_dist[i, best] > tops[0].threshold)
-        if snap.app_prototypes is not None and snap.app_thresholds is not None \
-                and threshold is None and not unknown:
-            # Unlike the winning class's overall look: reject, whatever the ranking says.
-            # Only the winner's distance is needed, so 10,000 classes cost no more here.
-            d_app = float(np.linalg.norm(appearance[i] - snap.app_prototypes[best]))
-            unknown = d_app > float(snap.app_thresholds[best])
-        rows.append((tops, unknown, best, tops[0].score))
-    # Off the event loop, committed together with concurrent requests' results.
+    if name not in index.fitted:  # adapt once per (group, support-set version), off the loop
+        await asyncio.to_thread(index.method, name)
+    decisions = index.decide(full, top_k, name, threshold, evidence)
     version = rt.backbone.version
+    labelled = [(d, None if d.unknown else index.entries[d.best.index]) for d in decisions]
+    # Off the event loop, committed together with concurrent requests' results.
     ids = await rt.results.submit(PendingResults(group, uploads, [
         {"group_name": group, "filename": u.filename, "sha256": u.sha256,
-         "class_id": None if unk else tops[0].class_id,
-         "label": None if unk else tops[0].label, "unknown": unk, "score": score,
-         "method": name, "model_version": version, "key_id": who.key_id}
-        for u, (tops, unk, _best, score) in zip(uploads, rows, strict=True)
-    ], who.actor))
+         "class_id": e.class_id if e else None, "label": e.name if e else None,
+         "unknown": d.unknown, "score": round(d.best.score, 6), "method": name,
+         "model_version": version, "key_id": who.key_id}
+        for u, (d, e) in zip(uploads, labelled, strict=True)], who.actor))
     results = [
-        Result(id=rid, filename=u.filename, unknown=unk, score=score, top_k=tops,
-               label=None if unk else snap.entries[best].name,
-               class_id=None if unk else snap.entries[best].class_id)
-        for rid, u, (tops, unk, best, score) in zip(ids, uploads, rows, strict=True)
-    ]
+        Result(id=rid, filename=u.filename, unknown=d.unknown, score=round(d.best.score, 6),
+               top_k=top_k_of(index, d), label=e.name if e else None,
+               class_id=e.class_id if e else None)
+        for rid, u, (d, e) in zip(ids, uploads, labelled, strict=True)]
     response = ClassifyResponse(results=results, model=ModelInfo(
         backbone=rt.backbone.name, method=name, version=version,
         runtime=rt.embedder.runtime if rt.embedder else "none"))
@@ -144,6 +86,6 @@ async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float
     parts = await read_parts([a, b], rt.settings)
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
-    z = torch.from_numpy(np.ascontiguousarray(full[:, :rt.backbone.metric_dim]))
-    p = rt.siamese.same_probability(z[0], z[1])
+    p = rt.siamese.same_probability(full[0, :rt.backbone.metric_dim],
+                                    full[1, :rt.backbone.metric_dim])
     return p >= 0.5, p

@@ -1,96 +1,36 @@
-"""The in-memory prototype cache.
+"""The in-memory cache of group indexes (models.inference.GroupIndex).
 
-Readers take an immutable `GroupSnapshot`; writers build a new snapshot and swap the
-whole mapping in one reference assignment, so a request never sees a half-updated class.
+Readers take an immutable `GroupIndex`; writers build a new one and swap the whole
+mapping in one reference assignment, so a request never sees a half-updated class. This
+module only reads rows, swaps and locks: every decision is models.inference's.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from models.calibration import CalibrationConfig, class_threshold
+from models.inference import ClassEntry, EmbeddingLayout, GroupIndex, make_entry
 from storage import repositories as repo
 
-
-@dataclass(frozen=True)
-class ClassEntry:
-    class_id: int
-    name: str
-    group: str
-    support: np.ndarray  # (n, D) metric embeddings (unit vectors): ranking and methods
-    image_ids: tuple[int, ...]
-    prototype: np.ndarray  # (D,)
-    threshold: float
-    # The optional appearance part (global ImageNet look), used only to reject images
-    # unlike anything enrolled; None for single-part backbones.
-    app_prototype: np.ndarray | None = None
-    app_threshold: float = float("inf")
-
-
-@dataclass(frozen=True)
-class GroupSnapshot:
-    group: str
-    entries: tuple[ClassEntry, ...]
-    prototypes: np.ndarray  # (C, D)
-    thresholds: np.ndarray  # (C,)
-    proto_sq: np.ndarray  # (C,) squared norms, so a request reads the prototypes once
-    app_prototypes: np.ndarray | None = None  # (C, Da)
-    app_thresholds: np.ndarray | None = None  # (C,)
-    # Fitted methods for this exact support set, filled lazily (idempotent).
-    fitted: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    def support_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        """All support embeddings (N, D) and their class indices (N,)."""
-        sup = np.concatenate([e.support for e in self.entries], axis=0)
-        lab = np.concatenate(
-            [np.full(len(e.image_ids), i, dtype=np.int64) for i, e in enumerate(self.entries)]
-        )
-        return sup, lab
-
-
-@dataclass(frozen=True)
-class EmbeddingLayout:
-    """How a stored vector splits: the first `metric_dim` values rank the classes; the
-    rest, if any, is an appearance embedding used only for rejection."""
-
-    metric_dim: int
-    metric_calib: CalibrationConfig
-    app_calib: CalibrationConfig | None = None
-
-
-def make_entry(
-    class_id: int, name: str, group: str, image_ids: list[int], vectors: list[np.ndarray],
-    layout: EmbeddingLayout,
-) -> ClassEntry:
-    full = np.stack(vectors).astype(np.float32)
-    support = np.ascontiguousarray(full[:, :layout.metric_dim])
-    support.setflags(write=False)
-    proto = support.mean(axis=0)
-    proto.setflags(write=False)
-    entry = ClassEntry(class_id, name, group, support, tuple(image_ids), proto,
-                       class_threshold(support, layout.metric_calib))
-    if layout.app_calib is None:
-        return entry
-    app = full[:, layout.metric_dim:]
-    return replace(entry, app_prototype=app.mean(axis=0),
-                   app_threshold=class_threshold(app, layout.app_calib))
+__all__ = ["EmbeddingLayout", "PrototypeCache"]
 
 
 class PrototypeCache:
-    def __init__(self, model_version: str, layout: EmbeddingLayout) -> None:
+    def __init__(self, model_version: str, layout: EmbeddingLayout, temperature: float = 0.05,
+                 runtime: str = "onnxruntime") -> None:
         self.model_version = model_version
         self.layout = layout
-        self._groups: dict[str, GroupSnapshot] = {}
+        self.temperature = temperature
+        self.runtime = runtime
+        self._groups: dict[str, GroupIndex] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
         self._lock = threading.Lock()
         self._published: dict[str, int] = {}  # per group: snapshots published so far
 
-    def snapshot(self, group: str) -> GroupSnapshot | None:
+    def snapshot(self, group: str) -> GroupIndex | None:
         return self._groups.get(group)
 
     def class_count(self) -> int:
@@ -162,17 +102,6 @@ class PrototypeCache:
         self._groups = groups  # the atomic swap readers see
         self._published[group] = self._published.get(group, 0) + 1
 
-    def _build(self, group: str, entries: dict[int, ClassEntry]) -> GroupSnapshot:
-        ordered = tuple(entries[k] for k in sorted(entries))
-        protos = np.stack([e.prototype for e in ordered]).astype(np.float32)
-        thresholds = np.asarray([e.threshold for e in ordered], dtype=np.float32)
-        protos.setflags(write=False)
-        thresholds.setflags(write=False)
-        sq = np.einsum("cd,cd->c", protos, protos)
-        sq.setflags(write=False)
-        snap = GroupSnapshot(group, ordered, protos, thresholds, sq)
-        if self.layout.app_calib is None:
-            return snap
-        app = np.stack([e.app_prototype for e in ordered]).astype(np.float32)  # type: ignore[misc]
-        return replace(snap, app_prototypes=app,
-                       app_thresholds=np.asarray([e.app_threshold for e in ordered], np.float32))
+    def _build(self, group: str, entries: dict[int, ClassEntry]) -> GroupIndex:
+        return GroupIndex.build(group, (entries[k] for k in sorted(entries)),
+                                self.layout.metric_dim, self.temperature, self.runtime)

@@ -11,9 +11,9 @@ import numpy as np
 from tqdm import tqdm
 
 from app.settings import Settings
-from models.backbones import create_backbone
 from models.embedder import make_embedder
 from models.preprocess import load_for_backbone
+from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.blobs import BlobStore
 from storage.db import make_engine, make_sessionmaker

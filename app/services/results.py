@@ -23,8 +23,11 @@ from storage import repositories as repo
 from storage.packs import PackUnavailable
 
 if TYPE_CHECKING:
-    from app.services.runtime import Runtime
+    from prometheus_client import Counter
+    from sqlalchemy.orm import Session, sessionmaker
+
     from app.services.uploads import Upload
+    from storage.packs import PackStore
 
 log = logging.getLogger("fsdi")
 T = TypeVar("T")
@@ -114,19 +117,28 @@ class PendingResults:
     actor: str
 
 
-def write_results(rt: Runtime, items: list[PendingResults]) -> list[list[int]]:
+@dataclass(frozen=True)
+class ResultStore:
+    """Where classification results go: the database, and (when `keep`) the query-image
+    packs; `not_kept` counts images the disk refused."""
+
+    sessions: sessionmaker[Session]
+    packs: PackStore
+    keep: bool
+    not_kept: Counter
+
+
+def write_results(store: ResultStore, items: list[PendingResults]) -> list[list[int]]:
     """Keep the query images when the settings say so (appended to this process's pack,
     not fsynced: a lost one only means its result cannot be promoted), then record each
     result, with where its image lies, and its audit event in one transaction. Returns
     each request's result ids."""
-    assert rt.sessions is not None
-    keep = rt.settings.keep_query_images
     for it in items:
         for u, row in zip(it.uploads, it.rows, strict=True):
             if "image_ref" not in row:  # a retry alone (GroupCommit) keeps its first append
-                row["image_ref"] = keep_image(rt, u.data) if keep else None
+                row["image_ref"] = keep_image(store, u.data) if store.keep else None
     rows = [row for it in items for row in it.rows]
-    with rt.sessions.begin() as s:
+    with store.sessions.begin() as s:
         ids = repo.add_classifications(s, rows, [it.actor for it in items for _ in it.rows])
     out, start = [], 0
     for it in items:
@@ -135,16 +147,16 @@ def write_results(rt: Runtime, items: list[PendingResults]) -> list[list[int]]:
     return out
 
 
-def keep_image(rt: Runtime, data: bytes) -> str | None:
+def keep_image(store: ResultStore, data: bytes) -> str | None:
     """Append a classified image to the packs; None when the disk refuses it. Keeping is
     best effort: a full disk must not stop classification. The failure is logged once,
     then the packs pause (storage/packs.py) and each image refused meanwhile is counted."""
     try:
-        return rt.packs.append(data)
+        return store.packs.append(data)
     except PackUnavailable:
         pass
     except OSError as exc:
         log.warning("query images are not kept for the next %.0f s: %s (%s)",
-                    rt.packs.retry_s, type(exc).__name__, exc.strerror or exc)
-    rt.metrics.not_kept.inc()
+                    store.packs.retry_s, type(exc).__name__, exc.strerror or exc)
+    store.not_kept.inc()
     return None

@@ -13,16 +13,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.services.batcher import MicroBatcher
 from app.services.keys import KeyCache, bootstrap_admin
 from app.services.metrics import Metrics
-from app.services.prototypes import EmbeddingLayout, PrototypeCache
+from app.services.prototypes import PrototypeCache
 from app.services.push import Pusher, Target
-from app.services.results import GroupCommit, PendingResults, write_results
+from app.services.results import GroupCommit, PendingResults, ResultStore, write_results
 from app.services.threadnames import name_this_thread
 from app.settings import Settings
-from models.backbones import Backbone, create_backbone
-from models.calibration import CalibrationConfig
+from models.backbones import Backbone
 from models.embedder import Embedder, make_embedder
+from models.inference import EmbeddingLayout
 from models.methods import available_methods, create_method
 from models.methods.siamese import Siamese
+from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.blobs import BlobStore
 from storage.db import make_engine, make_sessionmaker
@@ -46,19 +47,8 @@ def usable_methods(dim: int) -> list[str]:
     return ok
 
 
-def calibration_configs(s: Settings) -> tuple[CalibrationConfig, CalibrationConfig]:
-    """(metric part, appearance part) rejection calibration from the settings."""
-    metric = CalibrationConfig(margin=s.calib_metric_margin, k_std=s.calib_metric_k_std,
-                               floor=s.calib_metric_floor, ceiling=s.calib_metric_ceiling,
-                               fallback=s.calib_metric_fallback)
-    appearance = CalibrationConfig(margin=s.calib_margin, k_std=s.calib_k_std,
-                                   floor=s.calib_floor, ceiling=s.calib_ceiling,
-                                   fallback=s.calib_fallback)
-    return metric, appearance
-
-
 def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
-    metric, appearance = calibration_configs(s)
+    metric, appearance = s.calibration()
     if bb.metric_dim == bb.dim:
         return EmbeddingLayout(bb.dim, appearance)
     return EmbeddingLayout(bb.metric_dim, metric, appearance)
@@ -87,12 +77,19 @@ class Runtime:
         self.pusher = Pusher(settings, self.metrics.push)
         self.key_cache = KeyCache(settings.key_cache_s)
         self.results: GroupCommit[PendingResults, list[int]] = GroupCommit(
-            lambda items: write_results(self, items), name="fsdi-results")
+            self._write_results, name="fsdi-results")
         self._push_lock = threading.Lock()
         self._push_generation = 0
         if settings.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
                              f"{', '.join(self.methods)}")
+
+    def _write_results(self, items: list[PendingResults]) -> list[list[int]]:
+        if self.sessions is None:
+            raise RuntimeError("results arrived before the database was open")
+        return write_results(ResultStore(self.sessions, self.packs,
+                                         self.settings.keep_query_images,
+                                         self.metrics.not_kept), items)
 
     def open_database(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +128,8 @@ class Runtime:
                                f"{self.backbone.version}; run `fsdi reembed`")
                 log.error(self.failed)
                 return
-            self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_))
+            self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_),
+                                        s_.temperature, s_.runtime)
             with self.sessions() as s:
                 self.load_push_targets(s)
                 self._seen_versions = repo.group_versions(s)  # before loading: never miss one

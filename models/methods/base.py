@@ -33,6 +33,9 @@ class FewShotMethod(ABC):
     @abstractmethod
     def predict(self, query: np.ndarray) -> MethodOutput: ...
 
+    def prepare(self, runtime: str) -> None:  # noqa: B027 - optional hook, no-op by default
+        """After `fit`: get ready to serve on `runtime` ("onnxruntime" or "torch")."""
+
 
 _REGISTRY: dict[str, Callable[..., FewShotMethod]] = {}
 
@@ -44,32 +47,7 @@ def register_method(cls: type[FewShotMethod]) -> type[FewShotMethod]:
     return cls
 
 
-def available_methods() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def create_method(name: str, **kwargs: object) -> FewShotMethod:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**kwargs)
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def _load_builtin() -> None:
-    # Importing each module runs its @register_method decorator.
-    from models.methods import (  # noqa: F401
-        fomaml,
-        maml,
-        metasgd,
-        protonet,
-        relationnet,
-        reptile,
-        siamese,
-    )

@@ -73,6 +73,10 @@ class MetaMethod(FewShotMethod, nn.Module):
         self.adapt()
         return self
 
+    def prepare(self, runtime: str) -> None:
+        if runtime == "onnxruntime":
+            self.compile_onnx()  # the per-query head runs in ONNX Runtime too
+
     def compile_onnx(self, threads: int = 1) -> None:
         """Export the fitted query scorer — (Q, D) -> (Q, C) logits, with the adapted
         weights and support set baked in — and run it with ONNX Runtime from now on."""

@@ -45,13 +45,21 @@ class ProtoNet(FewShotMethod):
         # Nothing to load: ProtoNet's learning lives in the backbone's meta-trained head.
         self.temperature = temperature
         self.protos: np.ndarray | None = None
+        self.proto_sq: np.ndarray | None = None
 
     def fit(self, support: np.ndarray, labels: np.ndarray) -> ProtoNet:
-        self.protos = prototypes(support, labels, int(labels.max()) + 1)
+        return self.use_prototypes(prototypes(support, labels, int(labels.max()) + 1))
+
+    def use_prototypes(self, protos: np.ndarray, proto_sq: np.ndarray | None = None
+                       ) -> ProtoNet:
+        """Class means computed elsewhere (C, D), and optionally their squared norms (C,)."""
+        self.protos = protos
+        self.proto_sq = (proto_sq if proto_sq is not None
+                         else np.einsum("cd,cd->c", protos, protos))
         return self
 
     def predict(self, query: np.ndarray) -> MethodOutput:
         if self.protos is None:
             raise RuntimeError("fit() before predict()")
-        dist = euclidean(query, self.protos)
+        dist = euclidean(query, self.protos, self.proto_sq)
         return MethodOutput(scores=score_from_distances(dist, self.temperature), distances=dist)

@@ -8,6 +8,7 @@ Shapes: pair_logits (A, D), (B, D) -> (A, B); episode_logits -> (Q, N).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +44,10 @@ class Siamese(MetaMethod):
         return nn.functional.binary_cross_entropy_with_logits(logits, target,
                                                               pos_weight=pos_weight)
 
-    def same_probability(self, a: torch.Tensor, b: torch.Tensor) -> float:
+    def same_probability(self, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray
+                         ) -> float:
+        """p(same) for two embeddings (D,), as tensors or arrays."""
+        ta, tb = (torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x,
+                                  dtype=torch.float32) for x in (a, b))
         with torch.no_grad():
-            return float(torch.sigmoid(self.pair_logits(a[None], b[None]))[0, 0])
+            return float(torch.sigmoid(self.pair_logits(ta[None], tb[None]))[0, 0])

@@ -13,8 +13,9 @@ from tqdm import trange
 
 from models.data.episodes import EpisodeSampler
 from models.evaluate import mean_ci
-from models.methods.base import FewShotMethod, create_method
+from models.methods.base import FewShotMethod
 from models.methods.meta_base import MetaMethod
+from models.methods.registry import create_method
 
 
 def t(x: np.ndarray) -> torch.Tensor:
@@ -112,7 +113,7 @@ def evaluate_all(which: str, head: Path, cache: Path, out: Path, episodes: int,
     import matplotlib.pyplot as plt
 
     from models.evaluate import head_embed
-    from models.methods.base import available_methods
+    from models.methods.registry import available_methods
     from models.train import TrainConfig, feature_sets
 
     names = available_methods() if which == "all" else [which]

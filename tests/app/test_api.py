@@ -554,3 +554,41 @@ def test_query_image_packs_past_retention_are_removed(client: TestClient,
                                    query_image_retention_days=days)) as c:
             kept = c.app.state.runtime.packs.read(ref)  # type: ignore[attr-defined]
         assert (kept == b"x") is survives
+
+
+def test_evaluation_and_classify_decide_identically(client: TestClient) -> None:
+    """`fsdi evaluate`'s path (models.calibration builds a GroupIndex from the stored
+    vectors and asks decide) gives /classify's answers on the same embeddings."""
+    from app.services.runtime import layout_for
+    from models.openset import episode_index, served_decisions
+    from models.preprocess import load_for_backbone
+
+    grp = group()
+    ids = enrol(client, grp, shots=3)
+    queries = [sample(s, d, 7000 + i) for i, (s, d) in enumerate(CLASSES.values())]
+    queries += [flat((200, 10, 10)), sample("brick", None, 4242)]
+    r = client.post("/api/v1/classify", params={"group": grp, "top_k": 1},
+                    files=as_files([(f"q{i}.png", b) for i, b in enumerate(queries)]))
+    served = r.json()["results"]
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    order = sorted(ids.values())  # the cache orders a group's classes by id
+    with rt.sessions() as s:
+        rows = repo.embeddings_for(s, rt.backbone.version, order)
+    support = np.stack([row.vector for row in rows]).astype(np.float32)
+    labels = np.array([order.index(row.class_id) for row in rows])
+    bb = rt.backbone
+    index = episode_index(support, labels, len(order), layout_for(bb, rt.settings))
+    x = np.stack([load_for_backbone(b, bb.preprocess, 10**8) for b in queries])
+    best, unknown = served_decisions(index, rt.embedder.embed(x))
+    assert [x["unknown"] for x in served] == unknown.tolist()
+    assert [x["top_k"][0]["class_id"] for x in served] == [order[b] for b in best]
+    assert any(unknown) and not all(unknown)
+
+
+def test_openapi_operation_ids_read_as_a_client_wants_them(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert {"classify", "create_class", "add_images", "create_key", "revoke_key",
+            "create_feedback", "promote_feedback", "list_groups"} <= set(ids)
+    assert not [i for i in ids if "api_v1" in i or i.endswith(("_post", "_get", "_delete"))]

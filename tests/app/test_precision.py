@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.backbones import create_backbone
+from models.zoo import create_backbone
 from tests.app.conftest import make_settings, serving
 from tests.app.test_api import check_held_out_images
 

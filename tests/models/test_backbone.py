@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.backbones import create_backbone, load_state_dict_safely
+from models.backbones import load_state_dict_safely
 from models.embedder import OrtEmbedder, TorchEmbedder
 from models.preprocess import to_input
+from models.zoo import create_backbone
 from tests.imagegen import CLASSES, sample
 
 

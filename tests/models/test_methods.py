@@ -5,16 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.backbones import create_backbone
-from models.calibration import (
-    CalibrationConfig,
-    class_threshold,
-    loo_distances,
-    novelty_rates,
-    rejection_rates,
-)
+from models.calibration import CalibrationConfig, class_threshold, loo_distances
 from models.methods import available_methods, create_method
 from models.methods.protonet import euclidean, prototypes
+from models.openset import novelty_rates, rejection_rates
+from models.zoo import create_backbone
 
 
 def test_prototypes_and_distances() -> None:

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from PIL import Image
 
-from models.backbones import create_backbone
 from models.embedder import OrtEmbedder, make_embedder
 from models.preprocess import to_input
+from models.zoo import create_backbone
 from tests.imagegen import CLASSES, sample
 
 

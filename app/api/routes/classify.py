@@ -70,7 +70,7 @@ def feedback_stats(rt: RuntimeDep, _: Operator,
 
 
 @router.post("/feedback/{feedback_id}/promote", status_code=201)
-async def promote(feedback_id: IdPath, rt: RuntimeDep, who: Admin) -> JSONResponse:
+async def promote_feedback(feedback_id: IdPath, rt: RuntimeDep, who: Admin) -> JSONResponse:
     """Add the image behind a feedback to the support set of its right class."""
     images, cls = await fb_svc.promote(rt, feedback_id, who)
     body = EnrolResponse(images=images, class_=cls).model_dump(mode="json", by_alias=True)
@@ -78,7 +78,7 @@ async def promote(feedback_id: IdPath, rt: RuntimeDep, who: Admin) -> JSONRespon
 
 
 @router.post("/feedback", status_code=201, response_model=FeedbackPublic)
-def feedback(body: FeedbackCreate, rt: RuntimeDep, who: Operator) -> FeedbackPublic:
+def create_feedback(body: FeedbackCreate, rt: RuntimeDep, who: Operator) -> FeedbackPublic:
     assert rt.sessions is not None
     with rt.sessions.begin() as s:
         res = repo.get_result(s, body.result_id)

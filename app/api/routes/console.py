@@ -26,7 +26,7 @@ def me(who: Classifier) -> Me:
 
 
 @router.get("/groups", response_model=GroupList)
-def groups(rt: RuntimeDep, _: Operator) -> GroupList:
+def list_groups(rt: RuntimeDep, _: Operator) -> GroupList:
     assert rt.sessions is not None
     with rt.sessions() as s:
         counts: dict[str, int] = {}
@@ -54,7 +54,7 @@ def group_report(group: GroupPath,
 
 @router.get("/images/{image_id}", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}})
-async def image(image_id: IdPath, rt: RuntimeDep, _: Operator,
+async def get_image(image_id: IdPath, rt: RuntimeDep, _: Operator,
                 size: Annotated[int, Query(ge=16, le=512)] = 128) -> Response:
     """A support image as a JPEG thumbnail no larger than size x size (evidence views)."""
     assert rt.sessions is not None

@@ -1,0 +1,202 @@
+"""The served decision, in one place: a group's index of enrolled classes and `decide`.
+
+`/classify` (app.services.classification) and `fsdi evaluate` (models.calibration,
+models.evaluate) both build a `GroupIndex` and call `decide`, so every reported number is
+what the service answers.
+
+A stored vector is `[metric (metric_dim) | appearance (rest)]` (`EmbeddingLayout`): the
+metric part ranks the classes through the chosen few-shot method; rejection is always
+judged on the winning class's prototype distance against its calibrated threshold, and,
+where the layout has an appearance part, on the appearance distance too.
+Shapes: embeddings (Q, D_full) -> Q decisions; support (n, D_metric) per class.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from models.calibration import CalibrationConfig, class_threshold
+from models.methods import FewShotMethod, create_method
+from models.methods.protonet import ProtoNet, euclidean
+
+EVIDENCE_PER_CLASS = 3
+
+
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    """How a stored vector splits: the first `metric_dim` values rank the classes; the
+    rest, if any, is an appearance embedding used only for rejection."""
+
+    metric_dim: int
+    metric_calib: CalibrationConfig
+    app_calib: CalibrationConfig | None = None
+
+
+@dataclass(frozen=True)
+class ClassEntry:
+    class_id: int
+    name: str
+    group: str
+    support: np.ndarray  # (n, D) metric embeddings (unit vectors): ranking and methods
+    image_ids: tuple[int, ...]
+    prototype: np.ndarray  # (D,)
+    threshold: float
+    # The optional appearance part (global ImageNet look), used only to reject images
+    # unlike anything enrolled; None for single-part backbones.
+    app_prototype: np.ndarray | None = None
+    app_threshold: float = float("inf")
+
+
+def make_entry(class_id: int, name: str, group: str, image_ids: Sequence[int],
+               vectors: Sequence[np.ndarray] | np.ndarray, layout: EmbeddingLayout
+               ) -> ClassEntry:
+    """A class from its stored vectors: prototype and threshold per embedding part."""
+    full = np.stack(list(vectors)).astype(np.float32)
+    support = np.ascontiguousarray(full[:, :layout.metric_dim])
+    support.setflags(write=False)
+    proto = support.mean(axis=0)
+    proto.setflags(write=False)
+    entry = ClassEntry(class_id, name, group, support, tuple(image_ids), proto,
+                       class_threshold(support, layout.metric_calib))
+    if layout.app_calib is None:
+        return entry
+    app = full[:, layout.metric_dim:]
+    return replace(entry, app_prototype=app.mean(axis=0),
+                   app_threshold=class_threshold(app, layout.app_calib))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One of a query's nearest classes. `index` points into GroupIndex.entries;
+    `evidence` (with evidence=True) is the class's nearest support images."""
+
+    index: int
+    score: float
+    distance: float  # to the class prototype (metric part)
+    threshold: float
+    evidence: tuple[tuple[int, float], ...] | None = None  # (image_id, distance)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A query's answer: `top` best first (never empty); `unknown` when the winner is
+    rejected, then there is no label, only the candidates."""
+
+    top: tuple[Candidate, ...]
+    unknown: bool
+
+    @property
+    def best(self) -> Candidate:
+        return self.top[0]
+
+
+@dataclass(frozen=True)
+class GroupIndex:
+    """A group's enrolled classes, immutable: prototypes, thresholds, the support set, and
+    the few-shot methods fitted on it (lazily, once per support-set version)."""
+
+    group: str
+    entries: tuple[ClassEntry, ...]
+    metric_dim: int
+    prototypes: np.ndarray  # (C, D)
+    thresholds: np.ndarray  # (C,)
+    proto_sq: np.ndarray  # (C,) squared norms, so a request reads the prototypes once
+    app_prototypes: np.ndarray | None = None  # (C, Da)
+    app_thresholds: np.ndarray | None = None  # (C,)
+    temperature: float = 0.05
+    runtime: str = "onnxruntime"
+    fitted: dict[str, FewShotMethod] = field(default_factory=dict, compare=False)
+    _fit_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+
+    @classmethod
+    def build(cls, group: str, entries: Iterable[ClassEntry], metric_dim: int,
+              temperature: float = 0.05, runtime: str = "onnxruntime") -> GroupIndex:
+        ordered = tuple(entries)
+        if not ordered:
+            raise ValueError("a group index needs at least one class")
+        protos = np.stack([e.prototype for e in ordered]).astype(np.float32)
+        thresholds = np.asarray([e.threshold for e in ordered], dtype=np.float32)
+        sq = np.einsum("cd,cd->c", protos, protos)
+        app = app_thr = None
+        if ordered[0].app_prototype is not None:
+            app = np.stack([e.app_prototype for e in ordered]).astype(np.float32)  # type: ignore[misc]
+            app_thr = np.asarray([e.app_threshold for e in ordered], np.float32)
+        for a in (protos, thresholds, sq, app, app_thr):
+            if a is not None:
+                a.setflags(write=False)
+        return cls(group, ordered, metric_dim, protos, thresholds, sq, app, app_thr,
+                   temperature, runtime)
+
+    def support_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """All support embeddings (N, D) and their class indices (N,)."""
+        sup = np.concatenate([e.support for e in self.entries], axis=0)
+        lab = np.concatenate([np.full(len(e.image_ids), i, dtype=np.int64)
+                              for i, e in enumerate(self.entries)])
+        return sup, lab
+
+    def method(self, name: str) -> FewShotMethod:
+        """The registered method `name`, fitted on this support set once and reused (a
+        request never adapts). ProtoNet takes the prototypes already here."""
+        m = self.fitted.get(name)
+        if m is not None:
+            return m
+        with self._fit_lock:
+            m = self.fitted.get(name)
+            if m is None:
+                m = create_method(name, **({"temperature": self.temperature}
+                                           if name == ProtoNet.name else {}))
+                if isinstance(m, ProtoNet):
+                    m.use_prototypes(self.prototypes, self.proto_sq)
+                else:
+                    m.fit(*self.support_matrix())
+                m.prepare(self.runtime)
+                self.fitted[name] = m
+        return m
+
+    def decide(self, embeddings: np.ndarray, top_k: int, method: str = ProtoNet.name,
+               threshold: float | None = None, evidence: bool = False) -> list[Decision]:
+        """The served answer for each query vector (Q, D_full): the method ranks the
+        classes; the winner is rejected (unknown) when its prototype distance exceeds its
+        threshold (or `threshold`, which overrides every class's), or, with an appearance
+        part and no override, when its appearance distance exceeds its appearance
+        threshold."""
+        q = np.ascontiguousarray(embeddings[:, :self.metric_dim], dtype=np.float32)
+        out = self.method(method).predict(q)
+        proto_dist = (out.distances if method == ProtoNet.name
+                      else euclidean(q, self.prototypes, self.proto_sq))
+        k = min(top_k, len(self.entries))
+        decisions = []
+        for i in range(q.shape[0]):
+            order = top_indices(out.scores[i], k)
+            top = tuple(Candidate(
+                index=int(c), score=float(out.scores[i, c]), distance=float(proto_dist[i, c]),
+                threshold=float(threshold) if threshold is not None else float(self.thresholds[c]),
+                evidence=self._evidence(int(c), q[i]) if evidence else None) for c in order)
+            best = top[0]
+            unknown = best.distance > best.threshold
+            if not unknown and threshold is None and self.app_prototypes is not None \
+                    and self.app_thresholds is not None:
+                # Unlike the winning class's overall look: reject, whatever the ranking
+                # says. Only the winner's distance is needed (10,000 classes cost no more).
+                d_app = float(np.linalg.norm(embeddings[i, self.metric_dim:]
+                                             - self.app_prototypes[best.index]))
+                unknown = d_app > float(self.app_thresholds[best.index])
+            decisions.append(Decision(top, unknown))
+        return decisions
+
+    def _evidence(self, c: int, q: np.ndarray) -> tuple[tuple[int, float], ...]:
+        e = self.entries[c]
+        d = np.linalg.norm(e.support - q, axis=1)
+        return tuple((e.image_ids[j], float(d[j])) for j in np.argsort(d)[:EVIDENCE_PER_CLASS])
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best scores, best first, without sorting all C classes."""
+    if k < scores.shape[0]:
+        idx = np.argpartition(-scores, k - 1)[:k]
+        return idx[np.argsort(-scores[idx], kind="stable")]
+    return np.argsort(-scores, kind="stable")
