@@ -26,10 +26,9 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = None  # exported ONNX files; default data_dir/onnx
     backbone: str = "fsdi_lite0_meta"
     runtime: str = "onnxruntime"
-    # "int8": static INT8 quantisation of the served network (ONNX Runtime only). Speed
-    # depends on the CPU (~1.3x fp32 where int8 kernels are fast, 1.08x on a Zen 5 EPYC
-    # with VNNI, 0.89x on an AVX2-only AMD EPYC); accuracy in models/MODEL_CARD.md.
-    # Changing it changes the model version (run `fsdi reembed`).
+    # "int8": static INT8 quantisation of the served network (ONNX Runtime only). Whether
+    # it is faster depends on the CPU's int8 kernels (bench/README.md); accuracy in
+    # models/MODEL_CARD.md. Changing it changes the model version (run `fsdi reembed`).
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int = Field(default=2, ge=1, le=64)
     default_method: str = "protonet"
@@ -103,9 +102,8 @@ class Settings(BaseSettings):
 
     # Micro-batching and overload.
     # Forward passes that run at once, each on threads // streams cores; default: one
-    # single-threaded stream per core. On our 2-core boxes that, with two images per
-    # forward pass, is the fastest configuration (bench/classify.py sweeps them);
-    # raise batch_max_size where bigger batches pay (more cores, bigger models).
+    # single-threaded stream per core, two images per forward pass (why: bench/README.md;
+    # bench/classify.py sweeps them); raise batch_max_size where bigger batches pay.
     infer_streams: int | None = Field(default=None, ge=1, le=64)
     batch_max_size: int = Field(default=2, ge=1)
     batch_max_wait_ms: float = Field(default=2.0, ge=0)

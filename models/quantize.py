@@ -2,7 +2,7 @@
 
 ONNX Runtime's QDQ format, weights int8 per output channel in 7 bits (`reduce_range`),
 activations uint8 per tensor with min/max ranges from calibration images. The 7 bits
-are for x86 CPUs without VNNI (AVX2 only, e.g. the AMD EPYC machines here): there ONNX
+are for x86 CPUs without VNNI (AVX2 only): there ONNX
 Runtime multiplies uint8 by int8 with VPMADDUBSW, whose int16 pair sums saturate with
 full 8-bit weights. With 8 bits the metric embedding's mean cosine to fp32 was 0.98 on
 the machines this was first built on but 0.91 on an AVX2-only one; with 7 bits it is

@@ -2,8 +2,7 @@
 
 /classify keeps every query image so that an operator's correction can be promoted into
 a support set. One file per image costs the file system an inode, a directory entry and
-a rename per image (0.2-0.4 ms of CPU on ext4 here, a quarter of what decoding the image
-costs); appending to a pack costs one write. A result row keeps its image's reference,
+a rename per image (measured in bench/README.md); appending to a pack costs one write. A result row keeps its image's reference,
 `<pack name>:<offset>:<length>`, and the caller checks the bytes it reads back against the
 row's sha256, so a torn tail after a crash reads as "not kept", never as another image.
 

@@ -7,9 +7,9 @@ of the output back to its request's event loop. The threads pull work themselves
 busy event loop never leaves the network idle between two batches.
 
 The runtime gives every stream `threads // streams` cores, so the streams together never
-ask for more cores than the machine has. On our 2-core CPUs two single-threaded streams
-beat one two-threaded stream (no barrier between the threads of one forward pass), and
-small batches beat large ones (activations stay in cache): README, "Benchmark".
+ask for more cores than the machine has. Several single-threaded streams avoid a barrier
+between the threads of one forward pass, and small batches keep activations in cache;
+the defaults follow the sweep in bench/README.md.
 """
 
 from __future__ import annotations
