@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception:  # load() retries and, failing again, keeps /readyz at 503
             logging.getLogger("fsdi").exception("database not ready at start-up")
         loader = asyncio.get_running_loop().run_in_executor(None, runtime.load)
-        batcher = runtime.make_batcher()
+        batcher = runtime.batcher
         await batcher.start()
         runtime.results.start()
         sync = asyncio.create_task(sync_loop(runtime), name="fsdi-replica-sync")

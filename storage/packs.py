@@ -2,9 +2,10 @@
 
 /classify keeps every query image so that an operator's correction can be promoted into
 a support set. One file per image costs the file system an inode, a directory entry and
-a rename per image (measured in bench/README.md); appending to a pack costs one write. A result row keeps its image's reference,
-`<pack name>:<offset>:<length>`, and the caller checks the bytes it reads back against the
-row's sha256, so a torn tail after a crash reads as "not kept", never as another image.
+a rename per image (measured in bench/README.md); appending to a pack costs one write. A
+result row keeps its image's reference, `<pack name>:<offset>:<length>`, and the caller
+checks the bytes it reads back against the row's sha256, so a torn tail after a crash
+reads as "not kept", never as another image.
 
 Each process appends to packs of its own (a random token in the name: replicas may share
 the volume) and starts a new pack once the current one holds `max_bytes`. Not fsynced,

@@ -79,3 +79,12 @@ def test_no_import_cycles() -> None:
     real = [c for c in cycles if not any(a.startswith(b + ".") or b.startswith(a + ".")
                                          for a, b in zip(c, c[1:], strict=False))]
     assert not real, real
+
+
+def test_routes_and_services_never_assert_the_state_into_being() -> None:
+    """The runtime's built state is typed (a 503 when asked for before start-up built it),
+    so no handler or service has to assert that a collaborator exists."""
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in (ROOT / "app").rglob("*.py")
+                 for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if line.strip().startswith("assert ") and "is not None" in line]
+    assert not offenders, offenders

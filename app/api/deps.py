@@ -59,7 +59,6 @@ async def principal(rt: Runtime, authorization: str | None) -> Principal:
 
 
 def _lookup(rt: Runtime, digest: str) -> Principal:
-    assert rt.sessions is not None
     generation = rt.key_cache.generation  # before the read: a racing revocation wins
     with rt.sessions() as s:
         who = authenticate(s, digest)

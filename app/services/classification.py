@@ -39,7 +39,6 @@ async def classify(
     threshold: float | None, evidence: bool, who: Principal,
 ) -> ClassifyResponse:
     """read -> decode -> embed -> decide (models.inference) -> store -> respond."""
-    assert rt.backbone is not None and rt.batcher is not None and rt.cache is not None
     t0 = time.perf_counter()
     name = check_method(rt, method)
     index = rt.cache.snapshot(group)
@@ -80,7 +79,6 @@ async def classify(
 
 async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float]:
     """Siamese same/different decision for two images."""
-    assert rt.backbone is not None and rt.batcher is not None
     if rt.siamese is None:
         raise Conflict(f"no Siamese model for {rt.backbone.version}", code="unavailable")
     parts = await read_parts([a, b], rt.settings)

@@ -97,6 +97,14 @@ def vet(url: str, allow: Allow, must_resolve: bool = False) -> tuple[SplitResult
     return u, addrs[0]
 
 
+def deliverable(url: str, allow: Allow) -> tuple[SplitResult, IPAddress]:
+    """`vet` at delivery time: the name must resolve now, to an allowed address."""
+    u, ip = vet(url, allow, must_resolve=True)
+    if ip is None:  # vet raises instead when must_resolve; kept for the type checker
+        raise EgressRefused(f"cannot resolve {u.hostname!r}")
+    return u, ip
+
+
 def pinned(u: SplitResult, ip: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:
     """The request URL aimed at the checked address, the Host header, and the TLS server
     name to present (certificates are still checked against the host name)."""

@@ -31,7 +31,6 @@ def image_public(i: SupportImage) -> ImagePublic:
 
 
 def create_class(rt: Runtime, body: ClassCreate, who: Principal) -> ClassPublic:
-    assert rt.sessions is not None
     try:
         with rt.sessions.begin() as s:
             if repo.find_class(s, body.group, body.name):
@@ -50,7 +49,6 @@ def create_class(rt: Runtime, body: ClassCreate, who: Principal) -> ClassPublic:
 
 
 def list_classes(rt: Runtime, group: str | None) -> list[ClassPublic]:
-    assert rt.sessions is not None
     with rt.sessions() as s:
         rows = repo.list_classes(s, group)
         counts = repo.image_counts(s, [c.id for c in rows])
@@ -58,7 +56,6 @@ def list_classes(rt: Runtime, group: str | None) -> list[ClassPublic]:
 
 
 def get_class(rt: Runtime, class_id: int) -> ClassPublic:
-    assert rt.sessions is not None
     with rt.sessions() as s:
         c = repo.get_class(s, class_id)
         if c is None:
@@ -67,7 +64,6 @@ def get_class(rt: Runtime, class_id: int) -> ClassPublic:
 
 
 def list_images(rt: Runtime, class_id: int) -> list[ImagePublic]:
-    assert rt.sessions is not None
     with rt.sessions() as s:
         if repo.get_class(s, class_id) is None:
             raise NotFound(f"class {class_id} not found")
@@ -82,7 +78,6 @@ async def add_images(rt: Runtime, class_id: int, files: list[UploadFile],
 
 async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, bytes]],
                       who: Principal) -> tuple[list[ImagePublic], ClassPublic]:
-    assert rt.sessions is not None and rt.backbone is not None and rt.batcher is not None
     class_id = cls.id
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     seen: dict[str, str] = {}
@@ -117,7 +112,6 @@ async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, byte
 
 def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarray,
                    who: Principal) -> list[ImagePublic]:
-    assert rt.sessions is not None and rt.backbone is not None
     bb = rt.backbone
     try:
         with rt.sessions.begin() as s:
@@ -149,7 +143,6 @@ def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarra
 def _remove_unreferenced(rt: Runtime, digests: list[str]) -> None:
     if not digests:
         return
-    assert rt.sessions is not None
     with rt.sessions() as s:
         for d in digests:
             if not repo.sha_referenced(s, d):
@@ -157,7 +150,6 @@ def _remove_unreferenced(rt: Runtime, digests: list[str]) -> None:
 
 
 async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
-    assert rt.sessions is not None and rt.cache is not None
     with rt.sessions.begin() as s:
         c = repo.get_class(s, class_id)
         if c is None:
@@ -173,7 +165,6 @@ async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
 
 
 async def delete_image(rt: Runtime, class_id: int, image_id: int, who: Principal) -> None:
-    assert rt.sessions is not None and rt.cache is not None
     with rt.sessions.begin() as s:
         img = s.get(SupportImage, image_id)
         if img is None or img.class_id != class_id:

@@ -16,7 +16,6 @@ from storage.tables import Feedback
 
 
 def stats(rt: Runtime, group: str | None) -> FeedbackStats:
-    assert rt.sessions is not None
     with rt.sessions() as s:
         rows = repo.feedback_rows(s, group)
         names = {c.id: c.name for c in repo.list_classes(s, group)}
@@ -37,13 +36,13 @@ def stats(rt: Runtime, group: str | None) -> FeedbackStats:
 async def promote(rt: Runtime, feedback_id: int, who: Principal
                   ) -> tuple[list[ImagePublic], ClassPublic]:
     """Add the classified image behind a feedback to its right class's support set."""
-    assert rt.sessions is not None
     with rt.sessions() as s:
         fb = s.get(Feedback, feedback_id)
         if fb is None:
             raise NotFound(f"feedback {feedback_id} not found")
         res = repo.get_result(s, fb.result_id)
-        assert res is not None
+        if res is None:  # feedback goes with its result (a foreign key): never here
+            raise NotFound(f"the result of feedback {feedback_id} is gone")
         target = res.class_id if fb.correct else fb.class_id
         sha, name, ref, group = res.sha256, res.filename, res.image_ref, res.group_name
     if target is None:

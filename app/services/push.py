@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from app.services.egress import Allow, EgressRefused, pinned, vet
+from app.services.egress import Allow, EgressRefused, deliverable, pinned
 from app.settings import Settings
 
 log = logging.getLogger("fsdi.push")
@@ -103,7 +103,8 @@ class Pusher:
                 await self._post(target, body)
 
     async def _post(self, target: Target, body: bytes) -> None:
-        assert target.webhook_url and self._client is not None
+        if not target.webhook_url or self._client is None:  # stopped meanwhile
+            return
         delay = self.settings.push_backoff_s
         for attempt in range(1, self.settings.push_max_attempts + 1):
             ts = str(int(time.time()))
@@ -111,8 +112,7 @@ class Pusher:
             if target.webhook_secret:
                 headers["X-FSDI-Signature"] = sign(target.webhook_secret, ts, body)
             try:
-                parts, ip = await asyncio.to_thread(vet, target.webhook_url, self.allow, True)
-                assert ip is not None
+                parts, ip = await asyncio.to_thread(deliverable, target.webhook_url, self.allow)
                 url, host, ext = pinned(parts, ip)
                 r = await self._client.post(url, content=body, headers={**headers, **host},
                                             extensions=ext)

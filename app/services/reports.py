@@ -9,7 +9,6 @@ from models.report import group_report
 
 
 def report_for(rt: Runtime, group: str) -> GroupReportPublic:
-    assert rt.cache is not None
     snap = rt.cache.snapshot(group)
     if snap is None:
         raise NotFound(f"group {group!r} has no classes with support images")

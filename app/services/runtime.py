@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.errors import NotReady
 from app.services.batcher import MicroBatcher
 from app.services.keys import KeyCache, bootstrap_admin
 from app.services.metrics import Metrics
@@ -54,39 +56,86 @@ def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
     return EmbeddingLayout(bb.metric_dim, metric, appearance)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What start-up builds after the database: all of it, or none of it."""
+
+    backbone: Backbone
+    embedder: Embedder
+    cache: PrototypeCache
+    siamese: Siamese | None  # None: this backbone has no Siamese weights
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.ready = threading.Event()
         self.failed: str | None = None
-        self.engine: Engine | None = None
-        self.sessions: sessionmaker[Session] | None = None
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
         self.blobs = BlobStore(settings.data_dir / "blobs")
         self.packs = PackStore(settings.data_dir / "query-images")
-        self.backbone: Backbone | None = None
-        self.embedder: Embedder | None = None
-        self.cache: PrototypeCache | None = None
-        self.batcher: MicroBatcher | None = None
+        self._loaded: Loaded | None = None
         self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
                                               thread_name_prefix="fsdi-decode",
                                               initializer=name_this_thread)
         self.methods = available_methods()
-        self.siamese: Siamese | None = None
         self._seen_versions: dict[str, int] = {}
         self.pusher = Pusher(settings, self.metrics.push)
         self.key_cache = KeyCache(settings.key_cache_s)
         self.results: GroupCommit[PendingResults, list[int]] = GroupCommit(
             self._write_results, name="fsdi-results")
+        s = settings
+        self.batcher = MicroBatcher(lambda batch: self.embedder.embed(batch), s.batch_max_size,
+                                    s.batch_max_wait_ms, s.queue_max_images,
+                                    self.metrics.batch_size.observe, streams=s.streams)
         self._push_lock = threading.Lock()
         self._push_generation = 0
         if settings.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={settings.default_method!r} is not one of "
                              f"{', '.join(self.methods)}")
 
+    # -- the built state: typed, never None; asked for before it is built -> 503 ---------
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise NotReady("the database is not open yet; retry shortly",
+                           headers={"Retry-After": "2"})
+        return self._engine
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        if self._sessions is None:
+            raise NotReady("the database is not open yet; retry shortly",
+                           headers={"Retry-After": "2"})
+        return self._sessions
+
+    @property
+    def loaded(self) -> Loaded:
+        if self._loaded is None:
+            raise NotReady("the service is starting; retry shortly",
+                           headers={"Retry-After": "2"})
+        return self._loaded
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.loaded.backbone
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.loaded.embedder
+
+    @property
+    def cache(self) -> PrototypeCache:
+        return self.loaded.cache
+
+    @property
+    def siamese(self) -> Siamese | None:
+        """The Siamese verifier; None when this backbone has no Siamese weights."""
+        return self.loaded.siamese
+
     def _write_results(self, items: list[PendingResults]) -> list[list[int]]:
-        if self.sessions is None:
-            raise RuntimeError("results arrived before the database was open")
         return write_results(ResultStore(self.sessions, self.packs,
                                          self.settings.keep_query_images,
                                          self.metrics.not_kept), items)
@@ -95,14 +144,13 @@ class Runtime:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(self.settings.resolved_database_url)
         upgrade(engine)  # only a migrated database is kept: load() retries otherwise
-        self.engine, self.sessions = engine, make_sessionmaker(engine)
+        self._engine, self._sessions = engine, make_sessionmaker(engine)
 
     def load(self) -> None:
         """The slow part of start-up; runs in a thread while /healthz already answers."""
         try:
-            if self.engine is None:
+            if self._engine is None:
                 self.open_database()
-            assert self.sessions is not None
             if self.settings.admin_key and len(self.settings.admin_key) < 16:
                 log.warning("FSDI_ADMIN_KEY is shorter than 16 characters: easy to guess")
             with self.sessions.begin() as s:
@@ -111,25 +159,24 @@ class Runtime:
                     print(f"FSDI generated an admin key (shown once, only its hash is kept):\n"
                           f"  {key}", flush=True)
             s_ = self.settings
-            self.backbone = create_backbone(s_.backbone, s_.precision)
-            self.embedder = make_embedder(self.backbone, s_.runtime,
-                                          s_.resolved_model_cache, s_.stream_threads)
-            self.methods = usable_methods(self.backbone.metric_dim)
+            backbone = create_backbone(s_.backbone, s_.precision)
+            embedder = make_embedder(backbone, s_.runtime, s_.resolved_model_cache,
+                                     s_.stream_threads)
+            self.methods = usable_methods(backbone.metric_dim)
             if s_.default_method not in self.methods:
                 raise ValueError(f"FSDI_DEFAULT_METHOD={s_.default_method!r} has no weights "
-                                 f"for {self.backbone.version}")
-            self.siamese = (Siamese(dim=self.backbone.metric_dim) if "siamese" in self.methods
-                            else None)
+                                 f"for {backbone.version}")
+            siamese = Siamese(dim=backbone.metric_dim) if "siamese" in self.methods else None
             with self.sessions() as s:
-                missing = repo.count_images_missing_version(s, self.backbone.version)
+                missing = repo.count_images_missing_version(s, backbone.version)
             if missing:
                 # Never mix embedding versions: classes would silently lose images.
                 self.failed = (f"{missing} support image(s) have no embedding for "
-                               f"{self.backbone.version}; run `fsdi reembed`")
+                               f"{backbone.version}; run `fsdi reembed`")
                 log.error(self.failed)
                 return
-            self.cache = PrototypeCache(self.backbone.version, layout_for(self.backbone, s_),
-                                        s_.temperature, s_.runtime)
+            cache = PrototypeCache(backbone.version, layout_for(backbone, s_), s_.temperature,
+                                   s_.runtime)
             with self.sessions() as s:
                 self.load_push_targets(s)
                 self._seen_versions = repo.group_versions(s)  # before loading: never miss one
@@ -137,12 +184,13 @@ class Runtime:
                                            min_age_s=s_.orphan_grace_s)
                 if removed:
                     log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
-                self.cache.load_all(s)
+                cache.load_all(s)
             self.prune_query_images()
-            self.metrics.classes.set(self.cache.class_count())
+            self._loaded = Loaded(backbone, embedder, cache, siamese)
+            self.metrics.classes.set(cache.class_count())
             self.ready.set()
-            log.info("ready: %s (%s), %d classes", self.backbone.version,
-                     self.embedder.runtime, self.cache.class_count())
+            log.info("ready: %s (%s), %d classes", backbone.version, embedder.runtime,
+                     cache.class_count())
         except Exception as exc:
             self.failed = f"{type(exc).__name__}: see the service log"
             log.exception("start-up failed")
@@ -171,7 +219,7 @@ class Runtime:
 
     def sync_once(self) -> list[str]:
         """Reload the groups another replica changed (their version number moved)."""
-        if not self.ready.is_set() or self.cache is None or self.sessions is None:
+        if not self.ready.is_set() or self._loaded is None:
             return []
         generation = self._push_generation
         with self.sessions() as s:
@@ -187,19 +235,8 @@ class Runtime:
             self.metrics.classes.set(self.cache.class_count())
         return changed
 
-    def make_batcher(self) -> MicroBatcher:
-        def embed(batch):  # type: ignore[no-untyped-def]
-            assert self.embedder is not None
-            return self.embedder.embed(batch)
-
-        s = self.settings
-        self.batcher = MicroBatcher(embed, s.batch_max_size, s.batch_max_wait_ms,
-                                    s.queue_max_images, self.metrics.batch_size.observe,
-                                    streams=s.streams)
-        return self.batcher
-
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.packs.close()
-        if self.engine is not None:
-            self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()

@@ -17,7 +17,6 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 def list_audit(rt: RuntimeDep, _: Admin, offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
                limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> AuditList:
     n = min(limit or rt.settings.page_size, rt.settings.page_size)
-    assert rt.sessions is not None
     with rt.sessions() as s:
         rows = repo.list_audit(s, offset, n)
         return AuditList(items=[AuditPublic(id=r.id, at=r.at, actor=r.actor, action=r.action,

@@ -79,7 +79,6 @@ async def promote_feedback(feedback_id: IdPath, rt: RuntimeDep, who: Admin) -> J
 
 @router.post("/feedback", status_code=201, response_model=FeedbackPublic)
 def create_feedback(body: FeedbackCreate, rt: RuntimeDep, who: Operator) -> FeedbackPublic:
-    assert rt.sessions is not None
     with rt.sessions.begin() as s:
         res = repo.get_result(s, body.result_id)
         if res is None:

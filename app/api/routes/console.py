@@ -27,7 +27,6 @@ def me(who: Classifier) -> Me:
 
 @router.get("/groups", response_model=GroupList)
 def list_groups(rt: RuntimeDep, _: Operator) -> GroupList:
-    assert rt.sessions is not None
     with rt.sessions() as s:
         counts: dict[str, int] = {}
         for c in repo.list_classes(s):
@@ -57,7 +56,6 @@ def group_report(group: GroupPath,
 async def get_image(image_id: IdPath, rt: RuntimeDep, _: Operator,
                 size: Annotated[int, Query(ge=16, le=512)] = 128) -> Response:
     """A support image as a JPEG thumbnail no larger than size x size (evidence views)."""
-    assert rt.sessions is not None
     with rt.sessions() as s:
         img = s.get(SupportImage, image_id)
         if img is None or not rt.blobs.exists(img.sha256):

@@ -22,7 +22,6 @@ def readyz(request: Request) -> Response | dict[str, object]:
     if not rt.ready.is_set():
         msg = f"not ready: {rt.failed}" if rt.failed else "loading"
         return envelope(503, "not_ready", msg, {"Retry-After": "2"})
-    assert rt.backbone is not None and rt.cache is not None
     return {"status": "ready", "model": rt.backbone.version,
             "classes": rt.cache.class_count()}
 
@@ -30,6 +29,5 @@ def readyz(request: Request) -> Response | dict[str, object]:
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
-    if rt.batcher is not None:
-        rt.metrics.queue_depth.set(rt.batcher.queued_images)
+    rt.metrics.queue_depth.set(rt.batcher.queued_images)
     return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -13,19 +13,16 @@ router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 
 @router.post("", status_code=201, response_model=KeyCreated)
 def create_key(body: KeyCreate, rt: RuntimeDep, who: Admin) -> KeyCreated:
-    assert rt.sessions is not None
     return svc.issue(rt.sessions, body.role, body.label, who.actor)
 
 
 @router.get("", response_model=KeyList)
 def list_keys(rt: RuntimeDep, _: Admin) -> KeyList:
-    assert rt.sessions is not None
     return KeyList(items=svc.listing(rt.sessions))
 
 
 @router.delete("/{key_id}", status_code=204)
 def revoke_key(key_id: IdPath, rt: RuntimeDep, who: Admin) -> Response:
-    assert rt.sessions is not None
     svc.revoke(rt.sessions, key_id, who.actor)
     rt.key_cache.clear()  # committed: no request after this one gets in with that key
     return Response(status_code=204)

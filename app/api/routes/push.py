@@ -32,7 +32,6 @@ def set_push(group: Group, body: PushConfig, rt: RuntimeDep, who: Admin) -> Push
             vet(body.webhook_url, rt.pusher.allow)
         except EgressRefused as exc:
             raise Unprocessable(str(exc), code="webhook_refused") from None
-    assert rt.sessions is not None
     with rt.sessions.begin() as s:
         t = s.get(PushTarget, group) or PushTarget(group_name=group)
         t.webhook_url, t.webhook_secret, t.mqtt_topic = (body.webhook_url, body.secret,
@@ -49,7 +48,6 @@ def set_push(group: Group, body: PushConfig, rt: RuntimeDep, who: Admin) -> Push
 
 @router.get("", response_model=PushPublic)
 def get_push(group: Group, rt: RuntimeDep, _: Admin) -> PushPublic:
-    assert rt.sessions is not None
     with rt.sessions() as s:
         t = s.get(PushTarget, group)
         if t is None:
@@ -59,7 +57,6 @@ def get_push(group: Group, rt: RuntimeDep, _: Admin) -> PushPublic:
 
 @router.delete("", status_code=204)
 def delete_push(group: Group, rt: RuntimeDep, who: Admin) -> Response:
-    assert rt.sessions is not None
     with rt.sessions.begin() as s:
         t = s.get(PushTarget, group)
         if t is None:
