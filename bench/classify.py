@@ -34,22 +34,20 @@ import http.client
 import io
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.backbones import PreprocessConfig  # noqa: E402
-from tests.e2e.server import Server  # noqa: E402
-from tests.imagegen import SURFACES, draw_defect, surface  # noqa: E402
+from bench.imagegen import SURFACES, draw_defect, surface
+from bench.server import Server
+from models.backbones import PreprocessConfig
 
 KEY = "bench-admin-key-0123456789abcdef"
 H = {"Authorization": f"Bearer {KEY}"}
@@ -199,8 +197,8 @@ def time_to_classifiable(c: httpx.Client) -> float:
 def seed_classes(db_url: str, version: str, dim: int, metric: int, counts: list[int]) -> None:
     from storage.db import make_engine, make_sessionmaker
     from storage.migrate import upgrade
-    from storage.repositories import vector_to_bytes
-    from storage.tables import DefectClass, Embedding, SupportImage
+    from storage.repositories import new_embedding
+    from storage.tables import DefectClass, SupportImage
 
     engine = make_engine(db_url)
     upgrade(engine)
@@ -216,9 +214,7 @@ def seed_classes(db_url: str, version: str, dim: int, metric: int, counts: list[
                     v[metric:] /= max(float(np.linalg.norm(v[metric:])), 1e-6)
                     img = SupportImage(sha256=f"{n:08d}{k:08d}{j:048d}", original_name="x",
                                        byte_size=0, width=1, height=1)
-                    img.embeddings.append(Embedding(
-                        backbone=backbone, weights_sha256=sha, model_version=version,
-                        dim=dim, vector=vector_to_bytes(v)))
+                    img.embeddings.append(new_embedding(v, backbone, sha, version))
                     c.images.append(img)
                 s.add(c)
     engine.dispose()
@@ -359,7 +355,7 @@ def spread(xs: list[float]) -> str:
     return f"{statistics.mean(xs):7.1f}  ({min(xs):.1f}-{max(xs):.1f})"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--per-request", type=int, default=8)
@@ -372,8 +368,40 @@ def main() -> None:
     ap.add_argument("--raw-seconds", type=float, default=2,
                     help="per baseline and round in the measurement pass")
     ap.add_argument("--scale", default="10,1000,10000")
-    a = ap.parse_args()
-    counts = [int(x) for x in a.scale.split(",")]
+    return ap.parse_args()
+
+
+@dataclass
+class Run:
+    """Everything one bench run measured, for `report`."""
+
+    a: argparse.Namespace
+    st: Any
+    served: Config
+    configs: list[Config]
+    plain: list[Config]  # PyTorch as usually run: one model, its threads on all cores
+    counts: list[int]
+    selection: dict[Pair, float] = field(default_factory=dict)
+    baselines: dict[str, Pair] = field(default_factory=dict)
+    est: dict[Pair, list[float]] = field(default_factory=dict)
+    decode_turns: list[float] = field(default_factory=list)
+    images: int = 0
+    busy: float = 0.0
+    lat: list[float] = field(default_factory=list)
+    client_s: float = 0.0
+    stage_cpu: dict[str, float] = field(default_factory=dict)
+    enrol_s: float = 0.0
+    scale: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def e2e(self) -> float:
+        return self.images / self.busy
+
+    def rate(self, name: str) -> float:
+        return statistics.mean(self.est[self.baselines[name]])
+
+
+def plan(a: argparse.Namespace) -> Run:
     from app.settings import Settings
 
     st = Settings()
@@ -384,34 +412,60 @@ def main() -> None:
     configs = list(dict.fromkeys([
         served, *plain, *(Config(st.threads, 1, b) for b in (1, 2, 4, 8, 16)),
     ]))
+    return Run(a, st, served, configs, plain, [int(x) for x in a.scale.split(",")])
+
+
+def choose_baselines(run: Run, raw: RawNetwork) -> None:
+    """Selection: every configuration once, the server not yet started. Picking the
+    fastest of several noisy figures favours whichever was lucky, so these figures only
+    choose the baselines; they are measured again between the load's segments."""
+    a, configs, plain = run.a, run.configs, run.plain
+    run.selection = raw.measure([(rt, k) for k in configs for rt in (ORT, TORCH)],
+                                a.select_seconds)
+    run.baselines = {
+        "ONNX Runtime, fastest in the selection": (ORT, best(run.selection, ORT, configs)),
+        "ONNX Runtime as the service runs it": (ORT, run.served),
+        "PyTorch eager, one model on all cores": (TORCH, best(run.selection, TORCH, plain)),
+        "PyTorch eager, fastest in the selection": (TORCH, best(run.selection, TORCH, configs)),
+    }
+    run.est = {p: [] for p in dict.fromkeys(run.baselines.values())}
+
+
+def take_turns(run: Run, raw: RawNetwork, srv: Server, c: httpx.Client, key: str,
+               files: list[bytes]) -> None:
+    """Baselines and end-to-end load take turns (baseline, load, ..., baseline), so drift
+    of the shared machine hits both alike. The server idles while the baselines run:
+    never two busy runtimes."""
+    a = run.a
+    for r in range(a.rounds + 1):
+        for p, img_s in raw.measure(list(run.est), a.raw_seconds).items():
+            run.est[p].append(img_s)
+        run.decode_turns.append(decode_cpu_ms(files, raw.backbone.preprocess, a.raw_seconds))
+        if r < a.rounds:
+            before = srv.thread_times()
+            n, dt, seg, cpu = load(srv.url, a.clients, a.per_request, a.seconds / a.rounds,
+                                   key)
+            add_stage_cpu(run.stage_cpu, before, srv.thread_times(), srv.pid)
+            run.images, run.busy, run.lat = run.images + n, run.busy + dt, run.lat + seg
+            run.client_s += cpu
+
+
+def measure(a: argparse.Namespace) -> Run:
+    run = plan(a)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         from models.zoo import create_backbone
 
-        bb = create_backbone(st.backbone, st.precision)
+        bb = create_backbone(run.st.backbone, run.st.precision)
         data.mkdir()
-        seed_classes(f"sqlite:///{data / 'fsdi.db'}", bb.version, bb.dim, bb.metric_dim, counts)
+        seed_classes(f"sqlite:///{data / 'fsdi.db'}", bb.version, bb.dim, bb.metric_dim,
+                     run.counts)
         del bb
-        raw = RawNetwork(data / "onnx", max(k.batch for k in configs))
-        # 1. Selection: every configuration once, the server not yet started. Picking the
-        #    fastest of several noisy figures favours whichever was lucky, so these
-        #    figures only choose the baselines; they are measured again below.
-        selection = raw.measure([(rt, k) for k in configs for rt in (ORT, TORCH)],
-                                a.select_seconds)
-        baselines: dict[str, Pair] = {
-            "ONNX Runtime, fastest in the selection": (ORT, best(selection, ORT, configs)),
-            "ONNX Runtime as the service runs it": (ORT, served),
-            "PyTorch eager, one model on all cores": (TORCH, best(selection, TORCH, plain)),
-            "PyTorch eager, fastest in the selection": (TORCH, best(selection, TORCH, configs)),
-        }
-        pairs = list(dict.fromkeys(baselines.values()))
-        est: dict[Pair, list[float]] = {p: [] for p in pairs}
+        raw = RawNetwork(data / "onnx", max(k.batch for k in run.configs))
+        choose_baselines(run, raw)
         # The load's files, each with a comment of its own as every upload has.
         files = [tagged(f, f"{i:0{TAG}d}") for i, f in enumerate(load_frames())]
-        decode_turns: list[float] = []
         srv = Server(data, {"FSDI_ADMIN_KEY": KEY}).start(timeout=300)
-        images, busy, lat, client_s = 0, 0.0, list[float](), 0.0
-        stage_cpu: dict[str, float] = {}
         try:
             with httpx.Client(base_url=srv.url, headers=H, timeout=120) as c:
                 enrol_ten(c, "bench")
@@ -419,81 +473,84 @@ def main() -> None:
                 machine.raise_for_status()
                 key = machine.json()["key"]
                 load(srv.url, a.clients, a.per_request, 3, key)  # warm-up
-                # 2. Baselines and end-to-end load take turns (baseline, load, ...,
-                #    baseline), so drift of the shared machine hits both alike. The
-                #    server is idle while the baselines run: never two busy runtimes.
-                for r in range(a.rounds + 1):
-                    for p, img_s in raw.measure(pairs, a.raw_seconds).items():
-                        est[p].append(img_s)
-                    decode_turns.append(decode_cpu_ms(files, raw.backbone.preprocess,
-                                                      a.raw_seconds))
-                    if r < a.rounds:
-                        before = srv.thread_times()
-                        n, dt, seg, cpu = load(srv.url, a.clients, a.per_request,
-                                               a.seconds / a.rounds, key)
-                        add_stage_cpu(stage_cpu, before, srv.thread_times(), srv.pid)
-                        images, busy, lat = images + n, busy + dt, lat + seg
-                        client_s += cpu
-                enrol_s = time_to_classifiable(c)
-            scale = scale_latency(srv.url, counts, 40)
+                take_turns(run, raw, srv, c, key, files)
+                run.enrol_s = time_to_classifiable(c)
+            run.scale = scale_latency(srv.url, run.counts, 40)
         finally:
             srv.stop()
-    e2e = images / busy
-    rate = {name: statistics.mean(est[p]) for name, p in baselines.items()}
+    return run
+
+
+def report_throughput(run: Run) -> tuple[float, float]:
+    """Throughput, latency, the raw baselines and the ratios; -> (fastest ORT, torch)."""
+    a, e2e = run.a, run.e2e
     # The fastest runtime configuration is the faster of its candidates as measured again.
-    ort_rate = max(rate["ONNX Runtime, fastest in the selection"],
-                   rate["ONNX Runtime as the service runs it"])
-    torch_rate = max(rate["PyTorch eager, fastest in the selection"],
-                     rate["PyTorch eager, one model on all cores"])
+    ort_rate = max(run.rate("ONNX Runtime, fastest in the selection"),
+                   run.rate("ONNX Runtime as the service runs it"))
+    torch_rate = max(run.rate("PyTorch eager, fastest in the selection"),
+                     run.rate("PyTorch eager, one model on all cores"))
+    lat = run.lat
     print(f"\n/classify end to end: {e2e:.1f} img/s  ({a.clients} clients x "
           f"{a.per_request} JPEG 640x480 per request, {len(lat)} requests in {a.rounds} "
-          f"segments; service: {served})")
+          f"segments; service: {run.served})")
     print(f"  request latency p50 {pct(lat, 50) * 1000:.0f} ms  p95 {pct(lat, 95) * 1000:.0f} ms"
           f"  p99 {pct(lat, 99) * 1000:.0f} ms")
     print(f"raw network on preprocessed uint8 input, selection pass, img/s "
           f"({a.select_seconds:g} s each):")
-    ort_label = f"ORT {st.precision}"
+    ort_label = f"ORT {run.st.precision}"
     print(f"  {'configuration':42s} {ort_label:>14s} {'torch fp32':>12s}")
-    for k in configs:
-        mark = "  <- service" if k == served else ""
-        print(f"  {str(k):42s} {selection[(ORT, k)]:14.1f} {selection[(TORCH, k)]:12.1f}{mark}")
+    for k in run.configs:
+        mark = "  <- service" if k == run.served else ""
+        print(f"  {str(k):42s} {run.selection[(ORT, k)]:14.1f} "
+              f"{run.selection[(TORCH, k)]:12.1f}{mark}")
     print(f"baselines measured again, {a.rounds + 1} x {a.raw_seconds:g} s between the "
           f"end-to-end segments, img/s mean (min-max):")
-    for name, (rt, k) in baselines.items():
-        print(f"  {name + ' (' + str(k) + ')':80s} {spread(est[(rt, k)])}")
+    for name, (rt, k) in run.baselines.items():
+        print(f"  {name + ' (' + str(k) + ')':80s} {spread(run.est[(rt, k)])}")
     print(f"ratio e2e / fastest raw ORT = {e2e / ort_rate:.2f}   (target >= 0.8)")
     print(f"ratio e2e / raw ORT as the service runs it = "
-          f"{e2e / rate['ONNX Runtime as the service runs it']:.2f}")
+          f"{e2e / run.rate('ONNX Runtime as the service runs it'):.2f}")
     print(f"ratio e2e / PyTorch eager, one model on all cores = "
-          f"{e2e / rate['PyTorch eager, one model on all cores']:.2f}   (target >= 3)")
+          f"{e2e / run.rate('PyTorch eager, one model on all cores'):.2f}   (target >= 3)")
     print(f"ratio e2e / fastest PyTorch eager (any configuration above) = "
           f"{e2e / torch_rate:.2f}")
     print(f"ratio fastest raw ORT / fastest PyTorch eager = {ort_rate / torch_rate:.2f}"
           f"   (no service can pass this against the fastest torch)")
+    return ort_rate, torch_rate
+
+
+def report_cpu(run: Run) -> None:
+    """The machine's CPU per image during the load, by thread (Linux: from /proc)."""
     net_stage = STAGES[0][1]
-    if stage_cpu.get(net_stage):  # Linux only: read from /proc
-        net = stage_cpu[net_stage]
-        print("server CPU per image during the load, by thread "
-              "(ms; the network's own cost is the baseline):")
-        for stage, cpu in sorted(stage_cpu.items(), key=lambda kv: -kv[1]):
-            share = "" if stage == net_stage else f"   {cpu / net * 100:3.0f}% of the network's"
-            print(f"  {stage:46s} {cpu / images * 1000:6.2f}{share}")
-        print(f"  {'load client (the bench, on the same cores)':46s} "
-              f"{client_s / images * 1000:6.2f}   {client_s / net * 100:3.0f}% of the network's")
-        machine_cores = len(os.sched_getaffinity(0))
-        had = machine_cores * busy  # CPU seconds the machine had
-        rest = had - sum(stage_cpu.values()) - client_s
-        print(f"  {'rest of the machine (kernel, idle)':46s} {rest / images * 1000:6.2f}"
-              f"   (all {machine_cores} cores: "
-              f"{had / images * 1000:.2f} ms per image)")
-        cores = served.streams * served.threads
-        raw_ms = cores * 1000 / rate["ONNX Runtime as the service runs it"]
-        print(f"  (raw ORT as the service runs it: {raw_ms:.2f} ms of CPU per image, "
-              f"all {cores} cores busy)")
-    # What the target leaves for the service's own work on this machine: the network's
-    # CPU per image at the fastest raw rate (all cores busy) against the decode step.
-    net_ms = st.threads * 1000 / ort_rate
-    dec_ms = statistics.mean(decode_turns)
+    if not run.stage_cpu.get(net_stage):
+        return
+    net, images = run.stage_cpu[net_stage], run.images
+    print("server CPU per image during the load, by thread "
+          "(ms; the network's own cost is the baseline):")
+    for stage, cpu in sorted(run.stage_cpu.items(), key=lambda kv: -kv[1]):
+        share = "" if stage == net_stage else f"   {cpu / net * 100:3.0f}% of the network's"
+        print(f"  {stage:46s} {cpu / images * 1000:6.2f}{share}")
+    print(f"  {'load client (the bench, on the same cores)':46s} "
+          f"{run.client_s / images * 1000:6.2f}   {run.client_s / net * 100:3.0f}% of the "
+          f"network's")
+    machine_cores = len(os.sched_getaffinity(0))
+    had = machine_cores * run.busy  # CPU seconds the machine had
+    rest = had - sum(run.stage_cpu.values()) - run.client_s
+    print(f"  {'rest of the machine (kernel, idle)':46s} {rest / images * 1000:6.2f}"
+          f"   (all {machine_cores} cores: {had / images * 1000:.2f} ms per image)")
+    cores = run.served.streams * run.served.threads
+    raw_ms = cores * 1000 / run.rate("ONNX Runtime as the service runs it")
+    print(f"  (raw ORT as the service runs it: {raw_ms:.2f} ms of CPU per image, "
+          f"all {cores} cores busy)")
+
+
+def report_decode_and_scale(run: Run, ort_rate: float) -> None:
+    """What the target leaves for the service's own work on this machine (the network's
+    CPU per image at the fastest raw rate against the decode step), enrolment latency and
+    classify latency by class count."""
+    a = run.a
+    net_ms = run.st.threads * 1000 / ort_rate
+    dec_ms = statistics.mean(run.decode_turns)
     print(f"decode step alone (the service's own function: sha256, JPEG decoding at a reduced "
           f"DCT scale, resize; one thread, {a.rounds + 1} x {a.raw_seconds:g} s between the "
           f"segments): {dec_ms:.2f} ms of CPU per image")
@@ -502,11 +559,18 @@ def main() -> None:
           f"{net_ms / (net_ms + dec_ms):.2f} on this machine; at 0.8, HTTP, multipart, request "
           f"logic, the results store and the client share {net_ms / 0.8 - net_ms - dec_ms:.2f} "
           f"ms per image")
-    print(f"enrol 5 images -> classifiable: {enrol_s * 1000:.0f} ms   (target < 1000 ms)")
-    base = scale[counts[0]]
-    for n in counts:
-        print(f"classify latency, {n:>6} classes: {scale[n] * 1000:.1f} ms"
-              f"   ({scale[n] / base:.2f}x the {counts[0]}-class latency)")
+    print(f"enrol 5 images -> classifiable: {run.enrol_s * 1000:.0f} ms   (target < 1000 ms)")
+    base = run.scale[run.counts[0]]
+    for n in run.counts:
+        print(f"classify latency, {n:>6} classes: {run.scale[n] * 1000:.1f} ms"
+              f"   ({run.scale[n] / base:.2f}x the {run.counts[0]}-class latency)")
+
+
+def main() -> None:
+    run = measure(parse_args())
+    ort_rate, _ = report_throughput(run)
+    report_cpu(run)
+    report_decode_and_scale(run, ort_rate)
 
 
 if __name__ == "__main__":

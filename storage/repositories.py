@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
 from sqlalchemy import Table, delete, func, insert, select
@@ -22,6 +22,18 @@ from storage.tables import (
     SupportImage,
     utcnow,
 )
+
+
+def new_embedding(vector: np.ndarray, backbone: str, weights_sha256: str, model_version: str,
+                  image_id: int | None = None) -> Embedding:
+    """The one place an Embedding row is built: little-endian float32 bytes, its width,
+    and the backbone facts every stored embedding records."""
+    row = Embedding(backbone=backbone, weights_sha256=weights_sha256,
+                    model_version=model_version, dim=int(vector.shape[0]),
+                    vector=vector_to_bytes(vector))
+    if image_id is not None:
+        row.image_id = image_id
+    return row
 
 
 def vector_to_bytes(v: np.ndarray) -> bytes:
@@ -232,7 +244,24 @@ def audit(s: Session, actor: str, action: str, detail: str = "") -> None:
     s.add(AuditEvent(actor=actor, action=action, detail=detail[:4000]))
 
 
-def add_classifications(s: Session, rows: list[dict[str, Any]], actors: str | list[str]
+class ResultRow(TypedDict):
+    """One classification result as the service hands it to storage (the columns of
+    ClassificationResult; `image_ref` is added when the query image has been kept)."""
+
+    group_name: str
+    filename: str
+    sha256: str
+    class_id: int | None
+    label: str | None
+    unknown: bool
+    score: float
+    method: str
+    model_version: str
+    key_id: int | None
+    image_ref: NotRequired[str | None]
+
+
+def add_classifications(s: Session, rows: list[ResultRow], actors: str | list[str]
                         ) -> list[int]:
     """Insert classification results and their audit events (by `actors`, one per row or
     one for all) in two bulk statements; returns the new result ids in the order of

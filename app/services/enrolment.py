@@ -16,7 +16,7 @@ from app.services.keys import Principal
 from app.services.runtime import Runtime
 from app.services.uploads import decode_all, read_parts
 from storage import repositories as repo
-from storage.tables import DefectClass, Embedding, SupportImage
+from storage.tables import DefectClass, SupportImage
 
 
 def class_public(c: DefectClass, count: int) -> ClassPublic:
@@ -123,10 +123,8 @@ def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarra
                 img = SupportImage(class_id=class_id, sha256=u.sha256,
                                    original_name=u.filename, byte_size=len(u.data),
                                    width=u.width, height=u.height)
-                img.embeddings.append(Embedding(
-                    backbone=bb.name, weights_sha256=bb.weights_sha256,
-                    model_version=bb.version, dim=int(v.shape[0]),
-                    vector=repo.vector_to_bytes(v)))
+                img.embeddings.append(repo.new_embedding(v, bb.name, bb.weights_sha256,
+                                                         bb.version))
                 s.add(img)
                 rows.append(img)
             s.flush()

@@ -5,8 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from app.errors import Conflict, NotFound
-from app.schemas import ClassPublic, ConfusionCell, FeedbackStats, ImagePublic
+from app.errors import Conflict, NotFound, Unprocessable
+from app.schemas import (
+    ClassPublic,
+    ConfusionCell,
+    FeedbackCreate,
+    FeedbackPublic,
+    FeedbackStats,
+    ImagePublic,
+)
 from app.services.enrolment import enrol_bytes, get_class
 from app.services.keys import Principal
 from app.services.runtime import Runtime
@@ -70,3 +77,29 @@ def kept_image(rt: Runtime, sha: str, ref: str | None) -> bytes | None:
         if data is not None and sha256_hex(data) == sha:
             return data
     return rt.blobs.get(sha) if rt.blobs.exists(sha) else None
+
+
+def record(rt: Runtime, body: FeedbackCreate, who: Principal) -> FeedbackPublic:
+    """Record an operator's verdict on a result, with its audit event, in one transaction;
+    the right class must be in the result's group."""
+    with rt.sessions.begin() as s:
+        res = repo.get_result(s, body.result_id)
+        if res is None:
+            raise NotFound(f"result {body.result_id} not found")
+        if not body.correct and body.class_id is None:
+            raise Unprocessable("give class_id, the right class, when correct is false",
+                                code="class_required")
+        if body.class_id is not None:
+            cls = repo.get_class(s, body.class_id)
+            if cls is None or cls.group_name != res.group_name:
+                raise Unprocessable(f"class {body.class_id} is not in group "
+                                    f"{res.group_name!r}", code="bad_class")
+        fb = Feedback(result_id=res.id, correct=body.correct, class_id=body.class_id,
+                      key_id=who.key_id)
+        s.add(fb)
+        s.flush()
+        rt.metrics.feedback.labels(str(body.correct).lower()).inc()
+        repo.audit(s, who.actor, "feedback", f"result={res.id} correct={body.correct} "
+                   f"class={body.class_id}")
+        return FeedbackPublic(id=fb.id, result_id=fb.result_id, correct=fb.correct,
+                              class_id=fb.class_id, created_at=fb.created_at)

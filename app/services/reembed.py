@@ -18,7 +18,6 @@ from storage import repositories as repo
 from storage.blobs import BlobStore
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
-from storage.tables import Embedding
 
 
 def reembed(settings: Settings, batch: int = 32, prune: bool = False,
@@ -48,9 +47,8 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
             vecs = embedder.embed(x)
             with sessions.begin() as s:
                 for (image_id, _), v in zip(todo, vecs, strict=True):
-                    s.add(Embedding(image_id=image_id, backbone=bb.name,
-                                    weights_sha256=bb.weights_sha256, model_version=bb.version,
-                                    dim=int(v.shape[0]), vector=repo.vector_to_bytes(v)))
+                    s.add(repo.new_embedding(v, bb.name, bb.weights_sha256, bb.version,
+                                             image_id=image_id))
             done += len(todo)
             bar.update(len(todo))
     with sessions.begin() as s:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from app.services.handoff import hand_back
 from app.services.threadnames import name_this_thread
 from storage import repositories as repo
+from storage.repositories import ResultRow
 from storage.packs import PackUnavailable
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class PendingResults:
     """One /classify request's results, as `classification.classify` decided them."""
     group: str
     uploads: list[Upload]
-    rows: list[dict[str, Any]]  # ClassificationResult columns, one per upload
+    rows: list[ResultRow]  # one per upload
     actor: str
 
 

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from app.main import housekeeping_loop
 from app.services.keys import KeyCache, Principal, hash_key
+from bench.imagegen import CLASSES, flat, sample
 from storage import repositories as repo
 from storage.packs import PackStore
 from tests.app.conftest import as_files, make_settings, new_key, serving
-from tests.imagegen import CLASSES, flat, sample
 
 
 def group() -> str:
@@ -200,7 +200,7 @@ def test_limits(client: TestClient) -> None:
     big = np.random.default_rng(0).integers(0, 255, (1100, 1100, 3), dtype=np.uint8)
     from PIL import Image
 
-    from tests.imagegen import png_bytes
+    from bench.imagegen import png_bytes
     r = client.post("/api/v1/classify", params={"group": grp},
                     files=as_files([("big.png", png_bytes(Image.fromarray(big)))]))
     assert r.status_code == 413 and error_of(r)["code"] in {"file_too_large", "too_large"}

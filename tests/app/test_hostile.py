@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import text
 
+from bench.imagegen import CLASSES, png_bytes, sample
 from tests.app.conftest import as_files, make_settings, new_key, serving
-from tests.imagegen import CLASSES, png_bytes, sample
 
 
 def enc(img: Image.Image, fmt: str, **kw: object) -> bytes:

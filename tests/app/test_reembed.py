@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.reembed import reembed
+from bench.imagegen import CLASSES, sample
 from tests.app.conftest import as_files, make_settings, serving
-from tests.imagegen import CLASSES, sample
 
 
 def test_backbone_change_requires_reembed(tmp_path: Path, model_cache: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Server
-from tests.imagegen import sample
+from bench.imagegen import sample
+from bench.server import Server
 
 KEY = "console-admin-key-0123456789"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.imagegen import CLASSES, sample
+from bench.server import Server
 from tests.conftest import fresh_pg_database
-from tests.e2e.server import Server
-from tests.imagegen import CLASSES, sample
 
 KEY = "hostile-admin-key-0123456789abc"
 H = {"Authorization": f"Bearer {KEY}"}

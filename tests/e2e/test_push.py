@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from app.services.push import sign
-from tests.e2e.server import Server
-from tests.imagegen import CLASSES, sample
+from bench.imagegen import CLASSES, sample
+from bench.server import Server
 
 KEY = "push-admin-key-0123456789abc"
 H = {"Authorization": f"Bearer {KEY}"}

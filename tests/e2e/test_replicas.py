@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.imagegen import CLASSES, sample
+from bench.server import Server
 from tests.conftest import fresh_pg_database
-from tests.e2e.server import Server
-from tests.imagegen import CLASSES, sample
 
 KEY = "replica-admin-key-0123456789"
 H = {"Authorization": f"Bearer {KEY}"}

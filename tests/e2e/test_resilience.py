@@ -15,9 +15,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from bench.imagegen import CLASSES, sample
+from bench.server import Server
 from storage.blobs import sha256_hex
-from tests.e2e.server import Server
-from tests.imagegen import CLASSES, sample
 
 KEY = "e2e-admin-key-0123456789abcdef"
 H = {"Authorization": f"Bearer {KEY}"}

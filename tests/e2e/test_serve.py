@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.server import Server
-from tests.imagegen import CLASSES, sample
+from bench.imagegen import CLASSES, sample
+from bench.server import Server
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 KEY = "e2e-admin-key-0123456789abcdef"

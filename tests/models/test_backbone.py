@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from bench.imagegen import CLASSES, sample
 from models.backbones import load_state_dict_safely
 from models.embedder import OrtEmbedder, TorchEmbedder
 from models.preprocess import to_input
 from models.zoo import create_backbone
-from tests.imagegen import CLASSES, sample
 
 
 class Boom:

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from PIL import Image
 
+from bench.imagegen import CLASSES, sample
 from models.embedder import OrtEmbedder, make_embedder
 from models.preprocess import to_input
 from models.zoo import create_backbone
-from tests.imagegen import CLASSES, sample
 
 
 def test_int8_network_stays_close_to_fp32(model_cache: Path) -> None:

@@ -169,10 +169,11 @@ def test_add_classifications_bulk_returns_ids_in_order_with_audit(db_url: str) -
         s.add(cls)
         s.flush()
         cid = cls.id
-    rows = [{"group_name": "bulk", "filename": f"{i}.jpg", "sha256": f"{i:064d}",
-             "class_id": None if i == 1 else cid, "label": None if i == 1 else "scratch",
-             "unknown": i == 1, "score": 0.5 + i / 10, "method": "protonet",
-             "model_version": "m@1", "key_id": None} for i in range(3)]
+    rows: list[repo.ResultRow] = [
+        {"group_name": "bulk", "filename": f"{i}.jpg", "sha256": f"{i:064d}",
+         "class_id": None if i == 1 else cid, "label": None if i == 1 else "scratch",
+         "unknown": i == 1, "score": 0.5 + i / 10, "method": "protonet",
+         "model_version": "m@1", "key_id": None} for i in range(3)]
     with sessions.begin() as s:
         ids = repo.add_classifications(s, rows, "tester")
     assert len(ids) == 3 and ids == sorted(ids)
@@ -186,7 +187,7 @@ def test_add_classifications_bulk_returns_ids_in_order_with_audit(db_url: str) -
     assert details[-3:] == [
         f"result={ids[i]} group=bulk sha256={i:064d} model=m@1 method=protonet "
         f"decision={'unknown' if i == 1 else f'class={cid}'}" for i in range(3)]
-    gone = [{**rows[0], "class_id": 10**6}]  # deleted meanwhile: kept, naming no class
+    gone: list[repo.ResultRow] = [{**rows[0], "class_id": 10**6}]  # deleted meanwhile
     with sessions.begin() as s:
         (rid,) = repo.add_classifications(s, gone, "tester")
     with sessions() as s:

@@ -16,7 +16,7 @@ from app.api.deps import (
     Operator,
     RuntimeDep,
 )
-from app.errors import NotFound, Unprocessable
+from app.errors import Unprocessable
 from app.schemas import (
     TOP_K_LIMIT,
     ClassifyResponse,
@@ -28,8 +28,6 @@ from app.schemas import (
 )
 from app.services import classification as svc
 from app.services import feedback as fb_svc
-from storage import repositories as repo
-from storage.tables import Feedback
 
 router = APIRouter(prefix="/api/v1", tags=["classify"])
 
@@ -79,24 +77,5 @@ async def promote_feedback(feedback_id: IdPath, rt: RuntimeDep, who: Admin) -> J
 
 @router.post("/feedback", status_code=201, response_model=FeedbackPublic)
 def create_feedback(body: FeedbackCreate, rt: RuntimeDep, who: Operator) -> FeedbackPublic:
-    with rt.sessions.begin() as s:
-        res = repo.get_result(s, body.result_id)
-        if res is None:
-            raise NotFound(f"result {body.result_id} not found")
-        if not body.correct and body.class_id is None:
-            raise Unprocessable("give class_id, the right class, when correct is false",
-                                code="class_required")
-        if body.class_id is not None:
-            cls = repo.get_class(s, body.class_id)
-            if cls is None or cls.group_name != res.group_name:
-                raise Unprocessable(f"class {body.class_id} is not in group "
-                                    f"{res.group_name!r}", code="bad_class")
-        fb = Feedback(result_id=res.id, correct=body.correct, class_id=body.class_id,
-                      key_id=who.key_id)
-        s.add(fb)
-        s.flush()
-        rt.metrics.feedback.labels(str(body.correct).lower()).inc()
-        repo.audit(s, who.actor, "feedback", f"result={res.id} correct={body.correct} "
-                   f"class={body.class_id}")
-        return FeedbackPublic(id=fb.id, result_id=fb.result_id, correct=fb.correct,
-                              class_id=fb.class_id, created_at=fb.created_at)
+    """An operator's verdict on a result (`class_id`: the right class when wrong)."""
+    return fb_svc.record(rt, body, who)
