@@ -163,6 +163,7 @@ def evaluate(
         return
     from models.evaluate import evaluate as run
     from models.evaluate import head_embed, rejection_report, unit, write_reports
+    from models.meta import global_pool
     from models.train import TrainConfig, feature_sets
 
     cfg = TrainConfig(seed=seed, synth_per_class=synth_per_class,
@@ -172,8 +173,8 @@ def evaluate(
     emb, labels = {}, {}
     for b in ("synth_eval", "fmnist_eval", "binary_eval"):
         emb[b] = {"fsdi_lite0_meta": embed(data[f"{b}_x"]),
-                  "imagenet_global_pool": unit(data[f"{b}_x"][:, :1280]),
-                  "random_init_global_pool": unit(rand[f"{b}_x"][:, :1280])}
+                  "imagenet_global_pool": unit(global_pool(data[f"{b}_x"])),
+                  "random_init_global_pool": unit(global_pool(rand[f"{b}_x"]))}
         labels[b] = data[f"{b}_y"]
     # binary_eval: OK vs defective (held-out defect types), 2-way, inside one surface.
     rows = run(emb, labels, shot_counts, episodes, 5, 15,

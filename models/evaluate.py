@@ -7,7 +7,6 @@ prototype (ProtoNet rule) on unit vectors; mean accuracy and 95% CI over episode
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,10 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models import reporting
 from models.backbones import Backbone
 from models.calibration import CalibrationConfig
 from models.data.episodes import EpisodeSampler
-from models.meta import ProjectionHead
+from models.meta import ProjectionHead, global_pool
 
 Embed = Callable[[np.ndarray], np.ndarray]
 
@@ -81,38 +81,10 @@ def evaluate(embeddings: dict[str, dict[str, np.ndarray]], labels: dict[str, np.
 
 
 def write_reports(rows: list[dict[str, object]], out_dir: Path) -> None:
-    """JSON, a Markdown table and a PNG plot of accuracy vs shots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| benchmark | embedding | " + " | ".join(
-        f"{k}-shot" for k in sorted({int(r['shots']) for r in rows})) + " |"]  # type: ignore[call-overload]
-    lines.append("|" + "---|" * (len(lines[0].split("|")) - 2))
-    keys = sorted({(str(r["benchmark"]), str(r["embedding"])) for r in rows})
-    for b, e in keys:
-        cells = [f"{100 * float(r['accuracy']):.1f} ± {100 * float(r['ci95']):.1f}"  # type: ignore[arg-type]
-                 for r in rows if r["benchmark"] == b and r["embedding"] == e]
-        lines.append(f"| {b} | {e} | " + " | ".join(cells) + " |")
-    (out_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
-    benches = sorted({str(r["benchmark"]) for r in rows})
-    fig, axes = plt.subplots(1, len(benches), figsize=(5 * len(benches), 4), squeeze=False)
-    for ax, b in zip(axes[0], benches, strict=True):
-        for e in sorted({str(r["embedding"]) for r in rows if r["benchmark"] == b}):
-            pts = sorted((int(r["shots"]), float(r["accuracy"]), float(r["ci95"]))  # type: ignore[call-overload, arg-type]
-                         for r in rows if r["benchmark"] == b and r["embedding"] == e)
-            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts],
-                        marker="o", capsize=3, label=e)
-        ax.set_title(b)
-        ax.set_xlabel("shots")
-        ax.set_ylabel("accuracy")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "evaluation.png", dpi=100)
-    plt.close(fig)
+    """evaluation.{json,md,png}: accuracy vs shots per benchmark and embedding."""
+    reporting.write(out_dir / "evaluation", rows,
+                    reporting.accuracy_table(rows, "benchmark", "embedding"),
+                    plot=("benchmark", "embedding"))
 
 
 REJECTION_SETUP = {  # home benchmark -> (n_way, the unrelated set its foreign images come from)
@@ -128,7 +100,7 @@ def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: Cali
     """Unknown rejection with the service's calibration on held-out classes: how many
     genuine images are accepted with the right class or falsely rejected, and how many
     images of an unrelated set are rejected. Writes rejection.{json,md}."""
-    parts = {b: (embed(data[f"{b}_x"]), unit(data[f"{b}_x"][:, :1280]))
+    parts = {b: (embed(data[f"{b}_x"]), unit(global_pool(data[f"{b}_x"])))
              for b in (*REJECTION_SETUP, "novel_eval")}
     rows = rejection_rows({"": parts}, data, metric_cfg, app_cfg, shots, episodes, seed)
     md = write_rejection(rows, out_dir / "rejection")
@@ -139,14 +111,12 @@ def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: Cali
                   *parts["novel_eval"], data["novel_eval_y"], data["novel_eval_g"],
                   metric_cfg, app_cfg, k, 2, episodes, seed + 500 + k).items()}
              for k in shots]
-    (out_dir / "novelty.json").write_text(json.dumps(novel, indent=2))
-    lines = ["| shots | known classes accepted, right class | known falsely rejected "
-             "| unseen defect types rejected |", "|---|---|---|---|"]
-    lines += [f"| {r['shots']} | {100 * float(r['accepted_correct']):.1f} | "  # type: ignore[arg-type]
-              f"{100 * float(r['falsely_rejected']):.1f} | "  # type: ignore[arg-type]
-              f"{100 * float(r['novel_rejected']):.1f} |" for r in novel]  # type: ignore[arg-type]
-    table = "\n".join(lines) + "\n"
-    (out_dir / "novelty.md").write_text(table)
+    table = reporting.write(out_dir / "novelty", novel, reporting.markdown(
+        ["shots", "known classes accepted, right class", "known falsely rejected",
+         "unseen defect types rejected"],
+        [[str(r["shots"]), *(reporting.pct(r, m) for m in
+                             ("accepted_correct", "falsely_rejected", "novel_rejected"))]
+         for r in novel]))
     return md + "\nUnseen defect types on one surface (enrolled: ok + 2 held-out types):\n" + table
 
 
@@ -175,20 +145,13 @@ def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
 def write_rejection(rows: list[dict[str, object]], stem: Path) -> str:
     """`stem`.json and a Markdown table `stem`.md; returns the table."""
     named = any("embedding" in r for r in rows)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    lines = ["| benchmark (foreign set) | " + ("embedding | " if named else "") +
-             "shots | accepted, right class | falsely rejected | foreign rejected |",
-             "|---|---|---|---|---|" + ("---|" if named else "")]
-    for r in rows:
-        cells = [f"{r['benchmark']} ({r['foreign']})"] + (
-            [str(r["embedding"])] if named else []) + [str(r["shots"])] + [
-            f"{100 * float(r[m]):.1f}"  # type: ignore[arg-type]
-            for m in ("accepted_correct", "falsely_rejected", "foreign_rejected")]
-        lines.append("| " + " | ".join(cells) + " |")
-    md = "\n".join(lines) + "\n"
-    stem.with_suffix(".md").write_text(md)
-    return md
+    header = ["benchmark (foreign set)", *(["embedding"] if named else []), "shots",
+              "accepted, right class", "falsely rejected", "foreign rejected"]
+    body = [[f"{r['benchmark']} ({r['foreign']})", *([str(r["embedding"])] if named else []),
+             str(r["shots"]), *(reporting.pct(r, m) for m in
+                                ("accepted_correct", "falsely_rejected", "foreign_rejected"))]
+            for r in rows]
+    return reporting.write(stem, rows, reporting.markdown(header, body))
 
 
 def served_embeddings(backbone: Backbone, precisions: tuple[str, ...],
@@ -233,17 +196,8 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
     emb = {b: {p: unit(served[p][b][:, :metric_dim]) for p in served} for b in images}
     rows = evaluate(emb, {b: y for b, (_, y) in images.items()}, shots, episodes, 5, 15,
                     seed + 1000, setup={b: (REJECTION_SETUP[b][0], g) for b, g in groups.items()})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "precision.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| benchmark | precision | " + " | ".join(f"{k}-shot" for k in shots) + " |",
-             "|---|---|" + "---|" * len(shots)]
-    for b in images:
-        for p in served:
-            cells = [f"{100 * float(r['accuracy']):.1f} ± {100 * float(r['ci95']):.1f}"  # type: ignore[arg-type]
-                     for r in rows if r["benchmark"] == b and r["embedding"] == p]
-            lines.append(f"| {b} | {p} | " + " | ".join(cells) + " |")
-    md = "\n".join(lines) + "\n"
-    (out_dir / "precision.md").write_text(md)
+    md = reporting.write(out_dir / "precision", rows,
+                         reporting.accuracy_table(rows, "benchmark", "embedding"))
     parts = {p: {b: (unit(e[:, :metric_dim]), unit(e[:, metric_dim:]) if e.shape[1] > metric_dim
                      else unit(e)) for b, e in by_set.items()} for p, by_set in served.items()}
     rej = rejection_rows(parts, labels, metric_cfg, app_cfg, shots, episodes // 2, seed + 2000)

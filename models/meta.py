@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,7 +59,13 @@ class DescriptorTrunk(nn.Module):
         return torch.cat([gf, lf, gm, lm], dim=1)
 
 
-DESCRIPTOR_DIM = 2 * 1280 + 2 * 112
+GLOBAL_POOL_DIM = 1280  # the descriptor starts with the head conv's global pool
+DESCRIPTOR_DIM = 2 * GLOBAL_POOL_DIM + 2 * 112
+
+
+def global_pool(descriptor: np.ndarray) -> np.ndarray:
+    """(N, DESCRIPTOR_DIM) descriptors -> (N, 1280) ImageNet global pools (not normalised)."""
+    return descriptor[:, :GLOBAL_POOL_DIM]
 
 
 class ProjectionHead(nn.Module):
@@ -92,5 +99,5 @@ class DefectAwareEmbedder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.descriptor(x)
-        look = nn.functional.normalize(d[:, :1280], dim=1)
+        look = nn.functional.normalize(d[:, :GLOBAL_POOL_DIM], dim=1)
         return torch.cat([self.head(d), look], dim=1)

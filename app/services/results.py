@@ -15,13 +15,13 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from app.services.handoff import hand_back
 from app.services.threadnames import name_this_thread
 from storage import repositories as repo
-from storage.repositories import ResultRow
 from storage.packs import PackUnavailable
+from storage.repositories import ResultRow
 
 if TYPE_CHECKING:
     from prometheus_client import Counter

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import trange
 
+from models import reporting
 from models.data.episodes import EpisodeSampler
 from models.evaluate import mean_ci
 from models.methods.base import FewShotMethod
@@ -107,11 +108,6 @@ def train_method(name: str, cfg: object, cache: Path, head: Path, episodes: int)
 def evaluate_all(which: str, head: Path, cache: Path, out: Path, episodes: int,
                  shots: tuple[int, ...], seed: int) -> str:
     """The methods table: every method, the same episodes, both held-out benchmarks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from models.evaluate import head_embed
     from models.methods.registry import available_methods
     from models.train import TrainConfig, feature_sets
@@ -129,31 +125,7 @@ def evaluate_all(which: str, head: Path, cache: Path, out: Path, episodes: int,
             for r in evaluate_methods(names, z, data[f"{bench}_y"], k, episodes, n_way=ways,
                                       seed=seed + 1000, groups=groups):
                 rows.append({"benchmark": bench, **r})
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "methods.json").write_text(json.dumps(rows, indent=2))
-    head_row = "| benchmark | method | " + " | ".join(f"{k}-shot" for k in shots) + \
-        " | ms per task |"
-    lines = [head_row, "|" + "---|" * (len(shots) + 3)]
-    for bench in benches:
-        for n in names:
-            rs = [r for r in rows if r["benchmark"] == bench and r["method"] == n]
-            cells = [f"{100 * float(r['accuracy']):.1f} ± {100 * float(r['ci95']):.1f}"  # type: ignore[arg-type]
-                     for r in rs]
-            ms = "/".join(str(r["ms_per_task"]) for r in rs)
-            lines.append(f"| {bench} | {n} | " + " | ".join(cells) + f" | {ms} |")
-    md = "\n".join(lines) + "\n"
-    (out / "methods.md").write_text(md)
-    fig, axes = plt.subplots(1, len(benches), figsize=(5 * len(benches), 4))
-    for ax, bench in zip(axes, benches, strict=True):
-        for n in names:
-            rs = [r for r in rows if r["benchmark"] == bench and r["method"] == n]
-            ax.errorbar([r["shots"] for r in rs], [r["accuracy"] for r in rs],
-                        yerr=[r["ci95"] for r in rs], marker="o", capsize=3, label=n)
-        ax.set_title(bench)
-        ax.set_xlabel("shots")
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "methods.png", dpi=100)
-    plt.close(fig)
+    md = reporting.write(out / "methods", rows, reporting.accuracy_table(
+        rows, "benchmark", "method", extra=("ms per task", "ms_per_task")),
+        plot=("benchmark", "method"))
     return md

@@ -1,0 +1,85 @@
+"""The one writer of evaluation reports: rows as JSON, a Markdown table, and (optionally) a
+PNG of accuracy against shots, all under one file stem."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def pct(row: Row, key: str) -> str:
+    """A fraction as a percentage with one decimal."""
+    return f"{100 * float(row[key]):.1f}"
+
+
+def acc_ci(row: Row) -> str:
+    """`accuracy ± ci95`, in percent."""
+    return f"{pct(row, 'accuracy')} ± {pct(row, 'ci95')}"
+
+
+def markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def by_shots(rows: list[Row], panel: str, line: str) -> tuple[list[int], list[tuple[str, str]]]:
+    """The shot counts, and the (panel, line) pairs in first-seen order."""
+    shots = sorted({int(r["shots"]) for r in rows})
+    pairs = list(dict.fromkeys((str(r[panel]), str(r[line])) for r in rows))
+    return shots, pairs
+
+
+def accuracy_table(rows: list[Row], panel: str, line: str,
+                   extra: tuple[str, str] | None = None) -> str:
+    """One row per (panel, line): accuracy ± CI per shot count; `extra` = (column title,
+    row key) adds a column of that key's values joined by '/'."""
+    shots, pairs = by_shots(rows, panel, line)
+    header = [panel, line, *(f"{k}-shot" for k in shots)] + ([extra[0]] if extra else [])
+    body = []
+    for p, ln in pairs:
+        rs = sorted((r for r in rows if str(r[panel]) == p and str(r[line]) == ln),
+                    key=lambda r: int(r["shots"]))
+        body.append([p, ln, *(acc_ci(r) for r in rs)]
+                    + (["/".join(str(r[extra[1]]) for r in rs)] if extra else []))
+    return markdown(header, body)
+
+
+def accuracy_plot(rows: list[Row], panel: str, line: str, path: Path) -> None:
+    """One panel per `panel` value, accuracy (with its CI) against shots per `line`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(str(r[panel]) for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, p in zip(axes[0], panels, strict=True):
+        for ln in dict.fromkeys(str(r[line]) for r in rows if str(r[panel]) == p):
+            pts = sorted((int(r["shots"]), float(r["accuracy"]), float(r["ci95"]))
+                         for r in rows if str(r[panel]) == p and str(r[line]) == ln)
+            ax.errorbar([x[0] for x in pts], [x[1] for x in pts], yerr=[x[2] for x in pts],
+                        marker="o", capsize=3, label=ln)
+        ax.set_title(p)
+        ax.set_xlabel("shots")
+        ax.set_ylabel("accuracy")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(stem: Path, rows: list[Row], table: str,
+          plot: tuple[str, str] | None = None) -> str:
+    """`stem`.json (the rows), `stem`.md (the table) and, with `plot` = (panel key, line
+    key), `stem`.png. Returns the table."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    stem.with_suffix(".md").write_text(table)
+    if plot is not None:
+        accuracy_plot(rows, *plot, stem.with_suffix(".png"))
+    return table
