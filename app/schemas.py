@@ -253,3 +253,28 @@ class AuditList(BaseModel):
     items: list[AuditPublic]
     offset: int
     limit: int
+
+
+class ResultFeedback(BaseModel):
+    correct: bool
+    class_id: int | None
+
+
+class HistoryItem(BaseModel):
+    """A stored classification result, as the history shows it."""
+
+    id: int
+    created_at: datetime
+    group: str
+    filename: str
+    label: str | None
+    class_id: int | None
+    unknown: bool
+    score: float
+    method: str
+    feedback: ResultFeedback | None = None
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+    next_cursor: str | None

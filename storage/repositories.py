@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NotRequired, TypedDict, cast
 
 import numpy as np
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import Table, delete, false, func, insert, select
 from sqlalchemy.orm import Session
 
 from storage.tables import (
@@ -295,3 +296,62 @@ def add_classifications(s: Session, rows: list[ResultRow], actors: str | list[st
 
 def list_audit(s: Session, offset: int, limit: int) -> Sequence[AuditEvent]:
     return s.scalars(select(AuditEvent).order_by(AuditEvent.id).offset(offset).limit(limit)).all()
+
+
+# ---- results history ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    """Which results a history page shows; all optional. `feedback`: "none" (no verdict
+    yet), "any", "correct" or "wrong" (by the latest feedback on the result)."""
+
+    group: str | None = None
+    label: str | None = None
+    unknown: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    feedback: str | None = None
+    # An OK/NG verdict exists only for results judged against good parts; no stored
+    # result carries one yet, so asking for a verdict matches none.
+    verdict: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    result: ClassificationResult
+    feedback_correct: bool | None  # the latest feedback's verdict, None without feedback
+    feedback_class_id: int | None
+
+
+def results_page(s: Session, f: ResultFilter, before_id: int | None, limit: int
+                 ) -> list[HistoryRow]:
+    """Newest first (by id, which only grows), at most `limit`, ids below `before_id`
+    (keyset paging: a page costs the same at any depth)."""
+    latest = (select(Feedback.result_id, func.max(Feedback.id).label("fid"))
+              .group_by(Feedback.result_id).subquery())
+    q = (select(ClassificationResult, Feedback.correct, Feedback.class_id)
+         .outerjoin(latest, latest.c.result_id == ClassificationResult.id)
+         .outerjoin(Feedback, Feedback.id == latest.c.fid))
+    if f.group is not None:
+        q = q.where(ClassificationResult.group_name == f.group)
+    if f.label is not None:
+        q = q.where(ClassificationResult.label == f.label)
+    if f.unknown is not None:
+        q = q.where(ClassificationResult.unknown.is_(f.unknown))
+    if f.since is not None:
+        q = q.where(ClassificationResult.created_at >= f.since)
+    if f.until is not None:
+        q = q.where(ClassificationResult.created_at < f.until)
+    if f.feedback == "none":
+        q = q.where(latest.c.fid.is_(None))
+    elif f.feedback == "any":
+        q = q.where(latest.c.fid.is_not(None))
+    elif f.feedback in ("correct", "wrong"):
+        q = q.where(Feedback.correct.is_(f.feedback == "correct"))
+    if f.verdict is not None:
+        q = q.where(false())
+    if before_id is not None:
+        q = q.where(ClassificationResult.id < before_id)
+    q = q.order_by(ClassificationResult.id.desc()).limit(limit)
+    return [HistoryRow(r, c, k) for r, c, k in s.execute(q).tuples()]

@@ -1,0 +1,78 @@
+"""Results history: newest first, filtered, paged by an opaque cursor; and the same as CSV,
+streamed a page at a time (flat memory, however many results match)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+
+from app.errors import Unprocessable
+from app.schemas import HistoryItem, HistoryPage, ResultFeedback
+from app.services.runtime import Runtime
+from storage import repositories as repo
+from storage.repositories import HistoryRow, ResultFilter
+
+CSV_COLUMNS = ("id", "created_at", "group", "filename", "label", "class_id", "unknown",
+               "score", "method", "feedback_correct", "feedback_class_id")
+CSV_PAGE = 1000
+
+
+def cursor_of(result_id: int) -> str:
+    return f"r{result_id}"
+
+
+def parse_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not (cursor.startswith("r") and cursor[1:].isdigit() and len(cursor) < 12):
+        raise Unprocessable("cursor is not one this service handed out", code="bad_cursor")
+    return int(cursor[1:])
+
+
+def item(h: HistoryRow) -> HistoryItem:
+    r = h.result
+    fb = (None if h.feedback_correct is None
+          else ResultFeedback(correct=h.feedback_correct, class_id=h.feedback_class_id))
+    return HistoryItem(id=r.id, created_at=r.created_at, group=r.group_name, filename=r.filename,
+                       label=r.label, class_id=r.class_id, unknown=r.unknown,
+                       score=r.score, method=r.method, feedback=fb)
+
+
+def page(rt: Runtime, f: ResultFilter, cursor: str | None, limit: int) -> HistoryPage:
+    with rt.sessions() as s:
+        rows = repo.results_page(s, f, parse_cursor(cursor), limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return HistoryPage(items=[item(h) for h in rows],
+                       next_cursor=cursor_of(rows[-1].result.id) if more and rows else None)
+
+
+def csv_lines(rt: Runtime, f: ResultFilter, cursor: str | None = None) -> Iterator[str]:
+    """The header, then one CSV line per result, newest first, read CSV_PAGE at a time
+    (each page in its own short session: nothing holds a transaction while a slow client
+    reads)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+
+    def line(values: tuple[object, ...]) -> str:
+        buf.seek(0)
+        buf.truncate()
+        writer.writerow(values)
+        return buf.getvalue()
+
+    yield line(CSV_COLUMNS)
+    before = parse_cursor(cursor)
+    while True:
+        with rt.sessions() as s:
+            rows = repo.results_page(s, f, before, CSV_PAGE)
+        for h in rows:
+            r = h.result
+            yield line((r.id, r.created_at.isoformat(), r.group_name, r.filename,
+                        r.label or "", "" if r.class_id is None else r.class_id,
+                        str(r.unknown).lower(), r.score, r.method,
+                        "" if h.feedback_correct is None else str(h.feedback_correct).lower(),
+                        "" if h.feedback_class_id is None else h.feedback_class_id))
+        if len(rows) < CSV_PAGE:
+            return
+        before = rows[-1].result.id
