@@ -7,6 +7,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,6 +57,16 @@ def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
     return EmbeddingLayout(bb.metric_dim, metric, appearance)
 
 
+T = TypeVar("T")
+
+
+def _built(part: T | None, missing: str) -> T:
+    """A part of the state that start-up builds; a 503 when asked for before that."""
+    if part is None:
+        raise NotReady(f"{missing}; retry shortly", headers={"Retry-After": "2"})
+    return part
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What start-up builds after the database: all of it, or none of it."""
@@ -99,24 +110,15 @@ class Runtime:
     # -- the built state: typed, never None; asked for before it is built -> 503 ---------
     @property
     def engine(self) -> Engine:
-        if self._engine is None:
-            raise NotReady("the database is not open yet; retry shortly",
-                           headers={"Retry-After": "2"})
-        return self._engine
+        return _built(self._engine, "the database is not open yet")
 
     @property
     def sessions(self) -> sessionmaker[Session]:
-        if self._sessions is None:
-            raise NotReady("the database is not open yet; retry shortly",
-                           headers={"Retry-After": "2"})
-        return self._sessions
+        return _built(self._sessions, "the database is not open yet")
 
     @property
     def loaded(self) -> Loaded:
-        if self._loaded is None:
-            raise NotReady("the service is starting; retry shortly",
-                           headers={"Retry-After": "2"})
-        return self._loaded
+        return _built(self._loaded, "the service is starting")
 
     @property
     def backbone(self) -> Backbone:
