@@ -149,44 +149,22 @@ class Runtime:
         self._engine, self._sessions = engine, make_sessionmaker(engine)
 
     def load(self) -> None:
-        """The slow part of start-up; runs in a thread while /healthz already answers."""
+        """The slow part of start-up; runs in a thread while /healthz already answers:
+        database -> admin key -> model -> support-set check -> cache -> ready. The state is
+        published in one assignment, only when all of it is built."""
         try:
             if self._engine is None:
                 self.open_database()
-            if self.settings.admin_key and len(self.settings.admin_key) < 16:
-                log.warning("FSDI_ADMIN_KEY is shorter than 16 characters: easy to guess")
-            with self.sessions.begin() as s:
-                key = bootstrap_admin(s, self.settings)
-                if key:
-                    print(f"FSDI generated an admin key (shown once, only its hash is kept):\n"
-                          f"  {key}", flush=True)
-            s_ = self.settings
-            backbone = create_backbone(s_.backbone, s_.precision)
-            embedder = make_embedder(backbone, s_.runtime, s_.resolved_model_cache,
-                                     s_.stream_threads)
-            self.methods = usable_methods(backbone.metric_dim)
-            if s_.default_method not in self.methods:
-                raise ValueError(f"FSDI_DEFAULT_METHOD={s_.default_method!r} has no weights "
-                                 f"for {backbone.version}")
-            siamese = Siamese(dim=backbone.metric_dim) if "siamese" in self.methods else None
-            with self.sessions() as s:
-                missing = repo.count_images_missing_version(s, backbone.version)
+            self._bootstrap_admin()
+            backbone, embedder, siamese = self._build_model()
+            missing = self._missing_embeddings(backbone.version)
             if missing:
                 # Never mix embedding versions: classes would silently lose images.
                 self.failed = (f"{missing} support image(s) have no embedding for "
                                f"{backbone.version}; run `fsdi reembed`")
                 log.error(self.failed)
                 return
-            cache = PrototypeCache(backbone.version, layout_for(backbone, s_), s_.temperature,
-                                   s_.runtime)
-            with self.sessions() as s:
-                self.load_push_targets(s)
-                self._seen_versions = repo.group_versions(s)  # before loading: never miss one
-                removed = self.blobs.sweep(lambda ds: repo.referenced_digests(s, ds),
-                                           min_age_s=s_.orphan_grace_s)
-                if removed:
-                    log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
-                cache.load_all(s)
+            cache = self._build_cache(backbone)
             self.prune_query_images()
             self._loaded = Loaded(backbone, embedder, cache, siamese)
             self.metrics.classes.set(cache.class_count())
@@ -196,6 +174,48 @@ class Runtime:
         except Exception as exc:
             self.failed = f"{type(exc).__name__}: see the service log"
             log.exception("start-up failed")
+
+    def _bootstrap_admin(self) -> None:
+        """With no admin anywhere, make one and print its key once."""
+        if self.settings.admin_key and len(self.settings.admin_key) < 16:
+            log.warning("FSDI_ADMIN_KEY is shorter than 16 characters: easy to guess")
+        with self.sessions.begin() as s:
+            key = bootstrap_admin(s, self.settings)
+        if key:
+            print(f"FSDI generated an admin key (shown once, only its hash is kept):\n"
+                  f"  {key}", flush=True)
+
+    def _build_model(self) -> tuple[Backbone, Embedder, Siamese | None]:
+        """The backbone, its serving runtime, and the methods that have weights for it."""
+        s = self.settings
+        backbone = create_backbone(s.backbone, s.precision)
+        embedder = make_embedder(backbone, s.runtime, s.resolved_model_cache, s.stream_threads)
+        self.methods = usable_methods(backbone.metric_dim)
+        if s.default_method not in self.methods:
+            raise ValueError(f"FSDI_DEFAULT_METHOD={s.default_method!r} has no weights "
+                             f"for {backbone.version}")
+        siamese = Siamese(dim=backbone.metric_dim) if "siamese" in self.methods else None
+        return backbone, embedder, siamese
+
+    def _missing_embeddings(self, version: str) -> int:
+        with self.sessions() as s:
+            return repo.count_images_missing_version(s, version)
+
+    def _build_cache(self, backbone: Backbone) -> PrototypeCache:
+        """Push targets, the replica versions seen, a sweep of orphaned blobs, and every
+        group's index, read in one session."""
+        s_ = self.settings
+        cache = PrototypeCache(backbone.version, layout_for(backbone, s_), s_.temperature,
+                               s_.runtime)
+        with self.sessions() as s:
+            self.load_push_targets(s)
+            self._seen_versions = repo.group_versions(s)  # before loading: never miss one
+            removed = self.blobs.sweep(lambda ds: repo.referenced_digests(s, ds),
+                                       min_age_s=s_.orphan_grace_s)
+            if removed:
+                log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
+            cache.load_all(s)
+        return cache
 
     def prune_query_images(self) -> int:
         """Remove the query-image packs past QUERY_IMAGE_RETENTION_DAYS (0: keep all)."""
