@@ -132,6 +132,10 @@ def evaluate(
                                "methods instead of the embeddings"),
     precision: str = typer.Option("", help="'int8' compares the served network at that "
                                   "precision with fp32 (accuracy and rejection)"),
+    anomaly: bool = typer.Option(False, help="good vs defective from good parts alone on "
+                                 "the ELPV mono development set (needs elpv-dataset): the "
+                                 "patch memory against the global-pool baseline"),
+    good: str = typer.Option("1,5,20,50", help="with --anomaly: good images enrolled"),
 ) -> None:
     """Measure few-shot accuracy and rejection on held-out classes.
 
@@ -142,6 +146,11 @@ def evaluate(
     """
     if precision and precision not in ("int8",):
         raise typer.BadParameter("--precision compares int8 with fp32; give 'int8'")
+    if anomaly:
+        from models.patchcore.evaluate import report
+
+        typer.echo(report(out, tuple(int(g) for g in good.split(",")), seed=seed))
+        return
     if method:
         from models.methods.training import evaluate_all
 

@@ -49,37 +49,40 @@ def accuracy_table(rows: list[Row], panel: str, line: str,
     return markdown(header, body)
 
 
-def accuracy_plot(rows: list[Row], panel: str, line: str, path: Path) -> None:
-    """One panel per `panel` value, accuracy (with its CI) against shots per `line`."""
+def accuracy_plot(rows: list[Row], panel: str, line: str, path: Path,
+                  axes: tuple[str, str, str] = ("shots", "accuracy", "ci95")) -> None:
+    """One panel per `panel` value, `axes` = (x, y, error) keys: by default accuracy (with
+    its CI) against shots, one line per `line` value."""
+    xk, yk, ek = axes
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(str(r[panel]) for r in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    for ax, p in zip(axes[0], panels, strict=True):
+    fig, grid = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, p in zip(grid[0], panels, strict=True):
         for ln in dict.fromkeys(str(r[line]) for r in rows if str(r[panel]) == p):
-            pts = sorted((int(r["shots"]), float(r["accuracy"]), float(r["ci95"]))
+            pts = sorted((int(r[xk]), float(r[yk]), float(r[ek]))
                          for r in rows if str(r[panel]) == p and str(r[line]) == ln)
             ax.errorbar([x[0] for x in pts], [x[1] for x in pts], yerr=[x[2] for x in pts],
                         marker="o", capsize=3, label=ln)
         ax.set_title(p)
-        ax.set_xlabel("shots")
-        ax.set_ylabel("accuracy")
+        ax.set_xlabel(xk)
+        ax.set_ylabel(yk)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write(stem: Path, rows: list[Row], table: str,
-          plot: tuple[str, str] | None = None) -> str:
+def write(stem: Path, rows: list[Row], table: str, plot: tuple[str, str] | None = None,
+          axes: tuple[str, str, str] = ("shots", "accuracy", "ci95")) -> str:
     """`stem`.json (the rows), `stem`.md (the table) and, with `plot` = (panel key, line
     key), `stem`.png. Returns the table."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(rows, indent=2))
     stem.with_suffix(".md").write_text(table)
     if plot is not None:
-        accuracy_plot(rows, *plot, stem.with_suffix(".png"))
+        accuracy_plot(rows, *plot, stem.with_suffix(".png"), axes)
     return table

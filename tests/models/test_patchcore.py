@@ -1,0 +1,140 @@
+"""The good-parts detector's pieces (models/patchcore): coreset, patch memory, threshold,
+anomaly map, the feature extractor on the real trunk, and the evaluation's AUROC."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from models.patchcore import (
+    AnomalyMapGenerator,
+    KCenterGreedy,
+    PatchFeatureExtractor,
+    PatchMemory,
+    calibrate_threshold,
+)
+from models.patchcore.evaluate import auroc
+
+
+def unit(a: np.ndarray, axis: int) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=axis, keepdims=True)).astype(np.float32)
+
+
+PATTERNS = unit(np.random.default_rng(99).normal(size=(4, 16)), 1)
+
+
+def goods(rng: np.random.Generator, n: int = 6, c: int = 16, h: int = 6) -> np.ndarray:
+    """n 'good' images whose patches come from one small set of patterns, jittered."""
+    patterns = PATTERNS
+    pick = rng.integers(0, 4, (n, h, h))
+    return unit(patterns[pick].transpose(0, 3, 1, 2) + 0.02 * rng.normal(size=(n, c, h, h)), 1)
+
+
+def test_kcenter_greedy_covers_the_spread_better_than_chance() -> None:
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(loc, 0.05, (200, 2)) for loc in (0, 3, 6)] +
+                           [rng.normal(20, 0.05, (2, 2))])  # a rare far pattern
+    picked = KCenterGreedy(ratio=0.02, seed=1).select(blobs.astype(np.float32))
+    assert len(picked) == round(0.02 * len(blobs)) and len(set(picked)) == len(picked)
+    assert (np.linalg.norm(blobs[picked] - 20, axis=1) < 1).any(), "the rare pattern is kept"
+
+    def cover(idx: np.ndarray) -> float:
+        d = np.linalg.norm(blobs[:, None] - blobs[idx][None], axis=2)
+        return float(d.min(axis=1).max())
+    assert cover(picked) < cover(rng.choice(len(blobs), len(picked), replace=False))
+
+
+def test_a_defect_patch_stands_out_where_it_is() -> None:
+    rng = np.random.default_rng(1)
+    good = goods(rng)
+    mem = PatchMemory(good)
+    same = mem.distances(good[:1])
+    assert same.max() < 1e-5
+    query = goods(rng, n=1)
+    query[0, :, 2, 3] = unit(rng.normal(size=16), 0)  # a patch like nothing good
+    dist = mem.distances(query)
+    assert np.unravel_index(dist[0].argmax(), dist[0].shape) == (2, 3)
+    assert mem.image_scores(dist)[0] > 5 * mem.image_scores(mem.distances(goods(rng, 1)))[0]
+
+
+def test_leave_one_out_leaves_the_image_out() -> None:
+    rng = np.random.default_rng(2)
+    good = goods(rng)
+    good[0, :, 0, 0] = unit(rng.normal(size=16), 0)  # one good image with a rare patch
+    mem = PatchMemory(good)
+    assert mem.image_scores(mem.distances(good[:1]))[0] < 1e-5  # against itself: zero
+    loo = mem.leave_one_out(good)
+    assert loo.shape == (6,) and loo[0] == loo.max() > 10 * np.median(loo[1:])
+    assert len(PatchMemory(good[:1]).leave_one_out(good[:1])) == 0
+
+
+def test_threshold_is_the_upper_quantile_and_honest_about_small_counts() -> None:
+    loo = np.arange(1, 101, dtype=np.float32) / 100
+    thr, warning = calibrate_threshold(loo, 0.02)
+    assert thr == pytest.approx(0.99) and warning is None
+    assert (loo > thr).mean() <= 0.02
+    thr5, warning5 = calibrate_threshold(loo[:5], 0.02)
+    assert thr5 == pytest.approx(0.05) and warning5 and "5 good images" in warning5
+    assert calibrate_threshold(np.zeros(0), 0.02)[0] == float("inf")
+
+
+def test_anomaly_map_keeps_the_peak_where_it_was() -> None:
+    grid = np.zeros((1, 14, 14), np.float32)
+    grid[0, 3, 10] = 1.0
+    heat = AnomalyMapGenerator(sigma=4)(grid, (224, 160))
+    assert heat.shape == (1, 224, 160)
+    y, x = np.unravel_index(heat[0].argmax(), heat[0].shape)
+    assert abs(y / 224 - 3.5 / 14) < 0.05 and abs(x / 160 - 10.5 / 14) < 0.05
+
+
+def test_feature_extractor_names_its_layers_on_the_real_trunk() -> None:
+    from models.effnet import lite0_trunk
+
+    trunk, _ = lite0_trunk()
+    feats = PatchFeatureExtractor(trunk.eval(), layers=(5, 10))(torch.zeros(2, 3, 224, 224))
+    assert feats.shape == (2, 80 + 112, 14, 14)
+    assert torch.allclose(feats.norm(dim=1), torch.ones(2, 14, 14), atol=1e-4)
+
+
+def test_auroc_matches_counting_pairs() -> None:
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=40), 1)  # ties included
+    labels = rng.integers(0, 2, 40)
+    pairs = [(p, n) for p, n in itertools.product(scores[labels == 1], scores[labels == 0])]
+    want = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs])
+    assert auroc(scores, labels) == pytest.approx(want)
+
+
+def test_elpv_loader_opens_mono_cells_only() -> None:
+    from models.data import elpv
+
+    if not elpv.available():
+        pytest.skip("elpv-dataset is not installed (optional, evaluation only)")
+    images, labels = elpv.load_mono()
+    assert images.shape == (901, 300, 300) and int(labels.sum()) == 313
+
+
+def test_evaluation_scores_detectors_on_the_same_episodes() -> None:
+    """Defective images carry a few patches unlike any good one: the patch memory ranks
+    them (AUROC 1) and its own threshold keeps false alarms low; the global pool, which
+    averages the odd patches away, does worse on the same episodes."""
+    from models.patchcore.evaluate import Features, evaluate, global_detector, patch_detector
+
+    rng = np.random.default_rng(5)
+    n_good, n_bad = 60, 30
+    patches = goods(rng, n_good + n_bad)
+    for i in range(n_good, n_good + n_bad):
+        y, x = rng.integers(0, 6, 2)
+        patches[i, :, y, x] = unit(rng.normal(size=16), 0)
+    pool = unit(patches.mean(axis=(2, 3)), 1)
+    f = Features(patches, pool)
+    labels = np.array([0] * n_good + [1] * n_bad)
+    rows = evaluate(labels, {"patch": patch_detector(f, 0.5), "global": global_detector(f)},
+                    (20,), n_query=10, count=5, seed=1, false_alarm_rate=0.05)
+    by = {r["detector"]: r for r in rows}
+    assert by["patch"]["auroc"] == 1.0 and by["patch"]["false_alarm_rate"] <= 0.2
+    assert by["patch"]["balanced_accuracy"] > 0.8
+    assert by["global"]["auroc"] < by["patch"]["auroc"]
