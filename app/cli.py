@@ -42,14 +42,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
 
 def _key_sessions() -> sessionmaker[Session]:
     """A migrated database of the configured FSDI_DATABASE_URL / FSDI_DATA_DIR."""
-    from storage.db import make_engine, make_sessionmaker
-    from storage.migrate import upgrade
+    from storage.migrate import open_migrated
 
     s = get_settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(s.resolved_database_url)
-    upgrade(engine)
-    return make_sessionmaker(engine)
+    return open_migrated(s.resolved_database_url)[1]
 
 
 @keys_cli.command("create")

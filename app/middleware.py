@@ -44,7 +44,8 @@ class BodyLimit:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await _reject(send, self.limit)
+                    await _envelope(send, 413, "too_large",
+                                    f"request body is larger than {self.limit} bytes")
                     return
         seen = 0
 
@@ -58,15 +59,6 @@ class BodyLimit:
             return msg
 
         await self.app(scope, limited, send)
-
-
-async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps({"error": {"code": "too_large",
-                                 "message": f"request body is larger than {limit} bytes"}})
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body.encode()})
 
 
 class RequestMetrics:

@@ -7,6 +7,9 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import make_engine, make_sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -38,3 +41,10 @@ def upgrade(engine: Engine) -> None:
             conn.rollback()  # nothing open after a failure either
             conn.exec_driver_sql("PRAGMA foreign_keys=ON")
             conn.commit()
+
+
+def open_migrated(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """An engine for `url`, migrated to the newest schema, and its session factory."""
+    engine = make_engine(url)
+    upgrade(engine)
+    return engine, make_sessionmaker(engine)

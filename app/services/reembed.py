@@ -16,17 +16,14 @@ from models.preprocess import load_for_backbone
 from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.blobs import BlobStore
-from storage.db import make_engine, make_sessionmaker
-from storage.migrate import upgrade
+from storage.migrate import open_migrated
 
 
 def reembed(settings: Settings, batch: int = 32, prune: bool = False,
             max_batches: int | None = None, progress: bool = True) -> tuple[int, int]:
     """Embed every image lacking an embedding of the current version.
     Returns (embedded now, still missing)."""
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    engine, sessions = open_migrated(settings.resolved_database_url)
     bb = create_backbone(settings.backbone, settings.precision)
     embedder = make_embedder(bb, settings.runtime, settings.resolved_model_cache,
                              settings.threads)

@@ -29,8 +29,7 @@ from models.methods.siamese import Siamese
 from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.blobs import BlobStore
-from storage.db import make_engine, make_sessionmaker
-from storage.migrate import upgrade
+from storage.migrate import open_migrated
 from storage.packs import PackStore
 
 log = logging.getLogger("fsdi")
@@ -144,9 +143,8 @@ class Runtime:
 
     def open_database(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(self.settings.resolved_database_url)
-        upgrade(engine)  # only a migrated database is kept: load() retries otherwise
-        self._engine, self._sessions = engine, make_sessionmaker(engine)
+        # only a migrated database is kept: load() retries otherwise
+        self._engine, self._sessions = open_migrated(self.settings.resolved_database_url)
 
     def load(self) -> None:
         """The slow part of start-up; runs in a thread while /healthz already answers:

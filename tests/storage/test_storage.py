@@ -160,15 +160,20 @@ def test_schema_and_repositories(db_url: str) -> None:
     engine.dispose()
 
 
+def add_class(sessions: Any, name: str, group: str) -> int:
+    """A committed class; its id."""
+    with sessions.begin() as s:
+        cls = DefectClass(name=name, group_name=group, description="")
+        s.add(cls)
+        s.flush()
+        return int(cls.id)
+
+
 def test_add_classifications_bulk_returns_ids_in_order_with_audit(db_url: str) -> None:
     engine = make_engine(db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
-    with sessions.begin() as s:
-        cls = DefectClass(name="scratch", group_name="bulk", description="")
-        s.add(cls)
-        s.flush()
-        cid = cls.id
+    cid = add_class(sessions, "scratch", "bulk")
     rows: list[repo.ResultRow] = [
         {"group_name": "bulk", "filename": f"{i}.jpg", "sha256": f"{i:064d}",
          "class_id": None if i == 1 else cid, "label": None if i == 1 else "scratch",
@@ -264,24 +269,18 @@ def test_class_ids_are_never_reused_and_references_are_real(db_url: str) -> None
     engine = make_engine(db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
+    old_id = add_class(sessions, "x", "line1")
     with sessions.begin() as s:
-        old = DefectClass(name="x", group_name="line1", description="")
-        s.add(old)
-        s.flush()
         res = ClassificationResult(group_name="line1", filename="q.png", sha256="b" * 64,
-                                   class_id=old.id, label="x", unknown=False, score=0.9,
+                                   class_id=old_id, label="x", unknown=False, score=0.9,
                                    method="protonet", model_version="m")
         s.add(res)
         s.flush()
-        s.add(Feedback(result_id=res.id, correct=False, class_id=old.id))
-        old_id, res_id = old.id, res.id
+        s.add(Feedback(result_id=res.id, correct=False, class_id=old_id))
+        res_id = res.id
     with sessions.begin() as s:
         s.delete(s.get(DefectClass, old_id))
-    with sessions.begin() as s:
-        new = DefectClass(name="y", group_name="other-line", description="")
-        s.add(new)
-        s.flush()
-        assert new.id > old_id
+    assert add_class(sessions, "y", "other-line") > old_id
     with sessions() as s:
         assert s.get(ClassificationResult, res_id).class_id is None  # type: ignore[union-attr]
         assert s.scalar(select(Feedback.class_id).where(Feedback.result_id == res_id)) is None
