@@ -12,7 +12,17 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api.routes import audit, classes, classify, console, health, keys, push, results
+from app.api.routes import (
+    anomaly,
+    audit,
+    classes,
+    classify,
+    console,
+    health,
+    keys,
+    push,
+    results,
+)
 from app.docs import install_docs
 from app.errors import install_handlers
 from app.middleware import BodyLimit, InFlightLimit, KeyGate, RequestMetrics, SecurityHeaders
@@ -88,7 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Routes are matched in this order: /classify, the hot path, comes first (matching it
     # last cost a scan of every other route on each request).
     for r in (classify.router, health.router, keys.router, classes.router, audit.router,
-              console.router, push.router, results.router):
+              console.router, push.router, anomaly.router, results.router):
         app.include_router(r)
 
     @app.get("/", include_in_schema=False)

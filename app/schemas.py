@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 # Row ids fit a signed 32-bit column everywhere; anything larger is a 422, not a 500.
 MAX_ID = 2_147_483_647
@@ -63,6 +71,8 @@ class ClassCreate(Strict):
     name: Name
     description: str = Field(default="", max_length=2000)
     group: str = GroupName
+    # "good": images of parts that pass inspection (tens of them), for the OK/NG verdict
+    kind: Literal["defect", "good"] = "defect"
 
 
 class ClassPublic(BaseModel):
@@ -70,8 +80,29 @@ class ClassPublic(BaseModel):
     name: str
     description: str
     group: str
+    kind: str
     image_count: int
     created_at: datetime
+
+
+class OmitUnset(BaseModel):
+    """A response whose `OPTIONAL` fields are left out when None (the contract's "?")."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        for k in self.OPTIONAL:
+            if out.get(k, 0) is None:
+                del out[k]
+        return out
+
+
+class AnomalyPublic(BaseModel):
+    score: float
+    threshold: float | None  # None: one good image cannot calibrate a threshold
+    anomalous: bool
 
 
 class ClassList(BaseModel):
@@ -87,6 +118,16 @@ class ImagePublic(BaseModel):
     width: int
     height: int
     created_at: datetime
+
+
+class GoodPartsReport(BaseModel):
+    """The group's good-parts memory as enrolled: what its threshold rests on."""
+
+    good_images: int
+    false_alarm_rate: float
+    threshold: float | None
+    calibrated_on: int  # leave-one-out scores of good images behind the threshold
+    warning: str | None
 
 
 class ClassReportPublic(BaseModel):
@@ -110,6 +151,7 @@ class GroupReportPublic(BaseModel):
     closest_pair: dict[str, str | float] | None
     classes: list[ClassReportPublic]
     warnings: list[str]
+    good_parts: GoodPartsReport | None = None
 
 
 class EnrolResponse(BaseModel):
@@ -154,7 +196,9 @@ class TopK(BaseModel):
     evidence: list[Evidence] | None = None
 
 
-class Result(BaseModel):
+class Result(OmitUnset):
+    OPTIONAL = ("anomaly", "verdict", "heatmap")
+
     id: int
     filename: str
     label: str | None
@@ -162,6 +206,9 @@ class Result(BaseModel):
     unknown: bool
     score: float
     top_k: list[TopK]
+    anomaly: AnomalyPublic | None = None
+    verdict: Literal["ok", "defect"] | None = None
+    heatmap: str | None = None  # data:image/png;base64,... with ?heatmap=true
 
 
 class ModelInfo(BaseModel):
@@ -260,8 +307,10 @@ class ResultFeedback(BaseModel):
     class_id: int | None
 
 
-class HistoryItem(BaseModel):
+class HistoryItem(OmitUnset):
     """A stored classification result, as the history shows it."""
+
+    OPTIONAL = ("verdict", "anomaly")
 
     id: int
     created_at: datetime
@@ -273,6 +322,19 @@ class HistoryItem(BaseModel):
     score: float
     method: str
     feedback: ResultFeedback | None = None
+    verdict: Literal["ok", "defect"] | None = None
+    anomaly: AnomalyPublic | None = None
+
+
+class FalseAlarmRate(Strict):
+    # None: back to the service-wide FSDI_ANOMALY_FALSE_ALARM_RATE
+    false_alarm_rate: float | None = Field(default=None, gt=0.0, le=0.5)
+
+
+class GroupAnomalySettings(BaseModel):
+    group: str
+    false_alarm_rate: float | None  # the group's own; None: the service-wide one applies
+    effective: float
 
 
 class HistoryPage(BaseModel):

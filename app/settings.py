@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     calib_floor: float = 0.25
     calib_ceiling: float = 0.95
     calib_fallback: float = 1.0
+    # Good parts (README, "Good parts and the verdict"): the share of good parts the
+    # anomaly threshold may flag, calibrated on each group's good images; a group can
+    # override it (PUT /api/v1/groups/{group}/anomaly).
+    anomaly_false_alarm_rate: float = Field(default=0.02, gt=0.0, le=0.5)
 
     # Limits: checked before work, every one a 4xx.
     max_request_bytes: int = 64 * 1024 * 1024

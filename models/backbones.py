@@ -55,11 +55,26 @@ class Backbone:
     # How the network is served: "fp32", or "int8" (static quantisation, ONNX Runtime
     # only; models/quantize.py). INT8 embeddings differ, so the version differs too.
     precision: str = "fp32"
+    # Trunk blocks whose feature maps give the local patch features of the good-parts
+    # memory (models.patchcore); empty: this backbone serves no patch features.
+    patch_layers: tuple[int, ...] = ()
+    patch_shape: tuple[int, int, int] = (0, 0, 0)  # (h, w, C), set by models.zoo
     _version: tuple[tuple[object, ...], str] | None = field(
         default=None, init=False, repr=False, compare=False)
 
-    def serving(self) -> ServingNet:
-        return ServingNet(self.net, self.preprocess).eval()
+    def serving(self, patches: bool = False) -> ServingNet:
+        """The served network; with `patches`, it also returns the patch features."""
+        layers = self.patch_layers if patches else ()
+        return ServingNet(self.net, self.preprocess, layers).eval()
+
+    @property
+    def patch_version(self) -> str:
+        """What stored patch features are keyed by: the embedding version plus the patch
+        recipe (blocks, neighbourhood, normalisation), so either changing means new ones."""
+        from models.patchcore.feature_extractor import RECIPE
+
+        layers = "+".join(str(i) for i in self.patch_layers)
+        return f"{self.version}/patches-b{layers}-{RECIPE}"
 
     @property
     def version(self) -> str:
@@ -75,25 +90,35 @@ class Backbone:
 
 
 class ServingNet(nn.Module):
-    """The network as served: (N, S, S, 3) uint8 in -> (N, D) embeddings out.
+    """The network as served: (N, S, S, 3) uint8 in -> (N, D) embeddings out, and with
+    `patch_layers` also (N, h, w, C) patch features (models.patchcore), taken from the
+    same forward pass.
 
     Normalisation lives inside the graph so ONNX Runtime does it vectorised, and the
     request path only decodes and resizes.
     """
 
-    def __init__(self, net: nn.Module, cfg: PreprocessConfig) -> None:
+    def __init__(self, net: nn.Module, cfg: PreprocessConfig,
+                 patch_layers: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.net = net
+        self.patch_layers = patch_layers
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(cfg.std))).view(1, 3, 1, 1))
         self.register_buffer("shift", (torch.tensor(cfg.mean) / torch.tensor(cfg.std)
                                        ).view(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = x.permute(0, 3, 1, 2).to(torch.float32)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         scale, shift = self.get_buffer("scale"), self.get_buffer("shift")
-        return self.net(x * scale - shift)  # type: ignore[no-any-return]
+        if not self.patch_layers:
+            return self.net(x * scale - shift)  # type: ignore[no-any-return]
+        from models.patchcore.feature_extractor import tapped
+
+        with tapped(self.net, self.patch_layers) as taps:
+            emb = self.net(x * scale - shift)
+        return emb, taps.patches()
 
 
 BackboneBuilder = Callable[[], Backbone]

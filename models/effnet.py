@@ -10,6 +10,9 @@ from torch import nn
 from models.backbones import Backbone, PreprocessConfig, load_state_dict_safely, register_backbone
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+# The good-parts memory's patch features (models.patchcore): the first and the last block
+# at 1/16 scale (80 and 112 channels; 14 x 14 at 224 px).
+PATCH_LAYERS = (5, 10)
 # "relu6": the trunk runs with the activation its weights were trained with (before it,
 # a Swish swap corrupted every feature).
 TRUNK_REVISION = "relu6"
@@ -54,6 +57,7 @@ def efficientnet_lite0() -> Backbone:
         preprocess=PreprocessConfig(input_size=224),
         weight_files=[path],
         revision=TRUNK_REVISION,
+        patch_layers=PATCH_LAYERS,
     )
 
 
@@ -78,4 +82,5 @@ def fsdi_lite0_meta() -> Backbone:
         weight_files=[path, META_HEAD],
         metric_dim=int(state["proj.weight"].shape[0]),
         revision=TRUNK_REVISION,
+        patch_layers=PATCH_LAYERS,
     )

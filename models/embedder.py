@@ -27,6 +27,22 @@ class Embedder(Protocol):
         """(N, S, S, C) uint8 -> (N, D) float32 unit vectors."""
         ...
 
+    def embed_packed(self, batch: np.ndarray) -> np.ndarray:
+        """(N, S, S, C) uint8 -> (N, D + h*w*C) float32: the embedding, then the patch
+        features (models.patchcore) of the same forward pass, flattened (`unpack`)."""
+        ...
+
+
+def unpack(rows: np.ndarray, backbone: Backbone) -> tuple[np.ndarray, np.ndarray]:
+    """Packed rows (N, D + h*w*C) -> embeddings (N, D) and patch features (N, h, w, C)."""
+    d = backbone.dim
+    return rows[:, :d], rows[:, d:].reshape(len(rows), *backbone.patch_shape)
+
+
+def _pack(emb: np.ndarray, patches: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(emb, np.float32),
+                           np.asarray(patches, np.float32).reshape(len(patches), -1)], axis=1)
+
 
 def pin_threads(threads: int) -> None:
     """One runtime, sized to the cores: oversubscribed runtimes were measured 40x slower."""
@@ -42,11 +58,19 @@ class TorchEmbedder:
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
         self.net = backbone.serving()
+        self.net_patches = backbone.serving(patches=True) if backbone.patch_layers else None
 
     @torch.inference_mode()
     def embed(self, batch: np.ndarray) -> np.ndarray:
         out = self.net(torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
-        return out.numpy().astype(np.float32, copy=False)
+        return out.numpy().astype(np.float32, copy=False)  # type: ignore[union-attr]
+
+    @torch.inference_mode()
+    def embed_packed(self, batch: np.ndarray) -> np.ndarray:
+        if self.net_patches is None:
+            raise ValueError(f"{self.backbone.name} serves no patch features")
+        emb, patches = self.net_patches(torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
+        return _pack(emb.numpy(), patches.numpy())
 
 
 def export_onnx(backbone: Backbone, target: Path) -> None:
@@ -67,16 +91,24 @@ def export_onnx(backbone: Backbone, target: Path) -> None:
 
 
 def _export(backbone: Backbone, path: str, s: int, channels: int) -> None:
+    """One graph, two outputs where the backbone serves patches: a caller that asks only
+    for the embeddings gets only what they need computed."""
+    outputs = ["embeddings"] + (["patches"] if backbone.patch_layers else [])
     torch.onnx.export(
-        backbone.serving(),
+        backbone.serving(patches=bool(backbone.patch_layers)),
         (torch.zeros(2, s, s, channels, dtype=torch.uint8),),
         path,
         input_names=["images"],
-        output_names=["embeddings"],
-        dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
+        output_names=outputs,
+        dynamic_axes={"images": {0: "n"}, **{o: {0: "n"} for o in outputs}},
         opset_version=17,
         dynamo=False,
     )
+
+
+def _has_outputs(session: object, backbone: Backbone) -> bool:
+    names = {o.name for o in session.get_outputs()}  # type: ignore[attr-defined]
+    return "embeddings" in names and (not backbone.patch_layers or "patches" in names)
 
 
 class OrtEmbedder:
@@ -100,8 +132,10 @@ class OrtEmbedder:
             self.session = ort.InferenceSession(
                 str(self.path), opts, providers=["CPUExecutionProvider"]
             )
+            if not _has_outputs(self.session, backbone):
+                raise ValueError("a cached export from before the patch output")
         except Exception:
-            # A damaged cache file: rebuild it once from the torch weights.
+            # A damaged or outdated cache file: rebuild it once from the torch weights.
             self._build()
             self.session = ort.InferenceSession(
                 str(self.path), opts, providers=["CPUExecutionProvider"]
@@ -125,6 +159,13 @@ class OrtEmbedder:
         x = np.ascontiguousarray(batch, dtype=np.uint8)
         (out,) = self.session.run(["embeddings"], {"images": x})
         return np.asarray(out, dtype=np.float32)
+
+    def embed_packed(self, batch: np.ndarray) -> np.ndarray:
+        if not self.backbone.patch_layers:
+            raise ValueError(f"{self.backbone.name} serves no patch features")
+        x = np.ascontiguousarray(batch, dtype=np.uint8)
+        emb, patches = self.session.run(["embeddings", "patches"], {"images": x})
+        return _pack(emb, patches)
 
 
 def make_embedder(backbone: Backbone, runtime: str, cache_dir: Path, threads: int) -> Embedder:

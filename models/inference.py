@@ -22,6 +22,7 @@ import numpy as np
 from models.calibration import CalibrationConfig, class_threshold
 from models.methods import FewShotMethod, create_method
 from models.methods.protonet import ProtoNet, euclidean
+from models.patchcore.torch_model import PatchMemory, calibrate_threshold
 
 EVIDENCE_PER_CLASS = 3
 
@@ -49,11 +50,12 @@ class ClassEntry:
     # unlike anything enrolled; None for single-part backbones.
     app_prototype: np.ndarray | None = None
     app_threshold: float = float("inf")
+    kind: str = "defect"  # "good": images of parts that pass inspection
 
 
 def make_entry(class_id: int, name: str, group: str, image_ids: Sequence[int],
-               vectors: Sequence[np.ndarray] | np.ndarray, layout: EmbeddingLayout
-               ) -> ClassEntry:
+               vectors: Sequence[np.ndarray] | np.ndarray, layout: EmbeddingLayout,
+               kind: str = "defect") -> ClassEntry:
     """A class from its stored vectors: prototype and threshold per embedding part."""
     full = np.stack(list(vectors)).astype(np.float32)
     support = np.ascontiguousarray(full[:, :layout.metric_dim])
@@ -61,7 +63,7 @@ def make_entry(class_id: int, name: str, group: str, image_ids: Sequence[int],
     proto = support.mean(axis=0)
     proto.setflags(write=False)
     entry = ClassEntry(class_id, name, group, support, tuple(image_ids), proto,
-                       class_threshold(support, layout.metric_calib))
+                       class_threshold(support, layout.metric_calib), kind=kind)
     if layout.app_calib is None:
         return entry
     app = full[:, layout.metric_dim:]
@@ -200,3 +202,131 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
         idx = np.argpartition(-scores, k - 1)[:k]
         return idx[np.argsort(-scores[idx], kind="stable")]
     return np.argsort(-scores, kind="stable")
+
+
+# -- good parts: anomaly score, threshold, verdict -----------------------------------------
+
+@dataclass(frozen=True)
+class GoodParts:
+    """A group's good images as a patch memory (models.patchcore), with the threshold
+    calibrated from their leave-one-out scores to the group's false-alarm rate."""
+
+    memory: PatchMemory
+    image_ids: tuple[int, ...]
+    false_alarm_rate: float
+    threshold: float
+    held_out: int  # how many leave-one-out scores the threshold rests on
+    warning: str | None
+
+    @classmethod
+    def build(cls, patches: np.ndarray, image_ids: Sequence[int], false_alarm_rate: float
+              ) -> GoodParts:
+        """(n, h, w, C) unit patch features of the group's good images."""
+        memory = PatchMemory(patches)
+        loo = memory.leave_one_out(patches)
+        thr, warning = calibrate_threshold(loo, false_alarm_rate)
+        return cls(memory, tuple(image_ids), false_alarm_rate, thr, len(loo), warning)
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    score: float  # higher: less like any good part (cosine distance, comparable in a group)
+    threshold: float
+    anomalous: bool
+    patch_map: np.ndarray  # (h, w) the heatmap: each patch's distance to the good parts
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """A query's whole answer. `index` is the GroupIndex that `decision` points into; it
+    is None when the part is anomalous and the group has no defect classes (the defect is
+    unknown). `anomaly` and `verdict` are None in groups without good images."""
+
+    index: GroupIndex | None
+    decision: Decision | None
+    anomaly: Anomaly | None
+    verdict: str | None  # "ok" | "defect"
+
+    @property
+    def unknown(self) -> bool:
+        return self.decision is None or self.decision.unknown
+
+    @property
+    def entry(self) -> ClassEntry | None:
+        if self.index is None or self.decision is None or self.decision.unknown:
+            return None
+        return self.index.entries[self.decision.best.index]
+
+
+@dataclass(frozen=True)
+class ServedGroup:
+    """Everything the service decides a group's queries with.
+
+    Without good images: the class decision over all classes, as `GroupIndex.decide`.
+    With them, the good parts decide OK/NG and the classes say which:
+    - anomalous (score > threshold): verdict "defect"; the label is the nearest *defect*
+      class, or unknown when it is rejected or the group has none (a new defect type);
+    - otherwise: verdict "ok"; the label is the nearest *good* class (a product variant),
+      never unknown.
+    """
+
+    index: GroupIndex
+    defects: GroupIndex | None = None
+    goods: GroupIndex | None = None
+    good_parts: GoodParts | None = None
+
+    @classmethod
+    def build(cls, index: GroupIndex, good_parts: GoodParts | None = None) -> ServedGroup:
+        if good_parts is None:
+            return cls(index)
+
+        def sub(kind: str) -> GroupIndex | None:
+            chosen = [e for e in index.entries if e.kind == kind]
+            if not chosen:
+                return None
+            return GroupIndex.build(index.group, chosen, index.metric_dim, index.temperature,
+                                    index.runtime)
+        return cls(index, sub("defect"), sub("good"), good_parts)
+
+    @property
+    def group(self) -> str:
+        return self.index.group
+
+    def anomalies(self, patches: np.ndarray) -> list[Anomaly]:
+        """(Q, h, w, C) query patch features -> one Anomaly each (good parts needed)."""
+        gp = self.good_parts
+        if gp is None:
+            raise ValueError(f"group {self.group!r} has no good images")
+        maps = gp.memory.distances(patches)
+        scores = gp.memory.image_scores(maps)
+        return [Anomaly(float(sc), gp.threshold, bool(sc > gp.threshold), m)
+                for sc, m in zip(scores, maps, strict=True)]
+
+    def inspect(self, embeddings: np.ndarray, patches: np.ndarray | None, top_k: int,
+                method: str = ProtoNet.name, threshold: float | None = None,
+                evidence: bool = False) -> list[Inspection]:
+        """The served answer for each query: embeddings (Q, D_full), patch features
+        (Q, h, w, C) (needed only when the group has good images)."""
+        if self.good_parts is None:
+            return [Inspection(self.index, d, None, None)
+                    for d in self.index.decide(embeddings, top_k, method, threshold, evidence)]
+        if patches is None:
+            raise ValueError("a group with good images needs the queries' patch features")
+        anomalies = self.anomalies(patches)
+        out: list[Inspection | None] = [None] * len(anomalies)
+        for flagged, idx in ((True, self.defects), (False, self.goods)):
+            rows = [i for i, a in enumerate(anomalies) if a.anomalous == flagged]
+            if not rows:
+                continue
+            verdict = "defect" if flagged else "ok"
+            if idx is None:
+                for i in rows:
+                    out[i] = Inspection(None, None, anomalies[i], verdict)
+                continue
+            ds = idx.decide(embeddings[rows], top_k, method, threshold if flagged else None,
+                            evidence)
+            for i, d in zip(rows, ds, strict=True):
+                # An OK part is one of the good variants, whatever its global distance.
+                out[i] = Inspection(idx, d if flagged else replace(d, unknown=False),
+                                    anomalies[i], verdict)
+        return [o for o in out if o is not None]

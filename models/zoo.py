@@ -26,6 +26,10 @@ def create_backbone(name: str, precision: str = "fp32") -> Backbone:
     with torch.no_grad():
         size = bb.preprocess.input_size
         bb.dim = int(bb.net(torch.zeros(1, 3, size, size)).shape[1])
+        if bb.patch_layers:
+            _, patches = bb.serving(patches=True)(
+                torch.zeros(1, size, size, bb.preprocess.channels, dtype=torch.uint8))
+            bb.patch_shape = tuple(int(v) for v in patches.shape[1:])  # type: ignore[assignment]
     bb.metric_dim = bb.metric_dim or bb.dim
     return bb
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import NotRequired, TypedDict, cast
 
 import numpy as np
-from sqlalchemy import Table, delete, false, func, insert, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from storage.tables import (
@@ -18,7 +18,9 @@ from storage.tables import (
     DefectClass,
     Embedding,
     Feedback,
+    GroupSetting,
     GroupVersion,
+    PatchFeatures,
     PushTarget,
     SupportImage,
     utcnow,
@@ -43,6 +45,81 @@ def vector_to_bytes(v: np.ndarray) -> bytes:
 
 def bytes_to_vector(b: bytes) -> np.ndarray:
     return np.frombuffer(b, dtype="<f4").astype(np.float32)
+
+
+def new_patches(patches: np.ndarray, patch_version: str, image_id: int | None = None
+                ) -> PatchFeatures:
+    """A good image's patch features (h, w, C) as a row: little-endian float16 bytes
+    (unit vectors: half precision moves a cosine distance by < 1e-3)."""
+    h, w, c = patches.shape
+    row = PatchFeatures(model_version=patch_version, grid_h=h, grid_w=w, channels=c,
+                        data=np.asarray(patches, dtype="<f2").tobytes())
+    if image_id is not None:
+        row.image_id = image_id
+    return row
+
+
+@dataclass(frozen=True)
+class StoredPatches:
+    image_id: int
+    class_id: int
+    patches: np.ndarray  # (h, w, C) float32
+
+
+def patches_for(s: Session, patch_version: str, class_ids: Sequence[int]
+                ) -> list[StoredPatches]:
+    """The stored patch features of these classes' images under one patch version."""
+    if not class_ids:
+        return []
+    q = (select(SupportImage.id, SupportImage.class_id, PatchFeatures.grid_h,
+                PatchFeatures.grid_w, PatchFeatures.channels, PatchFeatures.data)
+         .join(PatchFeatures, PatchFeatures.image_id == SupportImage.id)
+         .where(PatchFeatures.model_version == patch_version,
+                SupportImage.class_id.in_(list(class_ids)))
+         .order_by(SupportImage.id))
+    return [StoredPatches(i, c, np.frombuffer(d, dtype="<f2").astype(np.float32)
+                          .reshape(h, w, ch)) for i, c, h, w, ch, d in s.execute(q)]
+
+
+def _good_images(patch_version: str):  # type: ignore[no-untyped-def]
+    have = select(PatchFeatures.image_id).where(PatchFeatures.model_version == patch_version)
+    return (select(SupportImage.id)
+            .join(DefectClass, DefectClass.id == SupportImage.class_id)
+            .where(DefectClass.kind == "good", SupportImage.id.not_in(have)))
+
+
+def good_images_missing_patches(s: Session, patch_version: str, limit: int
+                                ) -> Sequence[SupportImage]:
+    ids = _good_images(patch_version)
+    return s.scalars(select(SupportImage).where(SupportImage.id.in_(ids))
+                     .order_by(SupportImage.id).limit(limit)).all()
+
+
+def count_good_images_missing_patches(s: Session, patch_version: str) -> int:
+    return int(s.scalar(select(func.count()).select_from(
+        _good_images(patch_version).subquery())) or 0)
+
+
+def drop_other_patch_versions(s: Session, patch_version: str) -> int:
+    res = s.execute(delete(PatchFeatures).where(PatchFeatures.model_version != patch_version))
+    return int(getattr(res, "rowcount", 0) or 0)
+
+
+def false_alarm_rates(s: Session, group: str | None = None) -> dict[str, float]:
+    """Per-group false-alarm rate overrides (groups without one are absent)."""
+    q = select(GroupSetting.group_name, GroupSetting.false_alarm_rate).where(
+        GroupSetting.false_alarm_rate.is_not(None))
+    if group is not None:
+        q = q.where(GroupSetting.group_name == group)
+    return {g: float(r) for g, r in s.execute(q) if r is not None}
+
+
+def set_false_alarm_rate(s: Session, group: str, rate: float | None) -> None:
+    row = s.get(GroupSetting, group)
+    if row is None:
+        s.add(GroupSetting(group_name=group, false_alarm_rate=rate))
+    else:
+        row.false_alarm_rate = rate
 
 
 # ---- classes ---------------------------------------------------------------------------
@@ -260,6 +337,9 @@ class ResultRow(TypedDict):
     model_version: str
     key_id: int | None
     image_ref: NotRequired[str | None]
+    verdict: NotRequired[str | None]
+    anomaly_score: NotRequired[float | None]
+    anomaly_threshold: NotRequired[float | None]
 
 
 def add_classifications(s: Session, rows: list[ResultRow], actors: str | list[str]
@@ -312,8 +392,8 @@ class ResultFilter:
     since: datetime | None = None
     until: datetime | None = None
     feedback: str | None = None
-    # An OK/NG verdict exists only for results judged against good parts; no stored
-    # result carries one yet, so asking for a verdict matches none.
+    # An OK/NG verdict exists only for results judged against good parts: asking for
+    # one leaves out results from groups without good images.
     verdict: str | None = None
 
 
@@ -350,7 +430,7 @@ def results_page(s: Session, f: ResultFilter, before_id: int | None, limit: int
     elif f.feedback in ("correct", "wrong"):
         q = q.where(Feedback.correct.is_(f.feedback == "correct"))
     if f.verdict is not None:
-        q = q.where(false())
+        q = q.where(ClassificationResult.verdict == f.verdict)
     if before_id is not None:
         q = q.where(ClassificationResult.id < before_id)
     q = q.order_by(ClassificationResult.id.desc()).limit(limit)

@@ -62,6 +62,8 @@ class DefectClass(Base):
     name: Mapped[str] = mapped_column(String(128))
     group_name: Mapped[str] = mapped_column(String(64), index=True)
     description: Mapped[str] = mapped_column(Text, default="")
+    # "defect", or "good": images of parts that pass inspection (the good-parts memory)
+    kind: Mapped[str] = mapped_column(String(8), default="defect", server_default="defect")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     images: Mapped[list[SupportImage]] = relationship(
         back_populates="defect_class", cascade="all, delete-orphan", passive_deletes=True
@@ -87,6 +89,9 @@ class SupportImage(Base):
     embeddings: Mapped[list[Embedding]] = relationship(
         back_populates="image", cascade="all, delete-orphan", passive_deletes=True
     )
+    patches: Mapped[list[PatchFeatures]] = relationship(
+        back_populates="image", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class Embedding(Base):
@@ -108,6 +113,28 @@ class Embedding(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
     image: Mapped[SupportImage] = relationship(back_populates="embeddings")
+
+
+class PatchFeatures(Base):
+    """A good image's patch features (models.patchcore) under one patch version:
+    (h, w, C) little-endian float16 unit vectors."""
+
+    __tablename__ = "patch_features"
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version", name="uq_patches_image_version"),
+        Index("ix_patch_features_version", "model_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("support_images.id", ondelete="CASCADE"), index=True
+    )
+    model_version: Mapped[str] = mapped_column(String(200))
+    grid_h: Mapped[int] = mapped_column(Integer)
+    grid_w: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    image: Mapped[SupportImage] = relationship(back_populates="patches")
 
 
 class ApiKey(Base):
@@ -144,6 +171,10 @@ class ClassificationResult(Base):
     model_version: Mapped[str] = mapped_column(String(128))
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # In groups with good images: the part's OK/NG answer and its anomaly score.
+    verdict: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    anomaly_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    anomaly_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Feedback(Base):
@@ -169,6 +200,15 @@ class GroupVersion(Base):
 
     group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger)
+
+
+class GroupSetting(Base):
+    """A group's own settings; a missing row or NULL means the service-wide setting."""
+
+    __tablename__ = "group_settings"
+
+    group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    false_alarm_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class PushTarget(Base):

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
 import numpy as np
 from fastapi import UploadFile
 
 from app.errors import Conflict, Unprocessable
-from app.schemas import ClassifyResponse, Evidence, ModelInfo, Result, TopK
+from app.schemas import AnomalyPublic, ClassifyResponse, Evidence, ModelInfo, Result, TopK
 from app.services.keys import Principal
 from app.services.results import PendingResults
 from app.services.runtime import Runtime
-from app.services.uploads import decode_all, read_parts
-from models.inference import Decision, GroupIndex
+from app.services.uploads import Upload, decode_all, read_parts
+from models.inference import Anomaly, Decision, GroupIndex, Inspection
+from models.patchcore.anomaly_map import heatmap_png
 
 
 def check_method(rt: Runtime, method: str | None) -> str:
@@ -25,7 +27,9 @@ def check_method(rt: Runtime, method: str | None) -> str:
     return name
 
 
-def top_k_of(index: GroupIndex, d: Decision) -> list[TopK]:
+def top_k_of(index: GroupIndex | None, d: Decision | None) -> list[TopK]:
+    if index is None or d is None:
+        return []
     return [TopK(class_id=index.entries[c.index].class_id, label=index.entries[c.index].name,
                  score=round(c.score, 6), distance=round(c.distance, 6),
                  threshold=round(c.threshold, 6),
@@ -34,37 +38,76 @@ def top_k_of(index: GroupIndex, d: Decision) -> list[TopK]:
             for c in d.top]
 
 
+def _score(i: Inspection) -> float:
+    """The class decision's score; an anomalous part with no defect class to name is
+    certain of nothing: 0."""
+    return 0.0 if i.decision is None else round(i.decision.best.score, 6)
+
+
+def _anomaly(a: Anomaly | None) -> AnomalyPublic | None:
+    if a is None:
+        return None
+    thr = round(a.threshold, 6) if np.isfinite(a.threshold) else None
+    return AnomalyPublic(score=round(a.score, 6), threshold=thr, anomalous=a.anomalous)
+
+
+def _heatmap(i: Inspection, u: Upload) -> str | None:
+    if i.anomaly is None:
+        return None
+    png = heatmap_png(i.anomaly.patch_map, i.anomaly.threshold, u.width, u.height)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _decide(rt: Runtime, group: str, full: np.ndarray, top_k: int, name: str,
+            threshold: float | None, evidence: bool) -> list[Inspection]:
+    served = rt.cache.served(group)
+    if served is None:  # deleted while the images were embedded
+        raise Conflict(f"group {group!r} has no classes with support images", code="empty_group")
+    for idx in (served.index, served.defects, served.goods):
+        if idx is not None:
+            idx.method(name)  # adapt once per (group, support-set version)
+    embeddings, patches = rt.unpack(full)
+    return served.inspect(embeddings, patches, top_k, name, threshold, evidence)
+
+
 async def classify(
     rt: Runtime, files: list[UploadFile], group: str, top_k: int, method: str | None,
-    threshold: float | None, evidence: bool, who: Principal,
+    threshold: float | None, evidence: bool, who: Principal, heatmap: bool = False,
 ) -> ClassifyResponse:
     """read -> decode -> embed -> decide (models.inference) -> store -> respond."""
     t0 = time.perf_counter()
     name = check_method(rt, method)
-    index = rt.cache.snapshot(group)
-    if index is None:
+    if rt.cache.served(group) is None:
         raise Conflict(f"group {group!r} has no classes with support images; enrol some first",
                        code="empty_group")
     parts = await read_parts(files, rt.settings)
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
-    if name not in index.fitted:  # adapt once per (group, support-set version), off the loop
-        await asyncio.to_thread(index.method, name)
-    decisions = index.decide(full, top_k, name, threshold, evidence)
+    # The patch search and any first fitting of a method run off the event loop.
+    inspections = await asyncio.to_thread(_decide, rt, group, full, top_k, name, threshold,
+                                          evidence)
     version = rt.backbone.version
-    labelled = [(d, None if d.unknown else index.entries[d.best.index]) for d in decisions]
     # Off the event loop, committed together with concurrent requests' results.
     ids = await rt.results.submit(PendingResults(group, uploads, [
         {"group_name": group, "filename": u.filename, "sha256": u.sha256,
          "class_id": e.class_id if e else None, "label": e.name if e else None,
-         "unknown": d.unknown, "score": round(d.best.score, 6), "method": name,
-         "model_version": version, "key_id": who.key_id}
-        for u, (d, e) in zip(uploads, labelled, strict=True)], who.actor))
+         "unknown": i.unknown, "score": _score(i), "method": name,
+         "model_version": version, "key_id": who.key_id, "verdict": i.verdict,
+         "anomaly_score": None if i.anomaly is None else round(i.anomaly.score, 6),
+         "anomaly_threshold": None if i.anomaly is None or not np.isfinite(i.anomaly.threshold)
+         else round(i.anomaly.threshold, 6)}
+        for u, i, e in zip(uploads, inspections, (i.entry for i in inspections), strict=True)],
+        who.actor))
+    maps = (await asyncio.to_thread(lambda: [_heatmap(i, u) for i, u in
+                                             zip(inspections, uploads, strict=True)])
+            if heatmap else [None] * len(uploads))
     results = [
-        Result(id=rid, filename=u.filename, unknown=d.unknown, score=round(d.best.score, 6),
-               top_k=top_k_of(index, d), label=e.name if e else None,
-               class_id=e.class_id if e else None)
-        for rid, u, (d, e) in zip(ids, uploads, labelled, strict=True)]
+        Result(id=rid, filename=u.filename, unknown=i.unknown, score=_score(i),
+               top_k=top_k_of(i.index, i.decision), label=e.name if e else None,
+               class_id=e.class_id if e else None, anomaly=_anomaly(i.anomaly),
+               verdict=i.verdict, heatmap=hm)  # type: ignore[arg-type]
+        for rid, u, i, e, hm in zip(ids, uploads, inspections,
+                                    (i.entry for i in inspections), maps, strict=True)]
     response = ClassifyResponse(results=results, model=ModelInfo(
         backbone=rt.backbone.name, method=name, version=version,
         runtime=rt.embedder.runtime if rt.embedder else "none"))

@@ -21,7 +21,7 @@ from storage.tables import DefectClass, SupportImage
 
 def class_public(c: DefectClass, count: int) -> ClassPublic:
     return ClassPublic(id=c.id, name=c.name, description=c.description, group=c.group_name,
-                       image_count=count, created_at=c.created_at)
+                       kind=c.kind, image_count=count, created_at=c.created_at)
 
 
 def image_public(i: SupportImage) -> ImagePublic:
@@ -37,11 +37,11 @@ def create_class(rt: Runtime, body: ClassCreate, who: Principal) -> ClassPublic:
                 raise Conflict(f"class {body.name!r} already exists in group {body.group!r}",
                                code="duplicate_class")
             c = DefectClass(name=body.name, description=body.description,
-                            group_name=body.group)
+                            group_name=body.group, kind=body.kind)
             s.add(c)
             s.flush()
             repo.audit(s, who.actor, "class.create", f"id={c.id} group={body.group} "
-                       f"name={body.name}")
+                       f"name={body.name} kind={body.kind}")
             return class_public(c, 0)
     except IntegrityError:  # a concurrent create won the race
         raise Conflict(f"class {body.name!r} already exists in group {body.group!r}",
@@ -92,26 +92,33 @@ async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, byte
         name = next(u.filename for u in uploads if u.sha256 in dupes)
         raise Conflict(f"{name}: this image is already enrolled in class {class_id}",
                        code="duplicate_image")
-    vectors = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
+    vectors, patches = rt.unpack(await rt.batcher.embed(np.stack([u.tensor for u in uploads])))
+    if cls.kind != "good":
+        patches = None  # only good images feed the patch memory
     created: list[str] = []
     try:
         for u in uploads:
             digest, new = await asyncio.to_thread(rt.blobs.put, u.data, u.sha256)
             if new:
                 created.append(digest)
-        images = _commit_images(rt, class_id, uploads, vectors, who)
+        images = _commit_images(rt, class_id, uploads, vectors, patches, who)
     except BaseException:
         await asyncio.to_thread(_remove_unreferenced, rt, created)
         raise
-    with rt.sessions() as s:
-        rt.cache.refresh_class(s, class_id, cls.group)  # type: ignore[union-attr]
+    # A good class rebuilds its group's patch memory and threshold: off the event loop.
+    await asyncio.to_thread(_refresh, rt, class_id, cls.group)
     rt.metrics.enrolled.inc(len(images))
-    rt.metrics.classes.set(rt.cache.class_count())  # type: ignore[union-attr]
+    rt.metrics.classes.set(rt.cache.class_count())
     return images, get_class(rt, class_id)
 
 
+def _refresh(rt: Runtime, class_id: int, group: str) -> None:
+    with rt.sessions() as s:
+        rt.cache.refresh_class(s, class_id, group)
+
+
 def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarray,
-                   who: Principal) -> list[ImagePublic]:
+                   patches: np.ndarray | None, who: Principal) -> list[ImagePublic]:
     bb = rt.backbone
     try:
         with rt.sessions.begin() as s:
@@ -119,12 +126,14 @@ def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarra
             if cls is None:
                 raise NotFound(f"class {class_id} not found")
             rows = []
-            for u, v in zip(uploads, vectors, strict=True):
+            for i, (u, v) in enumerate(zip(uploads, vectors, strict=True)):
                 img = SupportImage(class_id=class_id, sha256=u.sha256,
                                    original_name=u.filename, byte_size=len(u.data),
                                    width=u.width, height=u.height)
                 img.embeddings.append(repo.new_embedding(v, bb.name, bb.weights_sha256,
                                                          bb.version))
+                if patches is not None:
+                    img.patches.append(repo.new_patches(patches[i], bb.patch_version))
                 s.add(img)
                 rows.append(img)
             s.flush()
@@ -156,8 +165,7 @@ async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
         digests = repo.delete_class(s, c)
         repo.bump_group(s, group)
         repo.audit(s, who.actor, "class.delete", f"id={class_id} group={group}")
-    with rt.sessions() as s:
-        rt.cache.refresh_class(s, class_id, group)
+    await asyncio.to_thread(_refresh, rt, class_id, group)
     rt.metrics.classes.set(rt.cache.class_count())
     await asyncio.to_thread(_remove_unreferenced, rt, digests)
 
@@ -173,7 +181,6 @@ async def delete_image(rt: Runtime, class_id: int, image_id: int, who: Principal
         repo.bump_group(s, group)
         repo.audit(s, who.actor, "image.delete",
                    f"class={class_id} image={image_id} sha256={digest}")
-    with rt.sessions() as s:
-        rt.cache.refresh_class(s, class_id, group)
+    await asyncio.to_thread(_refresh, rt, class_id, group)
     rt.metrics.classes.set(rt.cache.class_count())
     await asyncio.to_thread(_remove_unreferenced, rt, [digest])

@@ -8,13 +8,14 @@ import io
 from collections.abc import Iterator
 
 from app.errors import Unprocessable
-from app.schemas import HistoryItem, HistoryPage, ResultFeedback
+from app.schemas import AnomalyPublic, HistoryItem, HistoryPage, ResultFeedback
 from app.services.runtime import Runtime
 from storage import repositories as repo
 from storage.repositories import HistoryRow, ResultFilter
 
 CSV_COLUMNS = ("id", "created_at", "group", "filename", "label", "class_id", "unknown",
-               "score", "method", "feedback_correct", "feedback_class_id")
+               "score", "method", "feedback_correct", "feedback_class_id", "verdict",
+               "anomaly_score", "anomaly_threshold")
 CSV_PAGE = 1000
 
 
@@ -34,9 +35,16 @@ def item(h: HistoryRow) -> HistoryItem:
     r = h.result
     fb = (None if h.feedback_correct is None
           else ResultFeedback(correct=h.feedback_correct, class_id=h.feedback_class_id))
+    anomaly = None
+    if r.anomaly_score is not None:
+        thr = r.anomaly_threshold
+        anomaly = AnomalyPublic(score=r.anomaly_score, threshold=thr,
+                                anomalous=r.verdict == "defect" if thr is None
+                                else r.anomaly_score > thr)
     return HistoryItem(id=r.id, created_at=r.created_at, group=r.group_name, filename=r.filename,
                        label=r.label, class_id=r.class_id, unknown=r.unknown,
-                       score=r.score, method=r.method, feedback=fb)
+                       score=r.score, method=r.method, feedback=fb,
+                       verdict=r.verdict, anomaly=anomaly)  # type: ignore[arg-type]
 
 
 def page(rt: Runtime, f: ResultFilter, cursor: str | None, limit: int) -> HistoryPage:
@@ -72,7 +80,9 @@ def csv_lines(rt: Runtime, f: ResultFilter, cursor: str | None = None) -> Iterat
                         r.label or "", "" if r.class_id is None else r.class_id,
                         str(r.unknown).lower(), r.score, r.method,
                         "" if h.feedback_correct is None else str(h.feedback_correct).lower(),
-                        "" if h.feedback_class_id is None else h.feedback_class_id))
+                        "" if h.feedback_class_id is None else h.feedback_class_id,
+                        r.verdict or "", "" if r.anomaly_score is None else r.anomaly_score,
+                        "" if r.anomaly_threshold is None else r.anomaly_threshold))
         if len(rows) < CSV_PAGE:
             return
         before = rows[-1].result.id

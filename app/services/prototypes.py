@@ -1,6 +1,7 @@
-"""The in-memory cache of group indexes (models.inference.GroupIndex).
+"""The in-memory cache of what each group is decided with (models.inference.ServedGroup:
+the classes' index and, where the group has good images, their patch memory).
 
-Readers take an immutable `GroupIndex`; writers build a new one and swap the whole
+Readers take an immutable `ServedGroup`; writers build a new one and swap the whole
 mapping in one reference assignment, so a request never sees a half-updated class. This
 module only reads rows, swaps and locks: every decision is models.inference's.
 """
@@ -8,51 +9,91 @@ module only reads rows, swaps and locks: every decision is models.inference's.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from models.inference import ClassEntry, EmbeddingLayout, GroupIndex, make_entry
+from models.inference import (
+    ClassEntry,
+    EmbeddingLayout,
+    GoodParts,
+    GroupIndex,
+    ServedGroup,
+    make_entry,
+)
 from storage import repositories as repo
+from storage.tables import DefectClass
 
 __all__ = ["EmbeddingLayout", "PrototypeCache"]
 
 
 class PrototypeCache:
     def __init__(self, model_version: str, layout: EmbeddingLayout, temperature: float = 0.05,
-                 runtime: str = "onnxruntime") -> None:
+                 runtime: str = "onnxruntime", patch_version: str | None = None,
+                 false_alarm_rate: float = 0.02) -> None:
         self.model_version = model_version
         self.layout = layout
         self.temperature = temperature
         self.runtime = runtime
-        self._groups: dict[str, GroupIndex] = {}
+        # None: this backbone serves no patch features, and no group has good parts
+        self.patch_version = patch_version
+        self.false_alarm_rate = false_alarm_rate
+        self._groups: dict[str, ServedGroup] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
+        self._good: dict[str, GoodParts] = {}
         self._lock = threading.Lock()
         self._published: dict[str, int] = {}  # per group: snapshots published so far
 
     def snapshot(self, group: str) -> GroupIndex | None:
+        """The group's class index (every class, good and defect)."""
+        served = self._groups.get(group)
+        return None if served is None else served.index
+
+    def served(self, group: str) -> ServedGroup | None:
         return self._groups.get(group)
 
     def class_count(self) -> int:
-        return sum(len(s.entries) for s in self._groups.values())
+        return sum(len(s.index.entries) for s in self._groups.values())
+
+    def _read(self, s: Session, classes: dict[int, DefectClass], group: str | None
+              ) -> tuple[dict[str, dict[int, ClassEntry]], dict[str, GoodParts]]:
+        """Entries and good parts of these classes (one group, or all with None)."""
+        by_class: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+        ids = None if group is None else list(classes)
+        for emb in repo.embeddings_for(s, self.model_version, ids):
+            cids, vecs = by_class.setdefault(emb.class_id, ([], []))
+            cids.append(emb.image_id)
+            vecs.append(emb.vector)
+        entries: dict[str, dict[int, ClassEntry]] = {}
+        for cid, (img_ids, vecs) in by_class.items():
+            c = classes[cid]
+            entries.setdefault(c.group_name, {})[cid] = make_entry(
+                cid, c.name, c.group_name, img_ids, vecs, self.layout, c.kind)
+        goods = [c for c in classes.values() if c.kind == "good" and c.id in by_class]
+        good: dict[str, GoodParts] = {}
+        if self.patch_version is not None and goods:
+            rates = repo.false_alarm_rates(s, group)
+            rows: dict[str, list[repo.StoredPatches]] = {}
+            for p in repo.patches_for(s, self.patch_version, [c.id for c in goods]):
+                rows.setdefault(classes[p.class_id].group_name, []).append(p)
+            for g, ps in rows.items():
+                good[g] = self._good_parts(ps, rates.get(g, self.false_alarm_rate))
+        return entries, good
+
+    @staticmethod
+    def _good_parts(rows: Sequence[repo.StoredPatches], rate: float) -> GoodParts:
+        return GoodParts.build(np.stack([p.patches for p in rows]),
+                               [p.image_id for p in rows], rate)
 
     def load_all(self, s: Session) -> None:
         """Build every group from the database (start-up, or after re-embedding)."""
         classes = {c.id: c for c in repo.list_classes(s)}
-        by_class: dict[int, tuple[list[int], list[np.ndarray]]] = {}
-        for emb in repo.embeddings_for(s, self.model_version):
-            ids, vecs = by_class.setdefault(emb.class_id, ([], []))
-            ids.append(emb.image_id)
-            vecs.append(emb.vector)
-        entries: dict[str, dict[int, ClassEntry]] = {}
-        for cid, (ids, vecs) in by_class.items():
-            c = classes[cid]
-            entries.setdefault(c.group_name, {})[cid] = make_entry(
-                cid, c.name, c.group_name, ids, vecs, self.layout
-            )
+        entries, good = self._read(s, classes, None)
         with self._lock:
             self._entries = entries
-            self._groups = {g: self._build(g, e) for g, e in entries.items()}
+            self._good = good
+            self._groups = {g: self._build(g, e, good.get(g)) for g, e in entries.items()}
 
     def refresh_group(self, s: Session, group: str) -> bool:
         """Re-read a whole group (another replica changed it). Returns False, publishing
@@ -61,47 +102,73 @@ class PrototypeCache:
         sync), so the caller reads again later."""
         seen = self._published.get(group, 0)
         classes = {c.id: c for c in repo.list_classes(s, group)}
-        by_class: dict[int, tuple[list[int], list[np.ndarray]]] = {}
-        for emb in repo.embeddings_for(s, self.model_version, list(classes)):
-            ids, vecs = by_class.setdefault(emb.class_id, ([], []))
-            ids.append(emb.image_id)
-            vecs.append(emb.vector)
-        fresh = {cid: make_entry(cid, classes[cid].name, group, ids, vecs, self.layout)
-                 for cid, (ids, vecs) in by_class.items()}
+        entries, good = self._read(s, classes, group)
         with self._lock:
             if self._published.get(group, 0) != seen:
                 return False
-            self._publish(group, fresh)
+            self._publish(group, entries.get(group, {}), good.get(group))
         return True
 
     def refresh_class(self, s: Session, class_id: int, group: str) -> None:
-        """Re-read one class from the database and swap in its group's new snapshot."""
+        """Re-read one class from the database and swap in its group's new snapshot; a
+        good class (or one that was) rebuilds the group's good-parts memory too."""
         cls = repo.get_class(s, class_id)
         rows = repo.embeddings_for(s, self.model_version, [class_id]) if cls else []
+        was_good = any(e.kind == "good" for e in self._entries.get(group, {}).values()
+                       if e.class_id == class_id)
+        good = self._good.get(group)
+        if was_good or (cls is not None and cls.kind == "good"):
+            good = self._read_good(s, group)
         with self._lock:
             group_entries = dict(self._entries.get(group, {}))
             if rows and cls is not None:
                 group_entries[class_id] = make_entry(
                     class_id, cls.name, group, [r.image_id for r in rows],
-                    [r.vector for r in rows], self.layout,
+                    [r.vector for r in rows], self.layout, cls.kind,
                 )
             else:
                 group_entries.pop(class_id, None)
-            self._publish(group, group_entries)
+            self._publish(group, group_entries, good)
 
-    def _publish(self, group: str, group_entries: dict[int, ClassEntry]) -> None:
+    def refresh_good(self, s: Session, group: str) -> None:
+        """Rebuild the group's good-parts memory (its false-alarm rate changed)."""
+        good = self._read_good(s, group)
+        with self._lock:
+            self._publish(group, dict(self._entries.get(group, {})), good)
+
+    def _read_good(self, s: Session, group: str) -> GoodParts | None:
+        if self.patch_version is None:
+            return None
+        goods = [c.id for c in repo.list_classes(s, group) if c.kind == "good"]
+        rows = repo.patches_for(s, self.patch_version, goods)
+        if not rows:
+            return None
+        rate = repo.false_alarm_rates(s, group).get(group, self.false_alarm_rate)
+        return self._good_parts(rows, rate)
+
+    def _publish(self, group: str, group_entries: dict[int, ClassEntry],
+                 good: GoodParts | None) -> None:
         entries = dict(self._entries)
+        goods = dict(self._good)
         groups = dict(self._groups)
         if group_entries:
             entries[group] = group_entries
-            groups[group] = self._build(group, group_entries)
+            if good is not None:
+                goods[group] = good
+            else:
+                goods.pop(group, None)
+            groups[group] = self._build(group, group_entries, good)
         else:
             entries.pop(group, None)
+            goods.pop(group, None)
             groups.pop(group, None)
         self._entries = entries
+        self._good = goods
         self._groups = groups  # the atomic swap readers see
         self._published[group] = self._published.get(group, 0) + 1
 
-    def _build(self, group: str, entries: dict[int, ClassEntry]) -> GroupIndex:
-        return GroupIndex.build(group, (entries[k] for k in sorted(entries)),
-                                self.layout.metric_dim, self.temperature, self.runtime)
+    def _build(self, group: str, entries: dict[int, ClassEntry], good: GoodParts | None
+               ) -> ServedGroup:
+        index = GroupIndex.build(group, (entries[k] for k in sorted(entries)),
+                                 self.layout.metric_dim, self.temperature, self.runtime)
+        return ServedGroup.build(index, good)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from app.errors import NotFound
-from app.schemas import ClassReportPublic, GroupReportPublic
+from app.schemas import ClassReportPublic, GoodPartsReport, GroupReportPublic
 from app.services.runtime import Runtime
 from models.report import group_report
 
@@ -33,6 +35,17 @@ def report_for(rt: Runtime, group: str) -> GroupReportPublic:
     if r.closest_pair:
         a, b, d = r.closest_pair
         closest = {"a": e[a].name, "b": e[b].name, "distance": round(d, 4)}
+    warnings = [f"{c.label}: {c.warning}" for c in classes if c.warning]
+    good = None
+    served = rt.cache.served(group)
+    gp = served.good_parts if served is not None else None
+    if gp is not None:
+        good = GoodPartsReport(
+            good_images=gp.memory.n_good, false_alarm_rate=gp.false_alarm_rate,
+            threshold=round(gp.threshold, 6) if math.isfinite(gp.threshold) else None,
+            calibrated_on=gp.held_out, warning=gp.warning)
+        if gp.warning:
+            warnings.append(f"good parts: {gp.warning}")
     return GroupReportPublic(group=group, loo_evaluated=r.evaluated, loo_accuracy=r.accuracy,
                              most_confused=confusable, closest_pair=closest, classes=classes,
-                             warnings=[f"{c.label}: {c.warning}" for c in classes if c.warning])
+                             warnings=warnings, good_parts=good)

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +23,7 @@ from app.services.results import GroupCommit, PendingResults, ResultStore, write
 from app.services.threadnames import name_this_thread
 from app.settings import Settings
 from models.backbones import Backbone
-from models.embedder import Embedder, make_embedder
+from models.embedder import Embedder, make_embedder, unpack
 from models.inference import EmbeddingLayout
 from models.methods import available_methods, create_method
 from models.methods.siamese import Siamese
@@ -97,7 +98,9 @@ class Runtime:
         self.results: GroupCommit[PendingResults, list[int]] = GroupCommit(
             self._write_results, name="fsdi-results")
         s = settings
-        self.batcher = MicroBatcher(lambda batch: self.embedder.embed(batch), s.batch_max_size,
+        # Every forward pass returns the embedding and the patch features together
+        # (models.embedder.unpack), so a group with good parts costs no second pass.
+        self.batcher = MicroBatcher(self._forward, s.batch_max_size,
                                     s.batch_max_wait_ms, s.queue_max_images,
                                     self.metrics.batch_size.observe, streams=s.streams)
         self._push_lock = threading.Lock()
@@ -136,6 +139,15 @@ class Runtime:
         """The Siamese verifier; None when this backbone has no Siamese weights."""
         return self.loaded.siamese
 
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        e = self.embedder
+        return e.embed_packed(batch) if e.backbone.patch_layers else e.embed(batch)
+
+    def unpack(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The batcher's rows -> embeddings (N, D) and patch features (N, h, w, C) or None."""
+        bb = self.backbone
+        return unpack(rows, bb) if bb.patch_layers else (rows, None)
+
     def _write_results(self, items: list[PendingResults]) -> list[list[int]]:
         return write_results(ResultStore(self.sessions, self.packs,
                                          self.settings.keep_query_images,
@@ -155,11 +167,10 @@ class Runtime:
                 self.open_database()
             self._bootstrap_admin()
             backbone, embedder, siamese = self._build_model()
-            missing = self._missing_embeddings(backbone.version)
+            missing = self._missing_embeddings(backbone)
             if missing:
-                # Never mix embedding versions: classes would silently lose images.
-                self.failed = (f"{missing} support image(s) have no embedding for "
-                               f"{backbone.version}; run `fsdi reembed`")
+                # Never mix versions: classes would silently lose images.
+                self.failed = f"{missing} for {backbone.version}; run `fsdi reembed`"
                 log.error(self.failed)
                 return
             cache = self._build_cache(backbone)
@@ -195,16 +206,25 @@ class Runtime:
         siamese = Siamese(dim=backbone.metric_dim) if "siamese" in self.methods else None
         return backbone, embedder, siamese
 
-    def _missing_embeddings(self, version: str) -> int:
+    def _missing_embeddings(self, backbone: Backbone) -> str:
+        """What the stored support set lacks for this backbone ("" when nothing)."""
         with self.sessions() as s:
-            return repo.count_images_missing_version(s, version)
+            emb = repo.count_images_missing_version(s, backbone.version)
+            patches = (repo.count_good_images_missing_patches(s, backbone.patch_version)
+                       if backbone.patch_layers else 0)
+        parts = [f"{emb} support image(s) have no embedding"] if emb else []
+        if patches:
+            parts.append(f"{patches} good image(s) have no patch features")
+        return " and ".join(parts)
 
     def _build_cache(self, backbone: Backbone) -> PrototypeCache:
         """Push targets, the replica versions seen, a sweep of orphaned blobs, and every
         group's index, read in one session."""
         s_ = self.settings
         cache = PrototypeCache(backbone.version, layout_for(backbone, s_), s_.temperature,
-                               s_.runtime)
+                               s_.runtime,
+                               backbone.patch_version if backbone.patch_layers else None,
+                               s_.anomaly_false_alarm_rate)
         with self.sessions() as s:
             self.load_push_targets(s)
             self._seen_versions = repo.group_versions(s)  # before loading: never miss one

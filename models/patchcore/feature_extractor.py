@@ -1,29 +1,87 @@
-"""Local patch features from named layers of the EfficientNet-Lite trunk.
+"""Local patch features from named blocks of the EfficientNet-Lite trunk, taken from the
+served network's own forward pass (`tapped`), so the good-parts memory costs no second
+run of the trunk.
 
-Shapes: (N, 3, S, S) normalised images -> (N, C, S/16, S/16) unit-norm patch features,
-C = the named blocks' channels (Lite0 blocks 5 and 10: 80 + 112 = 192).
+Each named block's output is averaged over a 3 x 3 neighbourhood (a patch sees a little
+context, as in PatchCore), resized to the deepest block's grid, and the blocks are
+concatenated; each patch vector is then L2-normalised (distances are cosine distances).
+Shapes: block maps (N, C_i, h, w) -> (N, h, w, C) channels-last unit vectors,
+C = the named blocks' channels (Lite0 blocks 5 and 10: 80 + 112 = 192, h = w = S/16).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+POOL = 3
+# Names the recipe below (neighbourhood, fusion, normalisation): change it with the code,
+# so stored patch features of the old recipe are recomputed (`fsdi reembed`).
+RECIPE = f"avg{POOL}-bilinear-l2"
+
+
+def patch_features(maps: list[torch.Tensor], pool: int = POOL) -> torch.Tensor:
+    """Block outputs, shallow to deep -> (N, h, w, C) unit patch vectors."""
+    smooth = nn.functional.avg_pool2d
+    taken = [smooth(m, pool, stride=1, padding=pool // 2, count_include_pad=False)
+             for m in maps]
+    size = taken[-1].shape[-2:]
+    feats = torch.cat([f if f.shape[-2:] == size else
+                       nn.functional.interpolate(f, size=size, mode="bilinear",
+                                                 align_corners=False) for f in taken], 1)
+    return nn.functional.normalize(feats, dim=1).permute(0, 2, 3, 1).contiguous()
+
+
+def find_trunk(net: nn.Module) -> Any:
+    """The EfficientNet trunk inside a served network (the module with `_blocks`)."""
+    for m in net.modules():
+        if hasattr(m, "_blocks"):
+            return m
+    raise ValueError(f"{type(net).__name__} has no EfficientNet trunk to take patches from")
+
+
+class Taps:
+    def __init__(self, layers: tuple[int, ...]) -> None:
+        self.layers = tuple(sorted(layers))
+        self.maps: dict[int, torch.Tensor] = {}
+
+    def patches(self) -> torch.Tensor:
+        missing = [i for i in self.layers if i not in self.maps]
+        if missing:
+            raise RuntimeError(f"trunk blocks {missing} did not run")
+        return patch_features([self.maps[i] for i in self.layers])
+
+
+@contextlib.contextmanager
+def tapped(net: nn.Module, layers: tuple[int, ...]) -> Iterator[Taps]:
+    """Record the outputs of the trunk's named blocks while `net` runs (forward hooks,
+    removed on exit; they trace into the ONNX export like any other op)."""
+    trunk = find_trunk(net)
+    taps = Taps(layers)
+    handles = []
+    for i in taps.layers:
+        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor, i: int = i) -> None:
+            taps.maps[i] = out
+        handles.append(trunk._blocks[i].register_forward_hook(hook))
+    try:
+        yield taps
+    finally:
+        for h in handles:
+            h.remove()
+
 
 class PatchFeatureExtractor(nn.Module):
-    """Runs the trunk only as far as its deepest named block. Each named block's output is
-    averaged over a `pool` x `pool` neighbourhood (a patch sees a little context, as in
-    PatchCore), resized to the deepest block's grid, and the blocks are concatenated;
-    each patch vector is then L2-normalised (distances are cosine distances)."""
+    """The trunk alone, run only as far as its deepest named block:
+    (N, 3, S, S) normalised images -> (N, h, w, C) unit patch vectors."""
 
-    def __init__(self, trunk: nn.Module, layers: tuple[int, ...] = (5, 10), pool: int = 3
-                 ) -> None:
+    def __init__(self, trunk: nn.Module, layers: tuple[int, ...] = (5, 10)) -> None:
         super().__init__()
         self.trunk = trunk
         self.layers = tuple(sorted(layers))
-        self.pool = nn.AvgPool2d(pool, stride=1, padding=pool // 2, count_include_pad=False)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,11 +91,7 @@ class PatchFeatureExtractor(nn.Module):
         for i, block in enumerate(t._blocks):
             h = block(h)
             if i in self.layers:
-                taken.append(self.pool(h))
+                taken.append(h)
             if i == self.layers[-1]:
                 break
-        size = taken[-1].shape[-2:]
-        feats = torch.cat([f if f.shape[-2:] == size else
-                           nn.functional.interpolate(f, size=size, mode="bilinear",
-                                                     align_corners=False) for f in taken], 1)
-        return nn.functional.normalize(feats, dim=1)
+        return patch_features(taken)

@@ -1,7 +1,7 @@
 """The patch memory: good images' patch features, a query's distance map, its image score,
 and a threshold calibrated from the good images alone.
 
-Shapes: patches (N, C, h, w) unit vectors -> distance maps (N, h, w) in [0, 2] (cosine
+Shapes: patches (N, h, w, C) unit vectors -> distance maps (N, h, w) in [0, 2] (cosine
 distance to the nearest good patch) -> image scores (N,) = the mean of the map's top
 `top_fraction` of patches (at least one), so score and heatmap never disagree.
 """
@@ -14,26 +14,37 @@ import numpy as np
 
 from models.patchcore.sampler import KCenterGreedy
 
+TOP_FRACTION = 0.01
+# Leave-one-out calibration scores at most this many good images (spread evenly over the
+# enrolment order): exact leave-one-out costs n^2 and a threshold at a 2% false-alarm
+# rate is as well resolved by 64 scores as by 200.
+MAX_HELD_OUT = 64
+
 
 class PatchMemory:
     def __init__(self, good: np.ndarray, sampler: KCenterGreedy | None = None,
-                 top_fraction: float = 0.01, chunk: int = 4096) -> None:
-        n, c, h, w = good.shape
-        flat = good.transpose(0, 2, 3, 1).reshape(n * h * w, c).astype(np.float32)
+                 top_fraction: float = TOP_FRACTION, chunk: int = 4096) -> None:
+        n, h, w, c = good.shape
+        flat = np.ascontiguousarray(good, dtype=np.float32).reshape(n * h * w, c)
         owner = np.repeat(np.arange(n), h * w)
         keep = sampler.select(flat) if sampler is not None else np.arange(len(flat))
         self.bank = np.ascontiguousarray(flat[keep])  # (M, C)
+        self.bank.setflags(write=False)
         self.owner = owner[keep]  # (M,) which good image each bank patch came from
         self.n_good = n
         self.grid = (h, w)
         self.top_fraction = top_fraction
         self.chunk = chunk
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.bank.nbytes + self.owner.nbytes)
+
     def distances(self, patches: np.ndarray, exclude: int | None = None) -> np.ndarray:
-        """(N, C, h, w) -> (N, h, w) cosine distance of each patch to its nearest bank
+        """(N, h, w, C) -> (N, h, w) cosine distance of each patch to its nearest bank
         patch; `exclude` leaves one good image's own patches out (leave-one-out)."""
-        n, c, h, w = patches.shape
-        q = patches.transpose(0, 2, 3, 1).reshape(-1, c).astype(np.float32)
+        n, h, w, c = patches.shape
+        q = np.ascontiguousarray(patches, dtype=np.float32).reshape(-1, c)
         bank = self.bank if exclude is None else self.bank[self.owner != exclude]
         best = np.empty(len(q), np.float32)
         for i in range(0, len(q), self.chunk):
@@ -46,13 +57,18 @@ class PatchMemory:
         k = max(1, math.ceil(self.top_fraction * flat.shape[1]))
         return np.sort(flat, axis=1)[:, -k:].mean(axis=1)
 
-    def leave_one_out(self, good: np.ndarray) -> np.ndarray:
-        """(n, C, h, w) the bank's own good images -> (n,) each one's score against the
-        bank without its patches: honest samples of how a good part scores."""
+    def leave_one_out(self, good: np.ndarray, max_held_out: int | None = MAX_HELD_OUT
+                      ) -> np.ndarray:
+        """(n, h, w, C) the bank's own good images -> the scores of up to `max_held_out`
+        of them (evenly spread), each against the bank without its own patches: honest
+        samples of how a good part scores."""
         if self.n_good < 2:
             return np.zeros(0, np.float32)
-        return np.array([self.image_scores(self.distances(good[i:i + 1], exclude=i))[0]
-                         for i in range(len(good))], np.float32)
+        n = len(good)
+        held = (np.arange(n) if max_held_out is None or n <= max_held_out
+                else np.unique(np.linspace(0, n - 1, max_held_out).round().astype(int)))
+        return np.array([self.image_scores(self.distances(good[i:i + 1], exclude=int(i)))[0]
+                         for i in held], np.float32)
 
 
 def calibrate_threshold(loo: np.ndarray, false_alarm_rate: float) -> tuple[float, str | None]:

@@ -41,13 +41,18 @@ async def classify(
     method: Annotated[str | None, Query(max_length=32)] = None,
     threshold: Annotated[float | None, Query(gt=0, le=4)] = None,
     evidence: bool = False,
+    heatmap: Annotated[bool, Query(description=(
+        "add each image's anomaly heatmap (grey PNG data URL) in groups with good images"
+    ))] = False,
 ) -> Response:
     """Classify each uploaded image; `threshold` overrides every class's calibrated
-    rejection distance; `evidence=true` adds the nearest support images per class."""
+    rejection distance; `evidence=true` adds the nearest support images per class. In a
+    group with good images each result also carries `anomaly` and the OK/NG `verdict`."""
     if top_k > rt.settings.max_top_k:
         raise Unprocessable(f"top_k must be at most {rt.settings.max_top_k} (FSDI_MAX_TOP_K)",
                             code="top_k_too_large")
-    out = await svc.classify(rt, files, group, top_k, method, threshold, evidence, who)
+    out = await svc.classify(rt, files, group, top_k, method, threshold, evidence, who,
+                             heatmap)
     # Built and typed by the service already: serialise once, skip re-validation.
     return Response(out.model_dump_json(), media_type="application/json")
 

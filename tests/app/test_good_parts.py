@@ -1,0 +1,151 @@
+"""Good classes, the anomaly score, the OK/NG verdict and the heatmap through the REST API
+(contract: "Good parts, anomaly and heatmaps"), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import io
+import uuid
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from bench.imagegen import draw_defect, png_bytes, sample, surface
+from tests.app.conftest import as_files
+
+
+def wide(surface_name: str, defect: str | None, seed: int) -> bytes:
+    """A 240 x 160 part: the heatmap must keep this aspect."""
+    rng = np.random.default_rng(seed)
+    img = surface(surface_name, rng, 240).crop((0, 40, 240, 200))
+    return png_bytes(draw_defect(img, defect, rng) if defect else img)
+
+
+def good_group(client: TestClient, n_good: int = 12) -> tuple[str, int, int]:
+    grp = f"g-{uuid.uuid4().hex[:8]}"
+    good = client.post("/api/v1/classes", json={"name": "ok", "group": grp, "kind": "good"})
+    assert good.status_code == 201 and good.json()["kind"] == "good"
+    bad = client.post("/api/v1/classes", json={"name": "scratch", "group": grp})
+    assert bad.json()["kind"] == "defect"
+    for start in range(0, n_good, 10):  # the test app takes 12 files per request
+        r = client.post(f"/api/v1/classes/{good.json()['id']}/images",
+                        files=as_files([(f"ok{i}.png", sample("brick", None, 500 + i))
+                                        for i in range(start, min(n_good, start + 10))]))
+        assert r.status_code == 201, r.text
+    report = r.json()["report"]["good_parts"]
+    assert report["good_images"] == n_good and report["calibrated_on"] == n_good
+    assert report["false_alarm_rate"] == 0.02 and report["threshold"] > 0
+    # 12 good images cannot resolve a 2% false-alarm rate: the report says so
+    assert "enrol more good parts" in report["warning"]
+    r = client.post(f"/api/v1/classes/{bad.json()['id']}/images",
+                    files=as_files([(f"s{i}.png", sample("brick", "scratch", 600 + i))
+                                    for i in range(3)]))
+    assert r.status_code == 201
+    return grp, good.json()["id"], bad.json()["id"]
+
+
+def test_verdict_anomaly_and_heatmap(client: TestClient) -> None:
+    grp, good_id, bad_id = good_group(client)
+    queries = ([(f"good{i}.png", wide("brick", None, 700 + i)) for i in range(5)]
+               + [(f"hole{i}.png", wide("brick", "hole", 800 + i)) for i in range(5)]
+               + [(f"scratch{i}.png", wide("brick", "scratch", 900 + i)) for i in range(2)])
+    r = client.post("/api/v1/classify", params={"group": grp, "heatmap": "true"},
+                    files=as_files(queries))
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    for x in res:
+        a = x["anomaly"]
+        assert set(a) == {"score", "threshold", "anomalous"}
+        assert a["anomalous"] == (a["score"] > a["threshold"])
+        assert x["verdict"] == ("defect" if a["anomalous"] else "ok")
+        if x["verdict"] == "ok":  # an OK part is named by its good class
+            assert x["label"] == "ok" and x["class_id"] == good_id and not x["unknown"]
+        else:  # a defective one by a defect class, or unknown
+            assert x["label"] in ("scratch", None)
+    good = [x for x in res if x["filename"].startswith("good")]
+    bad = [x for x in res if not x["filename"].startswith("good")]
+    assert sum(x["verdict"] == "ok" for x in good) >= 4
+    assert sum(x["verdict"] == "defect" for x in bad) >= 6
+    # a defect type never enrolled (holes) is caught by the good parts; every good part
+    # scores below every hole
+    assert max(x["anomaly"]["score"] for x in good) < min(
+        x["anomaly"]["score"] for x in bad if x["filename"].startswith("hole"))
+    # the heatmap: a grey PNG with the input's aspect, brighter where the defect is
+    img = Image.open(io.BytesIO(base64.b64decode(res[5]["heatmap"].split(",", 1)[1])))
+    assert res[5]["heatmap"].startswith("data:image/png;base64,")
+    assert img.mode == "L" and img.size[1] >= 28
+    assert abs(img.size[0] / img.size[1] - 240 / 160) < 0.02
+    calm = np.asarray(Image.open(io.BytesIO(base64.b64decode(res[0]["heatmap"].split(",")[1]))))
+    assert np.asarray(img).max() > calm.max()
+    # without ?heatmap, no heatmap; without good classes, neither anomaly nor verdict
+    r = client.post("/api/v1/classify", params={"group": grp}, files=as_files(queries[:1]))
+    assert "heatmap" not in r.json()["results"][0] and "verdict" in r.json()["results"][0]
+
+
+def test_history_carries_verdicts_and_filters_by_them(client: TestClient) -> None:
+    grp, _, _ = good_group(client)
+    queries = [("g.png", sample("brick", None, 1700)), ("h.png", sample("brick", "hole", 1800))]
+    res = client.post("/api/v1/classify", params={"group": grp},
+                      files=as_files(queries)).json()["results"]
+    verdicts = {x["filename"]: x["verdict"] for x in res}
+    assert verdicts == {"g.png": "ok", "h.png": "defect"}
+    items = client.get("/api/v1/results", params={"group": grp}).json()["items"]
+    assert {i["filename"]: i["verdict"] for i in items} == verdicts
+    assert all(i["anomaly"]["score"] == x["anomaly"]["score"]
+               for i in items for x in res if x["id"] == i["id"])
+    ng = client.get("/api/v1/results", params={"group": grp, "verdict": "defect"}).json()
+    assert [i["filename"] for i in ng["items"]] == ["h.png"]
+    text = client.get("/api/v1/results.csv", params={"group": grp}).text
+    header, *rows = text.strip().splitlines()
+    assert header.endswith("verdict,anomaly_score,anomaly_threshold")
+    assert {r.split(",")[3]: r.split(",")[-3] for r in rows} == verdicts
+
+
+def test_false_alarm_rate_per_group(client: TestClient) -> None:
+    grp, good_id, _ = good_group(client, n_good=16)
+    before = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
+    r = client.get(f"/api/v1/groups/{grp}/anomaly")
+    assert r.json() == {"group": grp, "false_alarm_rate": None, "effective": 0.02}
+    r = client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": 0.25})
+    assert r.status_code == 200 and r.json()["effective"] == 0.25
+    after = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
+    assert after["false_alarm_rate"] == 0.25 and after["warning"] is None
+    assert after["threshold"] < before["threshold"]  # a lower quantile of the same scores
+    for bad in (0, 0.7, "x"):
+        r = client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": bad})
+        assert r.status_code == 422, bad
+    r = client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": None})
+    assert r.json()["effective"] == 0.02
+    assert client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"] == before
+
+
+def test_good_class_removal_and_groups_without_good_parts(client: TestClient) -> None:
+    grp, good_id, bad_id = good_group(client)
+    q = as_files([("q.png", sample("brick", None, 1900))])
+    assert "verdict" in client.post("/api/v1/classify", params={"group": grp},
+                                    files=q).json()["results"][0]
+    assert client.delete(f"/api/v1/classes/{good_id}").status_code == 204
+    res = client.post("/api/v1/classify", params={"group": grp}, files=q).json()["results"][0]
+    assert "verdict" not in res and "anomaly" not in res and res["label"] == "scratch"
+    assert client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"] is None
+    r = client.post("/api/v1/classes", json={"name": "x", "group": grp, "kind": "great"})
+    assert r.status_code == 422
+
+
+def test_group_of_good_classes_only(client: TestClient) -> None:
+    grp = f"g-{uuid.uuid4().hex[:8]}"
+    ids = []
+    for name, surf in (("brick-ok", "brick"), ("gravel-ok", "gravel")):
+        c = client.post("/api/v1/classes", json={"name": name, "group": grp, "kind": "good"})
+        ids.append(c.json()["id"])
+        files = as_files([(f"{name}{i}.png", sample(surf, None, 1000 + i)) for i in range(8)])
+        assert client.post(f"/api/v1/classes/{ids[-1]}/images", files=files).status_code == 201
+    queries = [("b.png", sample("brick", None, 2000)), ("g.png", sample("gravel", None, 2001)),
+               ("bh.png", sample("brick", "hole", 2002))]
+    res = client.post("/api/v1/classify", params={"group": grp},
+                      files=as_files(queries)).json()["results"]
+    assert [x["verdict"] for x in res] == ["ok", "ok", "defect"]
+    # each OK part is named by its own variant; a defect with no defect class is unknown
+    assert [x["label"] for x in res] == ["brick-ok", "gravel-ok", None]
+    assert res[2]["unknown"] and res[2]["top_k"] == [] and res[2]["score"] == 0.0
