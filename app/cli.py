@@ -129,9 +129,10 @@ def evaluate(
                                "methods instead of the embeddings"),
     precision: str = typer.Option("", help="'int8' compares the served network at that "
                                   "precision with fp32 (accuracy and rejection)"),
-    anomaly: bool = typer.Option(False, help="good vs defective from good parts alone on "
-                                 "the ELPV mono development set (needs elpv-dataset): the "
-                                 "patch memory against the global-pool baseline"),
+    anomaly: bool = typer.Option(False, help="good vs defective from good parts alone, "
+                                 "through the served code: held-out synthetic defect types, "
+                                 "and the ELPV mono development set when elpv-dataset is "
+                                 "installed; the service against the global-pool baseline"),
     good: str = typer.Option("1,5,20,50", help="with --anomaly: good images enrolled"),
 ) -> None:
     """Measure few-shot accuracy and rejection on held-out classes.
@@ -146,7 +147,8 @@ def evaluate(
     if anomaly:
         from models.patchcore.evaluate import report
 
-        typer.echo(report(out, tuple(int(g) for g in good.split(",")), seed=seed))
+        typer.echo(report(out, tuple(int(g) for g in good.split(",")), seed=seed,
+                          backbone=get_settings().backbone, cache_dir=cache / "onnx"))
         return
     if method:
         from models.methods.training import evaluate_all

@@ -170,9 +170,24 @@ def _draw(base: np.ndarray, kind: str, rng: Rng) -> np.ndarray:
 
 def render(kind: str, rng: Rng, surface: str | None = None) -> np.ndarray:
     """One (S, S) uint8 grey image of defect `kind` on a random (or given) surface."""
+    return render_with_mask(kind, rng, surface)[0]
+
+
+# A pixel belongs to the defect where drawing it moved the grey level by more than this.
+MASK_LEVEL = 12.0
+
+
+def render_with_mask(kind: str, rng: Rng, surface: str | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """`render`, and the defect's (S, S) bool mask (empty for "ok"): the pixels the
+    defect changed, before lighting and noise."""
     name = surface or str(rng.choice(list(SURFACES)))
     base = SURFACES[name](rng)
-    img = _draw(base, kind, rng)
+    drawn = _draw(base, kind, rng)
+    return _light(drawn, rng), np.abs(drawn - base) > MASK_LEVEL
+
+
+def _light(img: np.ndarray, rng: Rng) -> np.ndarray:
     y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
     light = 1 + rng.uniform(-0.25, 0.25) * (x - 0.5) + rng.uniform(-0.25, 0.25) * (y - 0.5)
     img = img * light * rng.uniform(0.8, 1.2) + rng.normal(0, rng.uniform(1, 5), img.shape)

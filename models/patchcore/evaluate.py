@@ -1,110 +1,144 @@
-"""Good vs defective from good parts alone, on the same episodes for every detector:
-image AUROC, and balanced accuracy and false-alarm rate at the threshold the detector
-calibrates from its own good images (leave-one-out, `calibrate_threshold`).
+"""Good vs defective from good parts alone, through the served code, on the same episodes
+for every detector: image AUROC; balanced accuracy and false-alarm rate at the threshold
+the service calibrates from the good images (leave-one-out); how many defective parts are
+flagged at <= 5% false alarms; and, where the defects have masks, the heatmap's pixel AUROC.
 
-Detectors: the patch memory (`PatchMemory`, cosine, top-1% mean) and the baseline a
-global embedding gives (distance of the ImageNet global pool to the good images' mean).
+Detectors: the service (`ServedGroup.inspect` on the served network's embeddings and patch
+features, `heatmap_png` for the maps) and the baseline a global embedding gives (distance
+of the ImageNet global pool to the good images' mean, thresholded by the same rule).
+Sets: held-out synthetic defect types on each synthetic surface (with masks), and the
+ELPV mono development set when its package is installed (evaluation only).
 Shapes: images (N, H, W) uint8 grey, labels (N,) 0 good / 1 defective.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
+from PIL import Image
 from tqdm import tqdm
 
-from models.backbones import PreprocessConfig
-from models.patchcore.feature_extractor import PatchFeatureExtractor
-from models.patchcore.sampler import KCenterGreedy
-from models.patchcore.torch_model import PatchMemory, calibrate_threshold
-from models.preprocess import normalise
+from models.calibration import CalibrationConfig
+from models.patchcore.anomaly_map import heatmap_png
+from models.patchcore.torch_model import calibrate_threshold
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged)."""
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), np.float64)
-    s = scores[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    pos = labels == 1
+    """Area under the ROC curve (Mann-Whitney U, tied ranks averaged), vectorised."""
+    scores = np.asarray(scores, np.float64).ravel()
+    pos = np.asarray(labels).ravel() == 1
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)
+    ranks = (upper - (counts - 1) / 2.0)[inverse]  # 1-based average rank of each value
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, max_fpr: float = 0.05) -> float:
+    """The share of defective parts flagged at the strictest threshold that flags at most
+    `max_fpr` of the good ones."""
+    good = np.sort(scores[labels == 0])
+    allowed = int(np.floor(max_fpr * len(good)))
+    thr = good[len(good) - 1 - allowed]  # flag strictly above this
+    return float((scores[labels == 1] > thr).mean())
+
+
 @dataclass(frozen=True)
 class Features:
-    patches: np.ndarray  # (N, C, h, w) unit vectors
-    global_pool: np.ndarray  # (N, 1280) unit vectors (the baseline's embedding)
+    embeddings: np.ndarray  # (N, D) the served embedding
+    patches: np.ndarray  # (N, h, w, C) the served patch features
+    appearance: np.ndarray  # (N, 1280) unit ImageNet global pool (the baseline's)
+    metric_dim: int
 
 
-def extract(images: np.ndarray, input_size: int = 224, layers: tuple[int, ...] = (5, 10),
-            batch: int = 16) -> Features:
-    """The served trunk (ImageNet EfficientNet-Lite0) on grey images squash-resized to
-    `input_size`, normalised as the backbone's config says."""
-    from models.effnet import lite0_trunk
+def served_features(images: np.ndarray, backbone: str = "fsdi_lite0_meta",
+                    cache_dir: Path = Path("runs/cache/onnx"), threads: int | None = None,
+                    batch: int = 32, desc: str = "features") -> Features:
+    """Each image as an upload: PNG bytes, decoded and resized by the service's own
+    preprocessing, run through the served ONNX network (embedding + patch features)."""
+    from models.embedder import make_embedder, unpack
+    from models.preprocess import load_for_backbone
+    from models.zoo import create_backbone
 
-    trunk, _ = lite0_trunk()
-    trunk.eval()
-    extractor = PatchFeatureExtractor(trunk, layers).eval()
-    cfg = PreprocessConfig(input_size=input_size, grey=True)
-    patches, pools = [], []
-    for i in tqdm(range(0, len(images), batch), desc=f"features@{input_size}", leave=False):
-        x = np.stack([np.asarray(_resize(im, input_size)) for im in images[i:i + batch]])
-        t = torch.from_numpy(normalise(x[..., None], cfg))
-        with torch.no_grad():
-            patches.append(extractor(t).numpy())
-            head = trunk.extract_features(t)  # type: ignore[operator]
-            pools.append(nn.functional.normalize(head.mean(dim=(2, 3)), dim=1).numpy())
-    return Features(np.concatenate(patches), np.concatenate(pools))
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    bb = create_backbone(backbone)
+    emb = make_embedder(bb, "onnxruntime", cache_dir, threads or min(4, os.cpu_count() or 1))
+    rows = []
+    for i in tqdm(range(0, len(images), batch), desc=desc, unit="batch", leave=False):
+        x = np.stack([load_for_backbone(_png(im), bb.preprocess, 10**9)
+                      for im in images[i:i + batch]])
+        rows.append(emb.embed_packed(x))
+    e, p = unpack(np.concatenate(rows), bb)
+    app = e[:, bb.metric_dim:] if bb.metric_dim < bb.dim else e
+    return Features(e, p, app, bb.metric_dim)
 
 
-Detector = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def patch_detector(f: Features, coreset: float | None = 0.1) -> Detector:
-    """(good indices, query indices) -> (query scores, good leave-one-out scores)."""
-    def run(good: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sampler = KCenterGreedy(coreset) if coreset else None
-        mem = PatchMemory(f.patches[good], sampler)
-        return (mem.image_scores(mem.distances(f.patches[query])),
-                mem.leave_one_out(f.patches[good]))
+@dataclass(frozen=True)
+class Outcome:
+    scores: np.ndarray  # (Q,) higher: more anomalous
+    flagged: np.ndarray  # (Q,) bool, at the detector's own calibrated threshold
+    maps: np.ndarray | None = None  # (Q, S, S) heatmaps as served (grey levels), if any
+
+
+Detector = Callable[[np.ndarray, np.ndarray, bool], Outcome]
+
+
+def served_detector(f: Features, false_alarm_rate: float = 0.02) -> Detector:
+    """(good indices, query indices, heatmaps?) -> what the service answers: a group with
+    one good class holding the good images, asked about each query."""
+    from models.inference import EmbeddingLayout, GoodParts, GroupIndex, ServedGroup, make_entry
+
+    layout = EmbeddingLayout(f.metric_dim, CalibrationConfig())
+
+    def run(good: np.ndarray, query: np.ndarray, heatmaps: bool) -> Outcome:
+        ids = [int(i) for i in good]
+        entry = make_entry(1, "ok", "eval", ids, f.embeddings[good], layout, "good")
+        index = GroupIndex.build("eval", [entry], f.metric_dim)
+        served = ServedGroup.build(index, GoodParts.build(f.patches[good], ids,
+                                                          false_alarm_rate))
+        got = served.inspect(f.embeddings[query], f.patches[query], top_k=1)
+        anomalies = [i.anomaly for i in got if i.anomaly is not None]
+        maps = None
+        if heatmaps:
+            maps = np.stack([np.asarray(Image.open(io.BytesIO(
+                heatmap_png(a.patch_map, a.threshold, 224, 224)))) for a in anomalies])
+        return Outcome(np.array([a.score for a in anomalies]),
+                       np.array([a.anomalous for a in anomalies]), maps)
     return run
 
 
-def global_detector(f: Features) -> Detector:
-    def run(good: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g = f.global_pool[good]
+def global_detector(f: Features, false_alarm_rate: float = 0.02) -> Detector:
+    """The frozen ImageNet global pool: distance to the good images' mean, thresholded at
+    the same leave-one-out quantile."""
+    def run(good: np.ndarray, query: np.ndarray, heatmaps: bool) -> Outcome:
+        g = f.appearance[good]
         mean = g.mean(axis=0)
         loo = np.array([np.linalg.norm(g[i] - np.delete(g, i, axis=0).mean(axis=0))
                         for i in range(len(g))]) if len(g) > 1 else np.zeros(0)
-        return np.linalg.norm(f.global_pool[query] - mean, axis=1), loo
+        thr, _ = calibrate_threshold(loo, false_alarm_rate)
+        scores = np.linalg.norm(f.appearance[query] - mean, axis=1)
+        return Outcome(scores, scores > thr)
     return run
 
 
-def episodes(labels: np.ndarray, n_good: int, n_query: int, count: int, seed: int
-             ) -> list[tuple[np.ndarray, np.ndarray]]:
+def episodes(labels: np.ndarray, n_good: int, n_query: int, count: int, seed: int,
+             pool: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """`count` draws of n_good good images to enrol, and n_query good + n_query defective
-    held-out queries."""
+    held-out queries, all from `pool` (indices; default everything)."""
     rng = np.random.default_rng(seed)
-    good, bad = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    idx = np.arange(len(labels)) if pool is None else pool
+    good, bad = idx[labels[idx] == 0], idx[labels[idx] == 1]
     out = []
     for _ in range(count):
         g = rng.permutation(good)
@@ -113,53 +147,111 @@ def episodes(labels: np.ndarray, n_good: int, n_query: int, count: int, seed: in
     return out
 
 
+def _ci(values: list[float]) -> float:
+    return round(float(1.96 * np.std(values) / np.sqrt(max(1, len(values)))), 4)
+
+
 def evaluate(labels: np.ndarray, detectors: dict[str, Detector], goods: tuple[int, ...],
-             n_query: int = 15, count: int = 30, seed: int = 0, false_alarm_rate: float = 0.02
+             n_query: int = 15, count: int = 30, seed: int = 0,
+             masks: np.ndarray | None = None, pools: list[np.ndarray] | None = None
              ) -> list[dict[str, Any]]:
+    """Every detector on the same episodes (`count` per pool and good count). `pools`:
+    index sets episodes stay within (one product each); `masks` (N, S, S): defect pixels,
+    for the pixel AUROC of detectors that return heatmaps."""
     rows: list[dict[str, Any]] = []
     for n in goods:
-        eps = episodes(labels, n, n_query, count, seed + n)
+        eps = [e for k, p in enumerate(pools or [None])  # type: ignore[list-item]
+               for e in episodes(labels, n, n_query, count, seed + 1000 * k + n, p)]
         for name, det in detectors.items():
-            aucs, bals, fars = [], [], []
+            aucs, bals, fars, tprs, pix = [], [], [], [], []
             for good, query in tqdm(eps, desc=f"{name}@{n}", leave=False):
-                scores, loo = det(good, query)
+                out = det(good, query, masks is not None)
                 y = labels[query]
-                aucs.append(auroc(scores, y))
-                thr, _ = calibrate_threshold(loo, false_alarm_rate)
-                flag = scores > thr
-                tpr, fpr = flag[y == 1].mean(), flag[y == 0].mean()
+                aucs.append(auroc(out.scores, y))
+                tpr, fpr = out.flagged[y == 1].mean(), out.flagged[y == 0].mean()
                 bals.append((tpr + 1 - fpr) / 2)
                 fars.append(fpr)
-            rows.append({"good_images": n, "detector": name, "episodes": count,
-                         "auroc": round(float(np.mean(aucs)), 4),
-                         "auroc_ci95": round(float(1.96 * np.std(aucs) / np.sqrt(count)), 4),
-                         "balanced_accuracy": round(float(np.mean(bals)), 4),
-                         "false_alarm_rate": round(float(np.mean(fars)), 4)})
+                tprs.append(tpr_at_fpr(out.scores, y, 0.05))
+                if masks is not None and out.maps is not None:
+                    bad = y == 1
+                    pix.append(auroc(out.maps[bad].astype(np.float32),
+                                     masks[query[bad]].astype(np.int64)))
+            row = {"good_images": n, "detector": name, "episodes": len(eps),
+                   "auroc": round(float(np.mean(aucs)), 4), "auroc_ci95": _ci(aucs),
+                   "balanced_accuracy": round(float(np.mean(bals)), 4),
+                   "balanced_accuracy_ci95": _ci(bals),
+                   "false_alarm_rate": round(float(np.mean(fars)), 4),
+                   "flagged_at_5pct_false_alarms": round(float(np.mean(tprs)), 4)}
+            if pix:
+                row["pixel_auroc"] = round(float(np.mean(pix)), 4)
+            rows.append(row)
     return rows
 
 
-def report(out_dir: Path, goods: tuple[int, ...] = (1, 5, 20, 50), count: int = 30,
-           seed: int = 0, false_alarm_rate: float = 0.02, input_size: int = 224) -> str:
-    """The ELPV mono development set (evaluation only; ../shared/DATA.md): the patch memory
-    against the global-pool baseline on the same episodes. Writes anomaly.{json,md,png}."""
-    from models import reporting
-    from models.data import elpv
+def synthetic_set(per_surface_good: int = 80, per_surface_bad: int = 30, seed: int = 7
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Held-out synthetic defect types (never meta-trained on) on every synthetic surface:
+    images, labels, masks, and one index pool per surface."""
+    from models.data.synthetic import EVAL_TYPES, SURFACES, render_with_mask
 
-    if not elpv.available():
-        raise RuntimeError("the ELPV development set is not installed: pip install "
-                           "elpv-dataset (evaluation only, never a runtime dependency)")
-    images, labels = elpv.load_mono()
-    f = extract(images, input_size)
-    rows = evaluate(labels, {"patch memory (cosine, coreset 10%)": patch_detector(f, 0.1),
-                             "global pool, distance to good mean": global_detector(f)},
-                    goods, count=count, seed=seed, false_alarm_rate=false_alarm_rate)
-    for r in rows:
-        r["set"] = "ELPV mono (good vs defective)"
+    rng = np.random.default_rng(seed)
+    imgs: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    labels: list[int] = []
+    pools: list[np.ndarray] = []
+    for surface in SURFACES:
+        start = len(imgs)
+        for k in range(per_surface_good + per_surface_bad):
+            kind = "ok" if k < per_surface_good else str(rng.choice(list(EVAL_TYPES)))
+            im, m = render_with_mask(kind, rng, surface)
+            imgs.append(im)
+            masks.append(m)
+            labels.append(int(kind != "ok"))
+        pools.append(np.arange(start, len(imgs)))
+    return np.stack(imgs), np.asarray(labels), np.stack(masks), pools
+
+
+def report(out_dir: Path, goods: tuple[int, ...] = (1, 5, 20, 50), count: int = 30,
+           seed: int = 0, false_alarm_rate: float = 0.02, backbone: str = "fsdi_lite0_meta",
+           cache_dir: Path = Path("runs/cache/onnx"), synthetic: bool = True,
+           elpv: bool = True, synthetic_count: int = 6) -> str:
+    """The served good-parts detector against the global-pool baseline on the same
+    episodes: held-out synthetic defect types (all surfaces, with pixel AUROC), and the
+    ELPV mono development set when installed. Writes anomaly.{json,md,png}."""
+    from models import reporting
+    from models.data import elpv as elpv_set
+
+    rows: list[dict[str, Any]] = []
+
+    def run(set_name: str, images: np.ndarray, labels: np.ndarray, n: int,
+            masks: np.ndarray | None = None, pools: list[np.ndarray] | None = None) -> None:
+        f = served_features(images, backbone, cache_dir, desc=set_name)
+        got = evaluate(labels, {"service (good-parts patch memory)":
+                                served_detector(f, false_alarm_rate),
+                                "baseline: ImageNet global pool, distance to good mean":
+                                global_detector(f, false_alarm_rate)},
+                       goods, count=n, seed=seed, masks=masks, pools=pools)
+        rows.extend({"set": set_name, **r} for r in got)
+
+    if synthetic:
+        images, labels, masks, pools = synthetic_set()
+        run("synthetic, held-out defect types", images, labels, synthetic_count, masks, pools)
+    if elpv and elpv_set.available():
+        images, labels = elpv_set.load_mono()
+        run("ELPV mono (good vs defective)", images, labels, count)
+    if not rows:
+        raise RuntimeError("nothing to evaluate: no synthetic set asked for and the ELPV "
+                           "development set is not installed (pip install elpv-dataset; "
+                           "evaluation only, never a runtime dependency)")
     table = reporting.markdown(
-        ["good images", "detector", "image AUROC", "balanced accuracy", "false alarms"],
-        [[str(r["good_images"]), str(r["detector"]),
+        ["set", "good images", "detector", "image AUROC", "balanced accuracy",
+         "false alarms", "flagged at ≤5% false alarms", "pixel AUROC"],
+        [[str(r["set"]), str(r["good_images"]), str(r["detector"]),
           f"{float(r['auroc']):.3f} ± {float(r['auroc_ci95']):.3f}",
-          f"{float(r['balanced_accuracy']):.3f}", f"{float(r['false_alarm_rate']):.3f}"]
+          f"{float(r['balanced_accuracy']):.3f} ± {float(r['balanced_accuracy_ci95']):.3f}",
+          f"{float(r['false_alarm_rate']):.3f}",
+          f"{float(r['flagged_at_5pct_false_alarms']):.3f}",
+          f"{float(r['pixel_auroc']):.3f}" if "pixel_auroc" in r else "–"]
          for r in rows])
     return reporting.write(out_dir / "anomaly", rows, table, plot=("set", "detector"),
                            axes=("good_images", "auroc", "auroc_ci95"))

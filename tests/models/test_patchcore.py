@@ -30,7 +30,7 @@ def goods(rng: np.random.Generator, n: int = 6, c: int = 16, h: int = 6) -> np.n
     """n 'good' images whose patches come from one small set of patterns, jittered."""
     patterns = PATTERNS
     pick = rng.integers(0, 4, (n, h, h))
-    return unit(patterns[pick].transpose(0, 3, 1, 2) + 0.02 * rng.normal(size=(n, c, h, h)), 1)
+    return unit(patterns[pick] + 0.02 * rng.normal(size=(n, h, h, c)), 3)
 
 
 def test_kcenter_greedy_covers_the_spread_better_than_chance() -> None:
@@ -54,7 +54,7 @@ def test_a_defect_patch_stands_out_where_it_is() -> None:
     same = mem.distances(good[:1])
     assert same.max() < 1e-5
     query = goods(rng, n=1)
-    query[0, :, 2, 3] = unit(rng.normal(size=16), 0)  # a patch like nothing good
+    query[0, 2, 3] = unit(rng.normal(size=16), 0)  # a patch like nothing good
     dist = mem.distances(query)
     assert np.unravel_index(dist[0].argmax(), dist[0].shape) == (2, 3)
     assert mem.image_scores(dist)[0] > 5 * mem.image_scores(mem.distances(goods(rng, 1)))[0]
@@ -63,7 +63,7 @@ def test_a_defect_patch_stands_out_where_it_is() -> None:
 def test_leave_one_out_leaves_the_image_out() -> None:
     rng = np.random.default_rng(2)
     good = goods(rng)
-    good[0, :, 0, 0] = unit(rng.normal(size=16), 0)  # one good image with a rare patch
+    good[0, 0, 0] = unit(rng.normal(size=16), 0)  # one good image with a rare patch
     mem = PatchMemory(good)
     assert mem.image_scores(mem.distances(good[:1]))[0] < 1e-5  # against itself: zero
     loo = mem.leave_one_out(good)
@@ -95,8 +95,43 @@ def test_feature_extractor_names_its_layers_on_the_real_trunk() -> None:
 
     trunk, _ = lite0_trunk()
     feats = PatchFeatureExtractor(trunk.eval(), layers=(5, 10))(torch.zeros(2, 3, 224, 224))
-    assert feats.shape == (2, 80 + 112, 14, 14)
-    assert torch.allclose(feats.norm(dim=1), torch.ones(2, 14, 14), atol=1e-4)
+    assert feats.shape == (2, 14, 14, 80 + 112)
+    assert torch.allclose(feats.norm(dim=3), torch.ones(2, 14, 14), atol=1e-4)
+
+
+def test_served_network_returns_the_same_patches_as_the_trunk() -> None:
+    """The patch output of the served graph (taken by hooks from the embedding's own
+    forward pass) equals the trunk run alone, in torch and in the exported ONNX file."""
+    import tempfile
+    from pathlib import Path
+
+    from models.embedder import OrtEmbedder, TorchEmbedder, unpack
+    from models.preprocess import normalise
+    from models.zoo import create_backbone
+
+    bb = create_backbone("fsdi_lite0_meta")
+    assert bb.patch_shape == (14, 14, 192) and "patches-b5+10" in bb.patch_version
+    x = np.random.default_rng(0).integers(0, 256, (3, 224, 224, 1), dtype=np.uint8)
+    from models.patchcore.feature_extractor import find_trunk
+
+    trunk = find_trunk(bb.net)
+    ref = PatchFeatureExtractor(trunk, (5, 10))(
+        torch.from_numpy(normalise(np.repeat(x, 3, axis=3), bb.preprocess))).numpy()
+    emb, patches = unpack(TorchEmbedder(bb).embed_packed(x), bb)
+    np.testing.assert_allclose(patches, ref, atol=1e-4)
+    np.testing.assert_allclose(emb, TorchEmbedder(bb).embed(x), atol=1e-6)
+    with tempfile.TemporaryDirectory() as d:
+        ort = OrtEmbedder(bb, Path(d), threads=1)
+        e2, p2 = unpack(ort.embed_packed(x), bb)
+        np.testing.assert_allclose(p2, ref, atol=1e-3)
+        np.testing.assert_allclose(e2, ort.embed(x), atol=1e-6)
+        # an export cached before the patch output existed is rebuilt, not served
+        torch.onnx.export(bb.serving(), (torch.zeros(1, 224, 224, 1, dtype=torch.uint8),),
+                          str(ort.path), input_names=["images"], output_names=["embeddings"],
+                          dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
+                          opset_version=17, dynamo=False)
+        again = OrtEmbedder(bb, Path(d), threads=1)
+        np.testing.assert_allclose(unpack(again.embed_packed(x), bb)[1], ref, atol=1e-3)
 
 
 def test_auroc_matches_counting_pairs() -> None:
@@ -118,23 +153,58 @@ def test_elpv_loader_opens_mono_cells_only() -> None:
 
 
 def test_evaluation_scores_detectors_on_the_same_episodes() -> None:
-    """Defective images carry a few patches unlike any good one: the patch memory ranks
-    them (AUROC 1) and its own threshold keeps false alarms low; the global pool, which
-    averages the odd patches away, does worse on the same episodes."""
-    from models.patchcore.evaluate import Features, evaluate, global_detector, patch_detector
+    """Defective images carry a few patches unlike any good one: the served detector ranks
+    them (AUROC 1), its own threshold keeps false alarms low, and its heatmaps find the
+    odd patch; the global pool, which averages the odd patches away, does worse on the
+    same episodes."""
+    from models.patchcore.evaluate import Features, evaluate, global_detector, served_detector
 
     rng = np.random.default_rng(5)
     n_good, n_bad = 60, 30
     patches = goods(rng, n_good + n_bad)
+    masks = np.zeros((n_good + n_bad, 224, 224), bool)
     for i in range(n_good, n_good + n_bad):
         y, x = rng.integers(0, 6, 2)
-        patches[i, :, y, x] = unit(rng.normal(size=16), 0)
-    pool = unit(patches.mean(axis=(2, 3)), 1)
-    f = Features(patches, pool)
+        patches[i, y, x] = unit(rng.normal(size=16), 0)
+        masks[i, y * 224 // 6:(y + 1) * 224 // 6, x * 224 // 6:(x + 1) * 224 // 6] = True
+    pool = unit(patches.mean(axis=(1, 2)), 1)
+    f = Features(pool, patches, pool, pool.shape[1])
     labels = np.array([0] * n_good + [1] * n_bad)
-    rows = evaluate(labels, {"patch": patch_detector(f, 0.5), "global": global_detector(f)},
-                    (20,), n_query=10, count=5, seed=1, false_alarm_rate=0.05)
+    rows = evaluate(labels, {"served": served_detector(f, 0.05),
+                             "global": global_detector(f, 0.05)},
+                    (20,), n_query=10, count=5, seed=1, masks=masks)
     by = {r["detector"]: r for r in rows}
-    assert by["patch"]["auroc"] == 1.0 and by["patch"]["false_alarm_rate"] <= 0.2
-    assert by["patch"]["balanced_accuracy"] > 0.8
-    assert by["global"]["auroc"] < by["patch"]["auroc"]
+    assert by["served"]["auroc"] == 1.0 and by["served"]["false_alarm_rate"] <= 0.2
+    assert by["served"]["balanced_accuracy"] > 0.8
+    assert by["served"]["flagged_at_5pct_false_alarms"] == 1.0
+    assert by["served"]["pixel_auroc"] > 0.9 and "pixel_auroc" not in by["global"]
+    assert by["global"]["auroc"] < by["served"]["auroc"]
+
+
+def test_heatmap_png_keeps_aspect_and_absolute_levels() -> None:
+    import io
+
+    from PIL import Image
+
+    from models.patchcore.anomaly_map import heatmap_png
+
+    grid = np.full((14, 14), 0.1, np.float32)
+    grid[3, 10] = 0.8
+    img = Image.open(io.BytesIO(heatmap_png(grid, 0.4, 640, 480)))
+    a = np.asarray(img)
+    assert img.mode == "L" and img.size == (299, 224)
+    y, x = np.unravel_index(a.argmax(), a.shape)
+    assert abs(y / 224 - 3.5 / 14) < 0.06 and abs(x / 299 - 10.5 / 14) < 0.06
+    # above the threshold's mid-grey at the peak, 0.1 / (2 * 0.4) of white elsewhere: the
+    # levels are absolute, never stretched per image
+    assert a.max() > 128 and np.median(a) == 32
+    tiny = Image.open(io.BytesIO(heatmap_png(grid, 0.4, 20, 10)))
+    assert min(tiny.size) == 28 and tiny.size == (56, 28)
+
+
+def test_held_out_calibration_spreads_over_the_enrolment() -> None:
+    rng = np.random.default_rng(4)
+    good = goods(rng, n=10)
+    mem = PatchMemory(good)
+    assert len(mem.leave_one_out(good, max_held_out=4)) == 4
+    assert len(mem.leave_one_out(good)) == 10
