@@ -124,7 +124,7 @@ def decode_cpu_ms(files: list[bytes], cfg: PreprocessConfig, seconds: float) -> 
     return (time.thread_time() - t0) * 1000 / n
 
 
-def load(url: str, clients: int, per_req: int, seconds: float, key: str
+def load(url: str, clients: int, per_req: int, seconds: float, key: str, group: str = "bench"
          ) -> tuple[int, float, list[float], float]:
     """C keep-alive clients holding a `machine` key, as a factory system does (its lookup
     is part of every request). Every upload is a file the service has not seen: 64 frames
@@ -157,7 +157,7 @@ def load(url: str, clients: int, per_req: int, seconds: float, key: str
             for k, offset in enumerate(at):
                 buf[offset:offset + TAG] = f"{run:08d}{w:04d}{i:012d}{k:08d}".encode()
             t = time.perf_counter()
-            conn.request("POST", "/api/v1/classify?group=bench", body=buf,
+            conn.request("POST", f"/api/v1/classify?group={group}", body=buf,
                          headers={"Authorization": f"Bearer {key}", "Content-Type": ctype})
             resp = conn.getresponse()
             payload = resp.read()

@@ -2,7 +2,8 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { key: sessionStorage.getItem("fsdi-key") || "", role: null, picked: [] };
+const state = { key: sessionStorage.getItem("fsdi-key") || "", role: null, picked: [],
+                heatOpacity: 60 };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -101,7 +102,7 @@ async function classify() {
   const ev = $("#evidence").checked && state.role !== "machine";
   $("#classify-btn").disabled = true;
   try {
-    const res = await api(`/api/v1/classify?group=${group}&top_k=3&evidence=${ev}`,
+    const res = await api(`/api/v1/classify?group=${group}&top_k=3&evidence=${ev}&heatmap=true`,
                           { method: "POST", body: form });
     renderResults(res);
   } catch (e) {
@@ -111,17 +112,77 @@ async function classify() {
   }
 }
 
+// A grey heatmap (brighter = more anomalous; the group's threshold is mid-grey) drawn in
+// colour over the inspected image: transparent where calm, yellow to red above it.
+function colourise(grey, canvas) {
+  canvas.width = grey.naturalWidth; canvas.height = grey.naturalHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(grey, 0, 0);
+  const img = ctx.getImageData(0, 0, canvas.width, canvas.height);
+  const px = img.data;
+  for (let i = 0; i < px.length; i += 4) {
+    const v = px[i] / 255;  // 0.5 = the threshold
+    const t = Math.max(0, Math.min(1, (v - 0.25) / 0.75));
+    px[i] = 255; px[i + 1] = Math.round(255 * (1 - t)); px[i + 2] = 0;
+    px[i + 3] = Math.round(255 * Math.min(1, Math.max(0, (v - 0.2) / 0.5)));
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function verdictOf(r) {
+  if (r.verdict === "defect") return { text: "DEFECT", cls: "defect" };
+  if (r.verdict === "ok") return { text: "OK", cls: "ok" };
+  return r.unknown ? { text: "UNKNOWN", cls: "unknown" } : null;
+}
+
+function overlayControls(box) {
+  const show = el("input", { type: "checkbox", id: "heat-on", checked: "" });
+  const opacity = el("input", { type: "range", id: "heat-opacity", min: "0", max: "100",
+                                value: String(state.heatOpacity), "aria-label": "heatmap opacity" });
+  const apply = () => {
+    state.heatOpacity = Number(opacity.value);
+    for (const c of box.querySelectorAll("canvas.heat")) {
+      c.hidden = !show.checked;
+      c.style.opacity = String(state.heatOpacity / 100);
+    }
+  };
+  show.addEventListener("change", apply);
+  opacity.addEventListener("input", apply);
+  return el("div", { class: "row heat-controls" },
+            el("label", { class: "check" }, show, " heatmap"),
+            el("label", { class: "check" }, "opacity ", opacity));
+}
+
 function renderResults(res) {
   const box = $("#results");
   box.replaceChildren();
+  const judged = res.results.filter((r) => r.verdict);
+  if (judged.length) box.append(overlayControls(box));
   res.results.forEach((r, i) => {
     const file = state.picked[i];
     const preview = el("img", { alt: r.filename });
     if (file) preview.src = URL.createObjectURL(file);
-    const decision = el("div", { class: "decision" + (r.unknown ? " unknown" : "") },
-                        r.unknown ? "UNKNOWN" : r.label);
-    const info = el("div", {}, decision,
-      el("div", { class: "score" }, `score ${r.score.toFixed(3)} · ${r.filename}`));
+    const frame = el("div", { class: "frame" }, preview);
+    if (r.heatmap) {
+      const canvas = el("canvas", { class: "heat", "aria-label": "anomaly heatmap" });
+      canvas.style.opacity = String(state.heatOpacity / 100);
+      const grey = new Image();
+      grey.onload = () => colourise(grey, canvas);
+      grey.src = r.heatmap;
+      frame.append(canvas);
+    }
+    const v = verdictOf(r);
+    const head = el("div", { class: "head" });
+    if (v) head.append(el("div", { class: `verdict ${v.cls}` }, v.text));
+    const name = r.unknown ? (r.verdict ? "unknown defect type" : "UNKNOWN") : r.label;
+    const decision = el("div", { class: "decision" + (r.unknown ? " unknown" : "") }, name);
+    const detail = r.top_k.length ? [`score ${r.score.toFixed(3)}`] : [];
+    if (r.anomaly) {
+      const thr = r.anomaly.threshold === null ? "–" : r.anomaly.threshold.toFixed(3);
+      detail.push(`anomaly ${r.anomaly.score.toFixed(3)} (threshold ${thr})`);
+    }
+    detail.push(r.filename);
+    const info = el("div", {}, head, decision, el("div", { class: "score" }, detail.join(" · ")));
     for (const t of r.top_k) {
       const pct = Math.round(t.score * 100);
       info.append(el("div", { class: "bar", "data-label": t.label },
@@ -139,7 +200,8 @@ function renderResults(res) {
       }
     }
     if (evidence.children.length) info.append(el("div", {}, "Nearest support images:"), evidence);
-    box.append(el("div", { class: "result", "data-result-id": r.id }, preview, info));
+    box.append(el("div", { class: "result", "data-result-id": r.id,
+                           "data-verdict": r.verdict || "" }, frame, info));
   });
   box.append(el("p", { class: "info" }, `model ${res.model.version} · ${res.model.method}`));
 }
@@ -168,8 +230,9 @@ async function classCard(c) {
   }
   const input = el("input", { type: "file", accept: "image/*", multiple: "", class: "add-files" });
   input.addEventListener("change", () => upload(c, input.files));
-  return el("div", { class: "class-card", "data-class-id": c.id, "data-name": c.name },
-    picture, el("h3", {}, c.name),
+  return el("div", { class: "class-card", "data-class-id": c.id, "data-name": c.name,
+                     "data-kind": c.kind },
+    picture, el("h3", {}, c.name, " ", el("span", { class: `kind ${c.kind}` }, c.kind)),
     el("div", { class: "meta" }, `${c.image_count} image(s)`),
     el("div", { class: "meta" }, c.description || ""),
     el("div", { class: "actions" },
@@ -184,7 +247,7 @@ async function createClass(ev) {
   showError("#classes-error", null);
   try {
     const body = { name: $("#new-name").value.trim(), description: $("#new-desc").value,
-                   group: $("#class-group").value || "default" };
+                   group: $("#class-group").value || "default", kind: $("#new-kind").value };
     await api("/api/v1/classes", { method: "POST", body: JSON.stringify(body),
                                    headers: { "Content-Type": "application/json" } });
     $("#new-name").value = ""; $("#new-desc").value = "";

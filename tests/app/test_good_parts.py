@@ -66,7 +66,7 @@ def test_verdict_anomaly_and_heatmap(client: TestClient) -> None:
     good = [x for x in res if x["filename"].startswith("good")]
     bad = [x for x in res if not x["filename"].startswith("good")]
     assert sum(x["verdict"] == "ok" for x in good) >= 4
-    assert sum(x["verdict"] == "defect" for x in bad) >= 6
+    assert sum(x["verdict"] == "defect" for x in bad) >= 5
     # a defect type never enrolled (holes) is caught by the good parts; every good part
     # scores below every hole
     assert max(x["anomaly"]["score"] for x in good) < min(

@@ -77,11 +77,12 @@ def sign_in(drv, srv: Server, key: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def write_images(d: Path, surf: str, defect: str, seeds: range) -> list[str]:
+    """PNG files of `surf` with `defect` drawn on it ("" for a good part)."""
     d.mkdir(parents=True, exist_ok=True)
     paths = []
     for s in seeds:
         p = d / f"{surf}-{defect}-{s}.png"
-        p.write_bytes(sample(surf, defect, s))
+        p.write_bytes(sample(surf, defect or None, s))
         paths.append(str(p))
     return paths
 
@@ -175,3 +176,71 @@ def test_operator_sees_no_admin_pages_and_errors_are_plain(browser, server: Serv
     msg = wait(browser, lambda d: css(d, "#inspect-error")[0].text)
     assert "no classes" in msg
     browser.save_screenshot(str(shots / "06-operator-error.png"))
+
+
+def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server,  # type: ignore[no-untyped-def]
+                                                         shots: Path, tmp_path: Path) -> None:
+    """An admin enrols a good class from the console; an inspected part shows its OK/NG
+    verdict first and its heatmap over the image, with an opacity slider and an on/off
+    switch; on a phone the whole image stays visible."""
+    group = f"ui-{uuid.uuid4().hex[:6]}"
+    sign_in(browser, server, KEY)
+    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
+    css(browser, "#tab-classes-btn")[0].click()
+    box = css(browser, "#class-group")[0]
+    box.clear()
+    box.send_keys(group)
+    css(browser, "#new-name")[0].send_keys("ok-parts")
+    css(browser, '#new-kind option[value="good"]')[0].click()
+    css(browser, "#create-btn")[0].click()
+    card = '.class-card[data-name="ok-parts"]'
+    wait(browser, lambda d: css(d, card))
+    assert css(browser, card)[0].get_attribute("data-kind") == "good"
+    assert css(browser, f"{card} .kind.good")[0].text == "good"
+    files = write_images(tmp_path / "good", "brick", "", range(300, 312))
+    css(browser, f"{card} .add-files")[0].send_keys("\n".join(files))
+    wait(browser, lambda d: "12 image(s)" in css(d, card)[0].text)
+
+    css(browser, '#tabs button[data-tab="inspect"]')[0].click()
+    g = css(browser, "#group")[0]
+    g.clear()
+    g.send_keys(group)
+    queries = (write_images(tmp_path / "q", "brick", "hole", range(900, 901))
+               + write_images(tmp_path / "q", "brick", "", range(950, 951)))
+    css(browser, "#files")[0].send_keys("\n".join(queries))
+    css(browser, "#classify-btn")[0].click()
+    wait(browser, lambda d: len(css(d, ".result .verdict")) == 2)
+    verdicts = [v.text for v in css(browser, ".result .verdict")]
+    assert verdicts == ["DEFECT", "OK"]
+    # the verdict comes before everything else in the result
+    first = browser.execute_script(
+        "return document.querySelector('.result .head').nextElementSibling.className")
+    assert first.startswith("decision")
+    assert css(browser, ".result .decision")[0].text == "unknown defect type"
+    # the heatmap is painted over the image, hottest where the hole is
+    wait(browser, lambda d: all(c.get_property("width") > 0 for c in css(d, "canvas.heat")))
+    hot = browser.execute_script("""
+        const c = document.querySelectorAll('canvas.heat');
+        const alpha = (k) => { const d = c[k].getContext('2d')
+            .getImageData(0, 0, c[k].width, c[k].height).data;
+            let m = 0; for (let i = 3; i < d.length; i += 4) m = Math.max(m, d[i]); return m; };
+        return [alpha(0), alpha(1)];""")
+    assert hot[0] > 200 and hot[1] < hot[0]
+    browser.save_screenshot(str(shots / "07-good-parts-verdict-heatmap.png"))
+    slider = css(browser, "#heat-opacity")[0]
+    browser.execute_script("arguments[0].value = 20; arguments[0].dispatchEvent("
+                           "new Event('input'))", slider)
+    assert css(browser, "canvas.heat")[0].value_of_css_property("opacity") == "0.2"
+    css(browser, "#heat-on")[0].click()
+    assert not any(c.is_displayed() for c in css(browser, "canvas.heat"))
+    css(browser, "#heat-on")[0].click()
+    assert all(c.is_displayed() for c in css(browser, "canvas.heat"))
+
+    browser.set_window_size(390, 844)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 392
+    img = css(browser, ".result .frame img")[0]
+    # the whole image is shown (no crop): its box keeps the file's aspect ratio
+    w, h = img.get_property("clientWidth"), img.get_property("clientHeight")
+    assert w > 300 and abs(w - h) <= 2
+    browser.save_screenshot(str(shots / "08-good-parts-phone.png"))
+    browser.set_window_size(1280, 900)
