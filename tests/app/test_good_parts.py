@@ -149,3 +149,23 @@ def test_group_of_good_classes_only(client: TestClient) -> None:
     # each OK part is named by its own variant; a defect with no defect class is unknown
     assert [x["label"] for x in res] == ["brick-ok", "gravel-ok", None]
     assert res[2]["unknown"] and res[2]["top_k"] == [] and res[2]["score"] == 0.0
+
+
+def test_replicas_pick_up_good_parts_and_their_rate(client: TestClient,
+                                                    quiet_client: TestClient) -> None:
+    """Another replica on the same database: it answers with the same good parts after
+    its sync, and follows a changed false-alarm rate."""
+    grp, _, _ = good_group(client, n_good=12)
+    other = quiet_client.app.state.runtime  # type: ignore[attr-defined]
+    assert grp in other.sync_once()
+    mine = client.app.state.runtime.cache.served(grp).good_parts  # type: ignore[attr-defined]
+    theirs = other.cache.served(grp).good_parts
+    assert theirs is not None and theirs.image_ids == mine.image_ids
+    assert theirs.threshold == mine.threshold
+    q = as_files([("h.png", sample("brick", "hole", 2100)), ("g.png", sample("brick", None, 2101))])
+    a = client.post("/api/v1/classify", params={"group": grp}, files=q).json()["results"]
+    b = quiet_client.post("/api/v1/classify", params={"group": grp}, files=q).json()["results"]
+    assert [x["anomaly"] for x in a] == [x["anomaly"] for x in b]
+    client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": 0.3})
+    assert grp in other.sync_once()
+    assert other.cache.served(grp).good_parts.false_alarm_rate == 0.3
