@@ -116,6 +116,10 @@ async def classify(
     m = rt.metrics
     m.images_classified.labels(group).inc(len(results))
     m.unknown.labels(group).inc(sum(r.unknown for r in results))
+    for v in ("ok", "defect"):
+        n = sum(r.verdict == v for r in results)
+        if n:
+            m.verdicts.labels(group, v).inc(n)
     m.classify_latency.observe(time.perf_counter() - t0)
     return response
 

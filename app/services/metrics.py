@@ -19,6 +19,9 @@ class Metrics:
                                          "Images classified", ["group"], registry=r)
         self.unknown = Counter("fsdi_unknown_total", "Images rejected as unknown",
                                ["group"], registry=r)
+        self.verdicts = Counter("fsdi_verdicts_total",
+                                "OK/NG verdicts in groups with good images",
+                                ["group", "verdict"], registry=r)
         self.enrolled = Counter("fsdi_images_enrolled_total", "Support images enrolled",
                                 registry=r)
         self.batch_size = Histogram("fsdi_batch_size", "Images per forward pass", registry=r,

@@ -78,7 +78,9 @@ def test_verdict_anomaly_and_heatmap(client: TestClient) -> None:
     assert abs(img.size[0] / img.size[1] - 240 / 160) < 0.02
     calm = np.asarray(Image.open(io.BytesIO(base64.b64decode(res[0]["heatmap"].split(",")[1]))))
     assert np.asarray(img).max() > calm.max()
-    # without ?heatmap, no heatmap; without good classes, neither anomaly nor verdict
+    metrics = client.get("/metrics").text
+    assert f'fsdi_verdicts_total{{group="{grp}",verdict="defect"}}' in metrics
+    # without ?heatmap, no heatmap
     r = client.post("/api/v1/classify", params={"group": grp}, files=as_files(queries[:1]))
     assert "heatmap" not in r.json()["results"][0] and "verdict" in r.json()["results"][0]
 
