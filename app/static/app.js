@@ -34,7 +34,7 @@ async function api(path, opts = {}) {
 
 function friendly(status, body) {
   const msg = body && body.error ? body.error.message : `request failed (${status})`;
-  if (status === 401) return "That key is not valid (or was revoked). " + msg;
+  if (status === 401) return "That key is not valid (or was revoked).";
   if (status === 403) return "Your key is not allowed to do this.";
   if (status === 503) return "The service is busy or starting. Try again in a moment.";
   return msg;
@@ -61,8 +61,9 @@ async function signIn(key) {
   $("#signin").hidden = true;
   $("#tabs").hidden = false;
   $("#tab-classes-btn").hidden = me.role !== "admin";
+  $("#tab-history-btn").hidden = me.role === "machine";
   showTab("inspect");
-  if (me.role !== "machine") loadGroups();
+  await loadGroups();
 }
 
 function signOut() {
@@ -70,12 +71,24 @@ function signOut() {
   location.reload();
 }
 
+// The group pickers: Inspect and History choose among the groups that exist; Classes also
+// takes a new name (free text with these as suggestions).
 async function loadGroups() {
+  let names = [];
   try {
-    const groups = await api("/api/v1/groups");
-    const list = $("#groups");
-    list.replaceChildren(...groups.items.map((g) => el("option", { value: g.name })));
-  } catch (e) { /* the group box stays free text */ }
+    names = (await api("/api/v1/groups")).items.map((g) => g.name);
+  } catch (e) { /* a machine key cannot list groups: keep "default" */ }
+  if (!names.length) names = ["default"];
+  const pick = $("#group");
+  const keep = pick.value;
+  pick.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  if (names.includes(keep)) pick.value = keep;
+  const hist = $("#h-group");
+  const hkeep = hist.value;
+  hist.replaceChildren(el("option", { value: "" }, "all"),
+                       ...names.map((n) => el("option", { value: n }, n)));
+  hist.value = hkeep;
+  $("#groups").replaceChildren(...names.map((n) => el("option", { value: n })));
 }
 
 function showTab(name) {
@@ -84,7 +97,9 @@ function showTab(name) {
   }
   $("#inspect").hidden = name !== "inspect";
   $("#classes").hidden = name !== "classes";
+  $("#history").hidden = name !== "history";
   if (name === "classes") loadClasses();
+  if (name !== "classes" && state.role) loadGroups().then(() => { if (name === "history") loadHistory(false); });
 }
 
 // ---- inspect ----------------------------------------------------------------------------
@@ -104,7 +119,7 @@ async function classify() {
   try {
     const res = await api(`/api/v1/classify?group=${group}&top_k=3&evidence=${ev}&heatmap=true`,
                           { method: "POST", body: form });
-    renderResults(res);
+    renderResults(res, decodeURIComponent(group));
   } catch (e) {
     showError("#inspect-error", e);
   } finally {
@@ -153,7 +168,7 @@ function overlayControls(box) {
             el("label", { class: "check" }, "opacity ", opacity));
 }
 
-function renderResults(res) {
+function renderResults(res, group) {
   const box = $("#results");
   box.replaceChildren();
   const judged = res.results.filter((r) => r.verdict);
@@ -185,10 +200,11 @@ function renderResults(res) {
     const info = el("div", {}, head, decision, el("div", { class: "score" }, detail.join(" · ")));
     for (const t of r.top_k) {
       const pct = Math.round(t.score * 100);
+      // CSSOM, not a style attribute: the page's CSP refuses inline style attributes
+      const fill = el("div", { class: "fill" });
+      fill.style.width = `${pct}%`;
       info.append(el("div", { class: "bar", "data-label": t.label },
-        el("span", {}, t.label),
-        el("div", { class: "track" }, el("div", { class: "fill", style: `width:${pct}%` })),
-        el("span", {}, `${pct}%`)));
+        el("span", {}, t.label), el("div", { class: "track" }, fill), el("span", {}, `${pct}%`)));
     }
     const evidence = el("div", { class: "evidence" });
     for (const t of r.top_k) {
@@ -200,10 +216,149 @@ function renderResults(res) {
       }
     }
     if (evidence.children.length) info.append(el("div", {}, "Nearest support images:"), evidence);
+    if (state.role !== "machine") info.append(feedbackBar(r, group));
     box.append(el("div", { class: "result", "data-result-id": r.id,
                            "data-verdict": r.verdict || "" }, frame, info));
   });
   box.append(el("p", { class: "info" }, `model ${res.model.version} · ${res.model.method}`));
+}
+
+// ---- feedback: one click for right, two for wrong (which class it should be) ---------------
+function feedbackBar(r, group) {
+  const bar = el("div", { class: "fb" });
+  const send = async (body) => api("/api/v1/feedback", {
+    method: "POST", body: JSON.stringify(Object.assign({ result_id: r.id }, body)),
+    headers: { "Content-Type": "application/json" } });
+  const done = (text) => { bar.replaceChildren(el("span", { class: "done" }, text)); bar.dataset.done = "1"; };
+  const ok = el("button", { type: "button", class: "small ok fb-ok", title: "correct (y)" }, "✓ correct");
+  const wrong = el("button", { type: "button", class: "small wrong fb-wrong", title: "wrong (n)" }, "✗ wrong");
+  ok.addEventListener("click", async () => {
+    try { await send({ correct: true }); done("✓ recorded as correct"); }
+    catch (e) { showError("#inspect-error", e); }
+  });
+  wrong.addEventListener("click", async () => {
+    let classes = [];
+    try { classes = (await api(`/api/v1/classes?group=${encodeURIComponent(group)}`)).items; }
+    catch (e) { showError("#inspect-error", e); return; }
+    const pickc = el("select", { class: "fb-class", "aria-label": "the right class" },
+      el("option", { value: "" }, "right class: not listed"),
+      ...classes.map((c) => el("option", { value: String(c.id) }, `${c.name} (${c.kind})`)));
+    const save = el("button", { type: "button", class: "small fb-save" }, "Save");
+    save.addEventListener("click", async () => {
+      const cid = pickc.value ? Number(pickc.value) : null;
+      try {
+        const fb = await send(cid ? { correct: false, class_id: cid } : { correct: false });
+        const name = cid ? pickc.selectedOptions[0].textContent : null;
+        done(cid ? `✗ recorded: should be ${name}` : "✗ recorded as wrong");
+        if (cid && state.role === "admin") {
+          const promote = el("button", { type: "button", class: "small fb-promote" },
+                             "Add this image to that class");
+          promote.addEventListener("click", async () => {
+            try {
+              await api(`/api/v1/feedback/${fb.id}/promote`, { method: "POST" });
+              promote.replaceWith(el("span", { class: "done" }, " · added to its support set"));
+            } catch (e) { showError("#inspect-error", e); }
+          });
+          bar.append(" ", promote);
+        }
+      } catch (e) { showError("#inspect-error", e); }
+    });
+    bar.replaceChildren(pickc, save);
+    pickc.focus();
+  });
+  bar.append(ok, wrong);
+  return bar;
+}
+
+// y / n on a station PC: the first result not judged yet
+document.addEventListener("keydown", (ev) => {
+  if ($("#inspect").hidden || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName)) return;
+  const open = Array.from(document.querySelectorAll(".result .fb")).find((b) => !b.dataset.done);
+  if (!open) return;
+  const btn = open.querySelector(ev.key === "y" ? ".fb-ok" : ev.key === "n" ? ".fb-wrong" : null);
+  if (btn) { ev.preventDefault(); btn.click(); }
+});
+
+// ---- history --------------------------------------------------------------------------------
+function historyQuery() {
+  const q = new URLSearchParams();
+  const add = (k, v) => { if (v) q.set(k, v); };
+  add("group", $("#h-group").value);
+  add("verdict", $("#h-verdict").value);
+  add("label", $("#h-label").value.trim());
+  add("feedback", $("#h-feedback").value);
+  // dates are the operator's local days: from the start of "From" to the end of "To"
+  if ($("#h-since").value) q.set("since", new Date(`${$("#h-since").value}T00:00:00`).toISOString());
+  if ($("#h-until").value) {
+    const end = new Date(`${$("#h-until").value}T00:00:00`);
+    end.setDate(end.getDate() + 1);
+    q.set("until", end.toISOString());
+  }
+  return q;
+}
+
+async function loadHistory(more) {
+  showError("#history-error", null);
+  const q = historyQuery();
+  if (more && state.cursor) q.set("cursor", state.cursor);
+  const body = $("#history-table tbody");
+  try {
+    const page = await api(`/api/v1/results?${q}`);
+    if (!more) body.replaceChildren();
+    for (const r of page.items) {
+      const v = verdictOf(r);
+      const fb = r.feedback ? (r.feedback.correct ? "✓" : "✗") : "";
+      body.append(el("tr", { "data-result-id": r.id },
+        el("td", {}, new Date(r.created_at).toLocaleString()), el("td", {}, r.group),
+        el("td", {}, r.filename),
+        el("td", {}, v ? el("span", { class: `verdict ${v.cls}` }, v.text) : ""),
+        el("td", {}, r.label || (r.unknown ? "unknown" : "")), el("td", {}, r.score.toFixed(3)),
+        el("td", {}, r.anomaly ? r.anomaly.score.toFixed(3) : ""), el("td", {}, fb)));
+    }
+    if (!body.children.length) body.append(el("tr", {}, el("td", { colspan: "8" }, "No results match.")));
+    state.cursor = page.next_cursor;
+    $("#h-more").hidden = !page.next_cursor;
+  } catch (e) { showError("#history-error", e); }
+}
+
+// The CSV streams from the service; fetched with the key, then saved as a file.
+async function exportCsv() {
+  showError("#history-error", null);
+  try {
+    const blob = await api(`/api/v1/results.csv?${historyQuery()}`);
+    const a = el("a", { href: URL.createObjectURL(blob), download: "fsdi-results.csv" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+  } catch (e) { showError("#history-error", e); }
+}
+
+// ---- the enrolment report, where the admin is ------------------------------------------------
+function showReport(report) {
+  const box = $("#report");
+  if (!report) { box.hidden = true; return; }
+  const lines = [el("strong", {}, `Group "${report.group}"`)];
+  if (report.loo_accuracy !== null) {
+    lines.push(el("div", {}, `Leave-one-out accuracy ${(100 * report.loo_accuracy).toFixed(0)}% ` +
+                             `over ${report.loo_evaluated} image(s)`));
+  }
+  for (const c of report.classes) {
+    if (c.loo_recall !== null) lines.push(el("div", {}, `${c.label}: recall ${(100 * c.loo_recall).toFixed(0)}%`));
+  }
+  if (report.most_confused) {
+    const m = report.most_confused;
+    lines.push(el("div", {}, `Most confused: ${m.true} taken for ${m.predicted} (${m.count}×)`));
+  }
+  const g = report.good_parts;
+  if (g) {
+    const thr = g.threshold === null ? "none yet" : g.threshold.toFixed(3);
+    lines.push(el("div", { class: "good-parts" }, `Good parts: ${g.good_images} image(s), ` +
+      `false-alarm rate ${(100 * g.false_alarm_rate).toFixed(1)}%, threshold ${thr}`));
+  }
+  for (const w of report.warnings) lines.push(el("div", { class: "warn" }, `⚠ ${w}`));
+  box.replaceChildren(...lines);
+  box.hidden = false;
 }
 
 // ---- classes (admin) ----------------------------------------------------------------------
@@ -274,6 +429,7 @@ function upload(c, files) {
     try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
     if (xhr.status === 201) {
       $("#classes-info").textContent = `Added ${body.images.length} image(s) to "${c.name}".`;
+      showReport(body.report);
       await loadClasses();
     } else {
       showError("#classes-error", new Error(friendly(xhr.status, body)));
@@ -335,4 +491,7 @@ drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove
 $("#classify-btn").addEventListener("click", classify);
 $("#create-form").addEventListener("submit", createClass);
 $("#reload-classes").addEventListener("click", loadClasses);
+$("#history-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadHistory(false); });
+$("#h-more").addEventListener("click", () => loadHistory(true));
+$("#h-csv").addEventListener("click", exportCsv);
 if (state.key) signIn(state.key).catch(() => sessionStorage.removeItem("fsdi-key"));

@@ -38,7 +38,12 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def browser() -> Iterator[object]:
+def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture
+def browser(downloads: Path) -> Iterator[object]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -50,6 +55,8 @@ def browser() -> Iterator[object]:
         opts.add_argument(a)
     drv = webdriver.Chrome(service=Service(DRIVER or "/usr/bin/chromedriver"), options=opts)
     drv.implicitly_wait(0)
+    drv.execute_cdp_cmd("Browser.setDownloadBehavior",
+                        {"behavior": "allow", "downloadPath": str(downloads)})
     yield drv
     drv.quit()
 
@@ -76,6 +83,15 @@ def sign_in(drv, srv: Server, key: str) -> None:  # type: ignore[no-untyped-def]
     css(drv, "#signin-btn")[0].click()
 
 
+def choose(drv, sel: str, value: str) -> None:  # type: ignore[no-untyped-def]
+    """Pick `value` in the <select> `sel` once the console has listed it."""
+    from selenium.webdriver.support.ui import Select
+
+    wait(drv, lambda d: any(o.get_attribute("value") == value
+                            for o in css(d, f"{sel} option")))
+    Select(css(drv, sel)[0]).select_by_value(value)
+
+
 def write_images(d: Path, surf: str, defect: str, seeds: range) -> list[str]:
     """PNG files of `surf` with `defect` drawn on it ("" for a good part)."""
     d.mkdir(parents=True, exist_ok=True)
@@ -88,9 +104,14 @@ def write_images(d: Path, surf: str, defect: str, seeds: range) -> list[str]:
 
 
 def test_wrong_key_shows_an_error(browser, server: Server, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    browser.get(server.url + "/")
+    # nothing but the sign-in form before a key is given
+    assert not css(browser, "#tabs")[0].is_displayed()
+    assert not any(css(browser, f"#{s}")[0].is_displayed()
+                   for s in ("inspect", "classes", "history"))
     sign_in(browser, server, "not-a-real-key-at-all")
     msg = wait(browser, lambda d: css(d, "#signin-error")[0].text)
-    assert "not valid" in msg
+    assert msg == "That key is not valid (or was revoked)."
     assert css(browser, "#inspect")[0].is_displayed() is False
     browser.save_screenshot(str(shots / "01-wrong-key.png"))
 
@@ -121,15 +142,19 @@ def test_admin_enrols_classifies_and_deletes(browser, server: Server, shots: Pat
     browser.save_screenshot(str(shots / "02-classes.png"))
 
     css(browser, '#tabs button[data-tab="inspect"]')[0].click()
-    g = css(browser, "#group")[0]
-    g.clear()
-    g.send_keys(group)
+    choose(browser, "#group", group)
     query = write_images(tmp_path / "q", "brick", "scratch", range(500, 501))
     css(browser, "#files")[0].send_keys(query[0])
     css(browser, "#classify-btn")[0].click()
     wait(browser, lambda d: css(d, ".result .decision"))
     assert css(browser, ".result .decision")[0].text == "scratch"
     bars = [b.get_attribute("data-label") for b in css(browser, ".result .bar")]
+    # each bar is as long as its score (the CSP refuses style attributes: set via CSSOM)
+    fills = [f.size["width"] for f in css(browser, ".result .bar .fill")]
+    tracks = [t.size["width"] for t in css(browser, ".result .bar .track")]
+    scores = [int(b.text.split()[-1].rstrip("%")) for b in css(browser, ".result .bar")]
+    for f, t, pct in zip(fills, tracks, scores, strict=True):
+        assert abs(f / t - pct / 100) < 0.02
     assert bars[0] == "scratch" and set(bars) == {"scratch", "stain"}
     wait(browser, lambda d: len(css(d, ".evidence img")) >= 2 and all(
         i.get_property("naturalWidth") > 0 for i in css(d, ".evidence img")))
@@ -166,15 +191,14 @@ def test_operator_sees_no_admin_pages_and_errors_are_plain(browser, server: Serv
     sign_in(browser, server, r.json()["key"])
     wait(browser, lambda d: css(d, "#role")[0].text == "operator")
     assert not css(browser, "#tab-classes-btn")[0].is_displayed()
-    g = css(browser, "#group")[0]
-    g.clear()
-    g.send_keys("no-such-group")
-    css(browser, "#files")[0].send_keys(write_images(Path(os.environ.get("TMPDIR", "/tmp")) /
-                                                     f"op-{uuid.uuid4().hex[:6]}", "brick",
-                                                     "scratch", range(1))[0])
+    assert css(browser, "#tab-history-btn")[0].is_displayed()
+    bogus = Path(os.environ.get("TMPDIR", "/tmp")) / f"op-{uuid.uuid4().hex[:6]}.png"
+    bogus.write_bytes(b"this is not an image at all")
+    css(browser, "#files")[0].send_keys(str(bogus))
     css(browser, "#classify-btn")[0].click()
     msg = wait(browser, lambda d: css(d, "#inspect-error")[0].text)
-    assert "no classes" in msg
+    # one plain message, said once
+    assert "image" in msg and msg.count(".") <= 2 and "{" not in msg
     browser.save_screenshot(str(shots / "06-operator-error.png"))
 
 
@@ -202,9 +226,7 @@ def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server
     wait(browser, lambda d: "12 image(s)" in css(d, card)[0].text)
 
     css(browser, '#tabs button[data-tab="inspect"]')[0].click()
-    g = css(browser, "#group")[0]
-    g.clear()
-    g.send_keys(group)
+    choose(browser, "#group", group)
     queries = (write_images(tmp_path / "q", "brick", "hole", range(900, 901))
                + write_images(tmp_path / "q", "brick", "", range(950, 951)))
     css(browser, "#files")[0].send_keys("\n".join(queries))
@@ -243,4 +265,94 @@ def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server
     w, h = img.get_property("clientWidth"), img.get_property("clientHeight")
     assert w > 300 and abs(w - h) <= 2
     browser.save_screenshot(str(shots / "08-good-parts-phone.png"))
+    browser.set_window_size(1280, 900)
+
+
+def test_feedback_promote_history_and_csv(browser, server: Server, shots: Path,  # type: ignore[no-untyped-def]
+                                          tmp_path: Path, downloads: Path) -> None:
+    """The operator's loop: the enrolment report where the admin is; ✓ in one click (or
+    `y`), ✗ with the right class picked, promotion into that class; then the History tab
+    filtered by verdict and feedback, and its CSV export with the same filters."""
+    import csv
+    import io
+    import time
+
+    group = f"ui-{uuid.uuid4().hex[:6]}"
+    h = {"Authorization": f"Bearer {KEY}"}
+    ids = {}
+    for name, kind in (("ok", "good"), ("scratch", "defect"), ("hole", "defect")):
+        ids[name] = httpx.post(f"{server.url}/api/v1/classes", headers=h,
+                               json={"name": name, "group": group, "kind": kind}).json()["id"]
+    for name, defect, n in (("scratch", "scratch", 3), ("hole", "hole", 3)):
+        httpx.post(f"{server.url}/api/v1/classes/{ids[name]}/images", headers=h, files=[
+            ("files", (f"{name}{i}.png", sample("brick", defect, 400 + 10 * n + i), "image/png"))
+            for i in range(n)]).raise_for_status()
+    sign_in(browser, server, KEY)
+    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
+    css(browser, "#tab-classes-btn")[0].click()
+    box = css(browser, "#class-group")[0]
+    box.clear()
+    box.send_keys(group)
+    css(browser, "#reload-classes")[0].click()
+    card = '.class-card[data-name="ok"]'
+    wait(browser, lambda d: css(d, card))
+    files = write_images(tmp_path / "good", "brick", "", range(600, 610))
+    css(browser, f"{card} .add-files")[0].send_keys("\n".join(files))
+    # the group's report appears where the admin is, with the good parts' calibration
+    wait(browser, lambda d: css(d, "#report .good-parts"))
+    report = css(browser, "#report")[0].text
+    assert "Good parts: 10 image(s)" in report and "false-alarm rate 2.0%" in report
+    assert "enrol more good parts" in report  # 10 images cannot resolve 2%: said plainly
+    browser.save_screenshot(str(shots / "09-enrolment-report.png"))
+
+    css(browser, '#tabs button[data-tab="inspect"]')[0].click()
+    choose(browser, "#group", group)
+    queries = (write_images(tmp_path / "q", "brick", "hole", range(700, 702))
+               + write_images(tmp_path / "q", "brick", "", range(720, 721)))
+    css(browser, "#files")[0].send_keys("\n".join(queries))
+    css(browser, "#classify-btn")[0].click()
+    wait(browser, lambda d: len(css(d, ".result .fb")) == 3)
+    results = css(browser, ".result")
+    rid = [r.get_attribute("data-result-id") for r in results]
+    # ✓ by keyboard on the first, ✗ with a class on the second, then promote it
+    browser.find_element("tag name", "body").send_keys("y")
+    wait(browser, lambda d: "recorded as correct" in css(d, ".result .fb")[0].text)
+    css(browser, ".result")[1].find_element("css selector", ".fb-wrong").click()
+    wait(browser, lambda d: css(d, ".result .fb-class"))
+    choose(browser, ".result .fb-class", str(ids["scratch"]))
+    css(browser, ".result .fb-save")[0].click()
+    wait(browser, lambda d: "should be scratch" in css(d, ".result .fb")[1].text)
+    css(browser, ".result .fb-promote")[0].click()
+    wait(browser, lambda d: "added to its support set" in css(d, ".result .fb")[1].text)
+    browser.save_screenshot(str(shots / "10-feedback.png"))
+    imgs = httpx.get(f"{server.url}/api/v1/classes/{ids['scratch']}", headers=h).json()
+    assert imgs["image_count"] == 4  # 3 enrolled + the promoted one
+
+    css(browser, "#tab-history-btn")[0].click()
+    choose(browser, "#h-group", group)
+    css(browser, "#h-show")[0].click()
+    wait(browser, lambda d: len(css(d, "#history-table tbody tr[data-result-id]")) == 3)
+    choose(browser, "#h-feedback", "wrong")
+    css(browser, "#h-show")[0].click()
+    wait(browser, lambda d: [r.get_attribute("data-result-id") for r in
+                             css(d, "#history-table tbody tr[data-result-id]")] == [rid[1]])
+    assert "✗" in css(browser, "#history-table tbody tr")[0].text
+    choose(browser, "#h-feedback", "")
+    choose(browser, "#h-verdict", "ok")
+    css(browser, "#h-show")[0].click()
+    wait(browser, lambda d: all("OK" in r.text for r in
+                                css(d, "#history-table tbody tr[data-result-id]")))
+    shown = {r.get_attribute("data-result-id")
+             for r in css(browser, "#history-table tbody tr[data-result-id]")}
+    browser.save_screenshot(str(shots / "11-history.png"))
+    css(browser, "#h-csv")[0].click()
+    deadline = time.monotonic() + 20
+    while not list(downloads.glob("*.csv")):
+        assert time.monotonic() < deadline, "the CSV never arrived"
+        time.sleep(0.1)
+    rows = list(csv.DictReader(io.StringIO(next(downloads.glob("*.csv")).read_text())))
+    assert {r["id"] for r in rows} == shown and all(r["verdict"] == "ok" for r in rows)
+    browser.set_window_size(390, 844)
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 392
+    browser.save_screenshot(str(shots / "12-history-phone.png"))
     browser.set_window_size(1280, 900)
