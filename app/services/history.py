@@ -3,11 +3,12 @@ streamed a page at a time (flat memory, however many results match)."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Iterator
 
-from app.errors import Unprocessable
+from app.errors import NotFound, Unprocessable
 from app.schemas import AnomalyPublic, HistoryItem, HistoryPage, ResultFeedback
 from app.services.runtime import Runtime
 from storage import repositories as repo
@@ -86,3 +87,49 @@ def csv_lines(rt: Runtime, f: ResultFilter, cursor: str | None = None) -> Iterat
         if len(rows) < CSV_PAGE:
             return
         before = rows[-1].result.id
+
+
+def _kept(rt: Runtime, result_id: int) -> tuple[bytes, str]:
+    """The kept image of a result and its group; 404 when either is gone."""
+    from app.services.feedback import kept_image
+
+    with rt.sessions() as s:
+        res = repo.get_result(s, result_id)
+        if res is None:
+            raise NotFound(f"result {result_id} not found")
+        sha, ref, group = res.sha256, res.image_ref, res.group_name
+    data = kept_image(rt, sha, ref)
+    if data is None:
+        raise NotFound(f"the image of result {result_id} was not kept (FSDI_KEEP_QUERY_IMAGES, "
+                       "the retention period, or a disk that refused it)",
+                       code="image_not_kept")
+    return data, group
+
+
+async def result_thumbnail(rt: Runtime, result_id: int, size: int) -> bytes:
+    """The classified image as a JPEG no larger than size x size."""
+    from app.services.console import _thumbnail
+
+    data, _ = await asyncio.to_thread(_kept, rt, result_id)
+    return await asyncio.get_running_loop().run_in_executor(
+        rt.decode_pool, _thumbnail, data, size, rt.settings.max_image_pixels)
+
+
+async def result_heatmap(rt: Runtime, result_id: int) -> bytes:
+    """The kept image's heatmap against its group's good parts as enrolled now (grey PNG,
+    the contract's format)."""
+    from app.services.uploads import decode_all
+    from models.patchcore.anomaly_map import heatmap_png
+
+    data, group = await asyncio.to_thread(_kept, rt, result_id)
+    served = rt.cache.served(group)
+    if served is None or served.good_parts is None:
+        raise NotFound(f"group {group!r} has no good images to compare with",
+                       code="no_good_parts")
+    (u,) = await decode_all([("kept", data)], rt.backbone.preprocess, rt.settings,
+                            rt.decode_pool)
+    _, patches = rt.unpack(await rt.batcher.embed(u.tensor[None]))
+    if patches is None:
+        raise NotFound(f"{rt.backbone.name} serves no patch features", code="no_good_parts")
+    (a,) = await asyncio.to_thread(served.anomalies, patches)
+    return await asyncio.to_thread(heatmap_png, a.patch_map, a.threshold, u.width, u.height)

@@ -172,7 +172,17 @@ function renderResults(res, group) {
   const box = $("#results");
   box.replaceChildren();
   const judged = res.results.filter((r) => r.verdict);
+  const n = res.results.length;
+  if (n > 1) {
+    const count = (f) => res.results.filter(f).length;
+    const parts = judged.length
+      ? [`${count((r) => r.verdict === "ok")} OK`, `${count((r) => r.verdict === "defect")} defect`,
+         `${count((r) => r.unknown)} unknown type`]
+      : [`${count((r) => !r.unknown)} classified`, `${count((r) => r.unknown)} unknown`];
+    box.append(el("p", { class: "summary", id: "batch-summary" }, `${n} images: ${parts.join(" · ")}`));
+  }
   if (judged.length) box.append(overlayControls(box));
+  const grid = el("div", { class: n > 1 ? "grid" : "" });
   res.results.forEach((r, i) => {
     const file = state.picked[i];
     const preview = el("img", { alt: r.filename });
@@ -198,7 +208,12 @@ function renderResults(res, group) {
     }
     detail.push(r.filename);
     const info = el("div", {}, head, decision, el("div", { class: "score" }, detail.join(" · ")));
-    for (const t of r.top_k) {
+    // A rejected result names no class: its nearest classes are listed by distance only.
+    if (r.unknown && r.top_k.length) {
+      info.append(el("div", { class: "nearest" }, "nearest: " +
+        r.top_k.map((t) => `${t.label} (d=${t.distance.toFixed(2)} > ${t.threshold.toFixed(2)})`).join(", ")));
+    }
+    for (const t of r.unknown ? [] : r.top_k) {
       const pct = Math.round(t.score * 100);
       // CSSOM, not a style attribute: the page's CSP refuses inline style attributes
       const fill = el("div", { class: "fill" });
@@ -217,9 +232,10 @@ function renderResults(res, group) {
     }
     if (evidence.children.length) info.append(el("div", {}, "Nearest support images:"), evidence);
     if (state.role !== "machine") info.append(feedbackBar(r, group));
-    box.append(el("div", { class: "result", "data-result-id": r.id,
-                           "data-verdict": r.verdict || "" }, frame, info));
+    grid.append(el("div", { class: "result", "data-result-id": r.id,
+                            "data-verdict": r.verdict || "" }, frame, info));
   });
+  box.append(grid);
   box.append(el("p", { class: "info" }, `model ${res.model.version} · ${res.model.method}`));
 }
 
@@ -309,16 +325,47 @@ async function loadHistory(more) {
     for (const r of page.items) {
       const v = verdictOf(r);
       const fb = r.feedback ? (r.feedback.correct ? "✓" : "✗") : "";
-      body.append(el("tr", { "data-result-id": r.id },
-        el("td", {}, new Date(r.created_at).toLocaleString()), el("td", {}, r.group),
+      const pic = el("img", { class: "h-thumb", alt: r.filename });
+      api(`/api/v1/results/${r.id}/image?size=96`).then((b) => { pic.src = URL.createObjectURL(b); })
+        .catch(() => { pic.alt = "not kept"; });
+      const row = el("tr", { "data-result-id": r.id, tabindex: "0", title: "show the image" },
+        el("td", {}, pic, el("br"), new Date(r.created_at).toLocaleString()), el("td", {}, r.group),
         el("td", {}, r.filename),
         el("td", {}, v ? el("span", { class: `verdict ${v.cls}` }, v.text) : ""),
         el("td", {}, r.label || (r.unknown ? "unknown" : "")), el("td", {}, r.score.toFixed(3)),
-        el("td", {}, r.anomaly ? r.anomaly.score.toFixed(3) : ""), el("td", {}, fb)));
+        el("td", {}, r.anomaly ? r.anomaly.score.toFixed(3) : ""), el("td", {}, fb));
+      row.addEventListener("click", () => showHistoryDetail(r));
+      body.append(row);
     }
     if (!body.children.length) body.append(el("tr", {}, el("td", { colspan: "8" }, "No results match.")));
     state.cursor = page.next_cursor;
     $("#h-more").hidden = !page.next_cursor;
+  } catch (e) { showError("#history-error", e); }
+}
+
+// A stored result, large, with its heatmap (recomputed against the good parts enrolled now).
+async function showHistoryDetail(r) {
+  const box = $("#history-detail");
+  showError("#history-error", null);
+  try {
+    const img = el("img", { alt: r.filename, src: URL.createObjectURL(
+      await api(`/api/v1/results/${r.id}/image?size=512`)) });
+    const frame = el("div", { class: "frame" }, img);
+    if (r.verdict) {
+      const canvas = el("canvas", { class: "heat", "aria-label": "anomaly heatmap" });
+      canvas.style.opacity = String(state.heatOpacity / 100);
+      const grey = new Image();
+      grey.onload = () => colourise(grey, canvas);
+      grey.src = URL.createObjectURL(await api(`/api/v1/results/${r.id}/heatmap`));
+      frame.append(canvas);
+    }
+    const v = verdictOf(r);
+    box.replaceChildren(frame, el("div", {},
+      v ? el("div", { class: `verdict ${v.cls}` }, v.text) : "",
+      el("div", { class: "decision" }, r.label || (r.unknown ? "unknown" : "")),
+      el("div", { class: "score" }, `${r.filename} · ${new Date(r.created_at).toLocaleString()}`)));
+    box.hidden = false;
+    box.scrollIntoView({ block: "nearest" });
   } catch (e) { showError("#history-error", e); }
 }
 

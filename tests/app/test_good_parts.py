@@ -171,3 +171,30 @@ def test_replicas_pick_up_good_parts_and_their_rate(client: TestClient,
     client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": 0.3})
     assert grp in other.sync_once()
     assert other.cache.served(grp).good_parts.false_alarm_rate == 0.3
+
+
+def test_a_results_kept_image_and_its_heatmap(client: TestClient) -> None:
+    grp, _, _ = good_group(client)
+    res = client.post("/api/v1/classify", params={"group": grp, "heatmap": "true"},
+                      files=as_files([("h.png", wide("brick", "hole", 2200))])).json()
+    rid, served_map = res["results"][0]["id"], res["results"][0]["heatmap"]
+    r = client.get(f"/api/v1/results/{rid}/image", params={"size": 64})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(r.content)).size) == 64
+    r = client.get(f"/api/v1/results/{rid}/heatmap")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    # recomputed from the kept image: the same map the classify answer carried
+    again = np.asarray(Image.open(io.BytesIO(r.content)), np.int16)
+    first = np.asarray(Image.open(io.BytesIO(base64.b64decode(served_map.split(",")[1]))),
+                       np.int16)
+    assert again.shape == first.shape and np.abs(again - first).max() <= 2
+    assert client.get("/api/v1/results/999999999/heatmap").status_code == 404
+    # a group without good parts has no heatmap to give
+    plain = f"p-{uuid.uuid4().hex[:8]}"
+    cid = client.post("/api/v1/classes", json={"name": "x", "group": plain}).json()["id"]
+    client.post(f"/api/v1/classes/{cid}/images",
+                files=as_files([("x.png", sample("brick", "scratch", 2300))]))
+    other = client.post("/api/v1/classify", params={"group": plain},
+                        files=as_files([("q.png", sample("brick", None, 2301))])).json()
+    r = client.get(f"/api/v1/results/{other['results'][0]['id']}/heatmap")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_good_parts"

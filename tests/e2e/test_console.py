@@ -144,6 +144,8 @@ def test_admin_enrols_classifies_and_deletes(browser, server: Server, shots: Pat
     css(browser, '#tabs button[data-tab="inspect"]')[0].click()
     choose(browser, "#group", group)
     query = write_images(tmp_path / "q", "brick", "scratch", range(500, 501))
+    assert not css(browser, "#evidence")[0].is_selected()  # evidence on demand only
+    css(browser, "#evidence")[0].click()
     css(browser, "#files")[0].send_keys(query[0])
     css(browser, "#classify-btn")[0].click()
     wait(browser, lambda d: css(d, ".result .decision"))
@@ -234,6 +236,11 @@ def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server
     wait(browser, lambda d: len(css(d, ".result .verdict")) == 2)
     verdicts = [v.text for v in css(browser, ".result .verdict")]
     assert verdicts == ["DEFECT", "OK"]
+    assert css(browser, "#batch-summary")[0].text == "2 images: 1 OK · 1 defect · 1 unknown type"
+    # the rejected result shows no class at any %; the OK one its good class
+    first, second = css(browser, ".result")
+    assert not first.find_elements("css selector", ".bar")
+    assert second.find_elements("css selector", ".bar")
     # the verdict comes before everything else in the result
     first = browser.execute_script(
         "return document.querySelector('.result .head').nextElementSibling.className")
@@ -344,6 +351,12 @@ def test_feedback_promote_history_and_csv(browser, server: Server, shots: Path, 
                                 css(d, "#history-table tbody tr[data-result-id]")))
     shown = {r.get_attribute("data-result-id")
              for r in css(browser, "#history-table tbody tr[data-result-id]")}
+    wait(browser, lambda d: all(i.get_property("naturalWidth") > 0
+                                for i in css(d, "#history-table .h-thumb")))
+    css(browser, "#history-table tbody tr[data-result-id]")[0].click()
+    wait(browser, lambda d: css(d, "#history-detail canvas.heat")
+         and css(d, "#history-detail canvas.heat")[0].get_property("width") > 0)
+    assert css(browser, "#history-detail .verdict")[0].text == "OK"
     browser.save_screenshot(str(shots / "11-history.png"))
     css(browser, "#h-csv")[0].click()
     deadline = time.monotonic() + 20

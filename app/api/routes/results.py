@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import GroupFilter, Operator, RuntimeDep
+from app.api.deps import GroupFilter, IdPath, Operator, RuntimeDep
 from app.errors import Unprocessable
 from app.schemas import HistoryPage
 from app.services import history as svc
@@ -54,3 +54,20 @@ def export_results(rt: RuntimeDep, _: Operator, group: GroupFilter = None, label
     svc.parse_cursor(cursor)  # a bad cursor is a 422 before the stream starts
     return StreamingResponse(svc.csv_lines(rt, f, cursor), media_type="text/csv",
                              headers={"Content-Disposition": 'attachment; filename="results.csv"'})
+
+
+@router.get("/results/{result_id}/image", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}})
+async def result_image(result_id: IdPath, rt: RuntimeDep, _: Operator,
+                       size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
+    """The classified image, kept by the service, as a JPEG no larger than size x size."""
+    return Response(await svc.result_thumbnail(rt, result_id, size), media_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/results/{result_id}/heatmap", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+async def result_heatmap(result_id: IdPath, rt: RuntimeDep, _: Operator) -> Response:
+    """The kept image's anomaly heatmap against its group's good parts as enrolled now."""
+    return Response(await svc.result_heatmap(rt, result_id), media_type="image/png",
+                    headers={"Cache-Control": "no-store"})
