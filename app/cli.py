@@ -134,6 +134,9 @@ def evaluate(
                                  "and the ELPV mono development set when elpv-dataset is "
                                  "installed; the service against the global-pool baseline"),
     good: str = typer.Option("1,5,20,50", help="with --anomaly: good images enrolled"),
+    real: bool = typer.Option(False, help="real images: the ELPV mono development set "
+                              "(needs elpv-dataset), 2-way good vs defective, the served "
+                              "decision against the frozen baseline on the same episodes"),
 ) -> None:
     """Measure few-shot accuracy and rejection on held-out classes.
 
@@ -144,6 +147,13 @@ def evaluate(
     """
     if precision and precision not in ("int8",):
         raise typer.BadParameter("--precision compares int8 with fp32; give 'int8'")
+    if real:
+        from models.evaluate import real_report
+
+        typer.echo(real_report(out, get_settings().backbone,
+                               tuple(int(s) for s in shots.split(",")), min(episodes, 300),
+                               seed=seed, cache_dir=cache / "onnx"))
+        return
     if anomaly:
         from models.patchcore.evaluate import report
 

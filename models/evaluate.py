@@ -202,3 +202,63 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
                      else unit(e)) for b, e in by_set.items()} for p, by_set in served.items()}
     rej = rejection_rows(parts, labels, metric_cfg, app_cfg, shots, episodes // 2, seed + 2000)
     return md + "\n" + write_rejection(rej, out_dir / "precision_rejection")
+
+
+def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = (1, 5, 10),
+                episodes: int = 300, q_query: int = 15, seed: int = 0,
+                cache_dir: Path = Path("runs/cache/onnx")) -> str:
+    """Real images: the ELPV mono development set (evaluation only; ../shared/DATA.md),
+    2-way good vs defective, K-shot, both classes enrolled as ordinary classes. The
+    served decision (`GroupIndex.decide` on the served network's stored vectors, as
+    /classify answers) against the frozen ImageNet global pool (nearest mean, the
+    appearance part of the same vectors) on the same episodes. Writes real.{json,md,png}."""
+    from models.calibration import CalibrationConfig
+    from models.data import elpv
+    from models.inference import EmbeddingLayout, GoodParts, GroupIndex, ServedGroup, make_entry
+    from models.openset import episode_index, served_decisions
+    from models.patchcore.evaluate import served_features
+
+    if not elpv.available():
+        raise RuntimeError("the ELPV development set is not installed: pip install "
+                           "elpv-dataset (evaluation only, never a runtime dependency)")
+    images, labels = elpv.load_mono()
+    f = served_features(images, backbone, cache_dir, desc="ELPV")
+    full, app = f.embeddings, unit(f.appearance)
+    layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(),
+                             CalibrationConfig() if f.metric_dim < full.shape[1] else None)
+    rows: list[dict[str, object]] = []
+    for k in shots:
+        served, base, good = np.empty(episodes), np.empty(episodes), np.empty(episodes)
+        sampler = EpisodeSampler(labels, 2, k, q_query, seed + k)
+        for e in tqdm(range(episodes), desc=f"ELPV {k}-shot", leave=False):
+            ep = sampler.sample()
+            index = episode_index(full[ep.support], ep.support_labels, 2, layout)
+            winner, _ = served_decisions(index, full[ep.query])
+            served[e] = (winner == ep.query_labels).mean()
+            # The same support, the good images enrolled as a good class (kind "good"):
+            # the good parts decide OK/NG, as /classify answers in such a group.
+            ids = ep.support
+            is_good = labels[ids] == 0
+            entries = [make_entry(0, "ok", "eval", list(ids[is_good]), full[ids[is_good]],
+                                  layout, "good"),
+                       make_entry(1, "defect", "eval", list(ids[~is_good]),
+                                  full[ids[~is_good]], layout)]
+            group = ServedGroup.build(GroupIndex.build("eval", entries, f.metric_dim),
+                                      GoodParts.build(f.patches[ids[is_good]],
+                                                      list(ids[is_good]), 0.02))
+            got = group.inspect(full[ep.query], f.patches[ep.query], top_k=1)
+            said = np.array([i.verdict == "defect" for i in got])
+            good[e] = (said == (labels[ep.query] == 1)).mean()
+            protos = np.stack([app[ep.support][ep.support_labels == c].mean(0) for c in (0, 1)])
+            d = ((app[ep.query][:, None] - protos[None]) ** 2).sum(-1)
+            base[e] = (d.argmin(1) == ep.query_labels).mean()
+        for name, accs in ((f"served default ({backbone}, protonet), both as defect classes",
+                            served),
+                           ("served, the good images as a good class (verdict)", good),
+                           ("frozen ImageNet global pool (baseline)", base)):
+            m, ci = mean_ci(accs)
+            rows.append({"benchmark": "ELPV mono, good vs defective", "shots": k,
+                         "embedding": name, "accuracy": round(m, 4), "ci95": round(ci, 4),
+                         "episodes": episodes, "n_way": 2})
+    table = reporting.accuracy_table(rows, "benchmark", "embedding")
+    return reporting.write(out / "real", rows, table, plot=("benchmark", "embedding"))

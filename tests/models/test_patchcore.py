@@ -4,6 +4,7 @@ anomaly map, the feature extractor on the real trunk, and the evaluation's AUROC
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,30 @@ def test_held_out_calibration_spreads_over_the_enrolment() -> None:
     mem = PatchMemory(good)
     assert len(mem.leave_one_out(good, max_held_out=4)) == 4
     assert len(mem.leave_one_out(good)) == 10
+
+
+def test_real_image_report_runs_the_served_decisions(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """`fsdi evaluate --real` on a stand-in for the ELPV set (synthetic good vs defective
+    parts, so the test needs no optional data): every row on the same episodes, and the
+    good-class route catches defects a global embedding averages away."""
+    import json
+
+    from models import evaluate as ev
+    from models.data import elpv
+    from models.data.synthetic import EVAL_TYPES, make_binary_set
+
+    images, labels, _ = make_binary_set(EVAL_TYPES, 24, seed=3)
+    keep = np.arange(len(images)) < 48  # one surface: one product
+    monkeypatch.setattr(elpv, "available", lambda: True)
+    monkeypatch.setattr(elpv, "load_mono", lambda: (images[keep], labels[keep]))
+    table = ev.real_report(tmp_path, shots=(1, 5), episodes=8, q_query=5,
+                           cache_dir=tmp_path / "onnx")
+    rows = json.loads((tmp_path / "real.json").read_text())
+    assert len(rows) == 2 * 3 and (tmp_path / "real.png").is_file() and "5-shot" in table
+    by = {(r["shots"], r["embedding"].split(" ")[0] + r["embedding"].split(",")[-1]): r
+          for r in rows}
+    good = next(r for r in rows if r["shots"] == 5 and "good class" in r["embedding"])
+    one = next(r for r in rows if r["shots"] == 1 and "good class" in r["embedding"])
+    assert one["accuracy"] == 0.5  # one good image calibrates nothing: nothing flagged
+    assert good["accuracy"] > 0.8 and len(by) == 6
