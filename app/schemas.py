@@ -101,7 +101,8 @@ class OmitUnset(BaseModel):
 
 class AnomalyPublic(BaseModel):
     score: float
-    threshold: float | None  # None: one good image cannot calibrate a threshold
+    # with one good image: 2.0, the largest possible score (nothing is flagged)
+    threshold: float
     anomalous: bool
 
 
@@ -125,7 +126,7 @@ class GoodPartsReport(BaseModel):
 
     good_images: int
     false_alarm_rate: float
-    threshold: float | None
+    threshold: float  # 2.0 (nothing flagged) until a second good image
     calibrated_on: int  # leave-one-out scores of good images behind the threshold
     warning: str | None
 

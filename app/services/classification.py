@@ -47,8 +47,8 @@ def _score(i: Inspection) -> float:
 def _anomaly(a: Anomaly | None) -> AnomalyPublic | None:
     if a is None:
         return None
-    thr = round(a.threshold, 6) if np.isfinite(a.threshold) else None
-    return AnomalyPublic(score=round(a.score, 6), threshold=thr, anomalous=a.anomalous)
+    return AnomalyPublic(score=round(a.score, 6), threshold=round(a.threshold, 6),
+                         anomalous=a.anomalous)
 
 
 def _heatmap(i: Inspection, u: Upload) -> str | None:
@@ -94,8 +94,7 @@ async def classify(
          "unknown": i.unknown, "score": _score(i), "method": name,
          "model_version": version, "key_id": who.key_id, "verdict": i.verdict,
          "anomaly_score": None if i.anomaly is None else round(i.anomaly.score, 6),
-         "anomaly_threshold": None if i.anomaly is None or not np.isfinite(i.anomaly.threshold)
-         else round(i.anomaly.threshold, 6)}
+         "anomaly_threshold": None if i.anomaly is None else round(i.anomaly.threshold, 6)}
         for u, i, e in zip(uploads, inspections, (i.entry for i in inspections), strict=True)],
         who.actor))
     maps = (await asyncio.to_thread(lambda: [_heatmap(i, u) for i, u in

@@ -38,10 +38,9 @@ def item(h: HistoryRow) -> HistoryItem:
           else ResultFeedback(correct=h.feedback_correct, class_id=h.feedback_class_id))
     anomaly = None
     if r.anomaly_score is not None:
-        thr = r.anomaly_threshold
+        thr = r.anomaly_threshold if r.anomaly_threshold is not None else 2.0
         anomaly = AnomalyPublic(score=r.anomaly_score, threshold=thr,
-                                anomalous=r.verdict == "defect" if thr is None
-                                else r.anomaly_score > thr)
+                                anomalous=r.anomaly_score > thr)
     return HistoryItem(id=r.id, created_at=r.created_at, group=r.group_name, filename=r.filename,
                        label=r.label, class_id=r.class_id, unknown=r.unknown,
                        score=r.score, method=r.method, feedback=fb,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from app.errors import NotFound
 from app.schemas import ClassReportPublic, GoodPartsReport, GroupReportPublic
 from app.services.runtime import Runtime
@@ -42,7 +40,7 @@ def report_for(rt: Runtime, group: str) -> GroupReportPublic:
     if gp is not None:
         good = GoodPartsReport(
             good_images=gp.memory.n_good, false_alarm_rate=gp.false_alarm_rate,
-            threshold=round(gp.threshold, 6) if math.isfinite(gp.threshold) else None,
+            threshold=round(gp.threshold, 6),
             calibrated_on=gp.held_out, warning=gp.warning)
         if gp.warning:
             warnings.append(f"good parts: {gp.warning}")

@@ -203,7 +203,7 @@ function renderResults(res, group) {
     const decision = el("div", { class: "decision" + (r.unknown ? " unknown" : "") }, name);
     const detail = r.top_k.length ? [`score ${r.score.toFixed(3)}`] : [];
     if (r.anomaly) {
-      const thr = r.anomaly.threshold === null ? "–" : r.anomaly.threshold.toFixed(3);
+      const thr = r.anomaly.threshold >= 2 ? "none yet" : r.anomaly.threshold.toFixed(3);
       detail.push(`anomaly ${r.anomaly.score.toFixed(3)} (threshold ${thr})`);
     }
     detail.push(r.filename);
@@ -399,7 +399,7 @@ function showReport(report) {
   }
   const g = report.good_parts;
   if (g) {
-    const thr = g.threshold === null ? "none yet" : g.threshold.toFixed(3);
+    const thr = g.threshold >= 2 ? "none yet (one image)" : g.threshold.toFixed(3);
     lines.push(el("div", { class: "good-parts" }, `Good parts: ${g.good_images} image(s), ` +
       `false-alarm rate ${(100 * g.false_alarm_rate).toFixed(1)}%, threshold ${thr}`));
   }

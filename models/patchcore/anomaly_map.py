@@ -49,7 +49,10 @@ def heatmap_png(patch_map: np.ndarray, threshold: float, width: int, height: int
     side = max(28, min(short_side, width, height))
     scale = side / min(width, height)
     size = (max(side, round(width * scale)), max(side, round(height * scale)))
-    ref = threshold if np.isfinite(threshold) and threshold > 0 else float(patch_map.max())
+    from models.patchcore.torch_model import MAX_DISTANCE
+
+    # uncalibrated (one good image): the map's own peak is white instead
+    ref = threshold if 0 < threshold < MAX_DISTANCE else float(patch_map.max())
     grey = np.clip(patch_map / (2.0 * max(ref, 1e-6)), 0.0, 1.0).astype(np.float32)
     img = Image.fromarray(grey, mode="F").resize(size, Image.Resampling.BILINEAR)
     level = Image.fromarray(np.round(np.asarray(img) * 255.0).astype(np.uint8), mode="L")

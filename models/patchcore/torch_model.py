@@ -15,6 +15,8 @@ import numpy as np
 from models.patchcore.sampler import KCenterGreedy
 
 TOP_FRACTION = 0.01
+# The largest cosine distance between unit vectors: a threshold here flags nothing.
+MAX_DISTANCE = 2.0
 # The bank is searched in the span of its own top singular directions (the line's own
 # good-patch subspace), 64 of the 192 feature dimensions: a third of the arithmetic per
 # query patch. A defect patch's energy outside that span still lowers its best match
@@ -93,9 +95,11 @@ def calibrate_threshold(loo: np.ndarray, false_alarm_rate: float) -> tuple[float
     """The score above which a part is called anomalous, so that about `false_alarm_rate` of
     good parts would be: the (1 - rate) quantile of the leave-one-out scores (the next
     sample up, never interpolated below it). With n scores no rate below 1/(n + 1) can be
-    told apart: the warning says so. No scores (one good image): infinity and a warning."""
+    told apart: the warning says so. No scores (one good image): MAX_DISTANCE, which no
+    score exceeds (nothing is flagged), and a warning."""
     if len(loo) == 0:
-        return float("inf"), "one good image cannot calibrate a threshold; enrol more"
+        return MAX_DISTANCE, ("one good image cannot calibrate a threshold: nothing is "
+                              "flagged until there are two; enrol more")
     thr = float(np.quantile(loo, 1.0 - false_alarm_rate, method="higher"))
     floor = 1.0 / (len(loo) + 1)
     warning = None

@@ -198,3 +198,18 @@ def test_a_results_kept_image_and_its_heatmap(client: TestClient) -> None:
                         files=as_files([("q.png", sample("brick", None, 2301))])).json()
     r = client.get(f"/api/v1/results/{other['results'][0]['id']}/heatmap")
     assert r.status_code == 404 and r.json()["error"]["code"] == "no_good_parts"
+
+
+def test_one_good_image_flags_nothing_and_says_so(client: TestClient) -> None:
+    grp = f"g-{uuid.uuid4().hex[:8]}"
+    cid = client.post("/api/v1/classes", json={"name": "ok", "group": grp, "kind": "good"}
+                      ).json()["id"]
+    r = client.post(f"/api/v1/classes/{cid}/images",
+                    files=as_files([("ok.png", sample("brick", None, 2400))]))
+    g = r.json()["report"]["good_parts"]
+    assert g["threshold"] == 2.0 and g["calibrated_on"] == 0
+    assert "one good image cannot calibrate" in g["warning"]
+    res = client.post("/api/v1/classify", params={"group": grp, "heatmap": "true"},
+                      files=as_files([("h.png", sample("brick", "hole", 2401))])).json()
+    x = res["results"][0]
+    assert x["anomaly"]["threshold"] == 2.0 and x["verdict"] == "ok" and x["heatmap"]
