@@ -152,7 +152,8 @@ def evaluate(
 
         typer.echo(real_report(out, get_settings().backbone,
                                tuple(int(s) for s in shots.split(",")), min(episodes, 300),
-                               seed=seed, cache_dir=cache / "onnx"))
+                               seed=seed, cache_dir=cache / "onnx",
+                               rank_by=get_settings().rank_by))
         return
     if anomaly:
         from models.patchcore.evaluate import report
@@ -200,7 +201,7 @@ def evaluate(
     write_reports(rows, out)
     typer.echo((out / "evaluation.md").read_text())
     typer.echo(rejection_report(data, embed, metric_cfg, app_cfg, shot_counts,
-                                episodes // 2, seed + 2000, out))
+                                episodes // 2, seed + 2000, out, get_settings().rank_by))
 
 
 @cli.command()

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int = Field(default=2, ge=1, le=64)
     default_method: str = "protonet"
+    # What the default method (ProtoNet) ranks classes by, for a backbone with two parts:
+    # "appearance", the frozen ImageNet global pool (chosen on real images: the
+    # meta-trained head loses to it there, models/MODEL_CARD.md), or "metric", the head.
+    rank_by: Literal["appearance", "metric"] = "appearance"
     temperature: float = Field(default=0.05, gt=0)
 
     # Unknown rejection (see README, "Calibration"). The calib_* numbers apply to the

@@ -96,20 +96,23 @@ REJECTION_SETUP = {  # home benchmark -> (n_way, the unrelated set its foreign i
 
 def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: CalibrationConfig,
                      app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
-                     seed: int, out_dir: Path) -> str:
-    """Unknown rejection with the service's calibration on held-out classes: how many
+                     seed: int, out_dir: Path, rank_by: str = "metric") -> str:
+    """Unknown rejection with the service's calibration (and ranking, `rank_by`) on
+    held-out classes: how many
     genuine images are accepted with the right class or falsely rejected, and how many
     images of an unrelated set are rejected. Writes rejection.{json,md}."""
     parts = {b: (embed(data[f"{b}_x"]), unit(global_pool(data[f"{b}_x"])))
              for b in (*REJECTION_SETUP, "novel_eval")}
-    rows = rejection_rows({"": parts}, data, metric_cfg, app_cfg, shots, episodes, seed)
+    rows = rejection_rows({"": parts}, data, metric_cfg, app_cfg, shots, episodes, seed,
+                          rank_by)
     md = write_rejection(rows, out_dir / "rejection")
     from models.openset import novelty_rates
 
     novel = [{"shots": k, "known": "ok + 2 defect types", "novel": "the other 3",
               "episodes": episodes} | {m: round(v, 4) for m, v in novelty_rates(
                   *parts["novel_eval"], data["novel_eval_y"], data["novel_eval_g"],
-                  metric_cfg, app_cfg, k, 2, episodes, seed + 500 + k).items()}
+                  metric_cfg, app_cfg, k, 2, episodes, seed + 500 + k,
+                  rank_by=rank_by).items()}
              for k in shots]
     table = reporting.write(out_dir / "novelty", novel, reporting.markdown(
         ["shots", "known classes accepted, right class", "known falsely rejected",
@@ -123,7 +126,7 @@ def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: Cali
 def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
                    labels: dict[str, np.ndarray], metric_cfg: CalibrationConfig,
                    app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
-                   seed: int) -> list[dict[str, object]]:
+                   seed: int, rank_by: str = "metric") -> list[dict[str, object]]:
     """parts[name][bench] = (metric, appearance) embeddings; `labels` holds `<bench>_y`
     and, where episodes stay inside a group, `<bench>_g`. Same episodes for every name."""
     from models.openset import rejection_rates
@@ -134,7 +137,7 @@ def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
             for name, by_bench in parts.items():
                 r = rejection_rates(*by_bench[bench], labels[f"{bench}_y"], by_bench[foreign],
                                     metric_cfg, app_cfg, k, ways, episodes, seed + k,
-                                    groups=labels.get(f"{bench}_g"))
+                                    groups=labels.get(f"{bench}_g"), rank_by=rank_by)
                 rows.append({"benchmark": bench, "foreign": foreign, "shots": k,
                              "n_way": ways, "episodes": episodes}
                             | ({"embedding": name} if name else {})
@@ -206,7 +209,7 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
 
 def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = (1, 5, 10),
                 episodes: int = 300, q_query: int = 15, seed: int = 0,
-                cache_dir: Path = Path("runs/cache/onnx")) -> str:
+                cache_dir: Path = Path("runs/cache/onnx"), rank_by: str = "appearance") -> str:
     """Real images: the ELPV mono development set (evaluation only; ../shared/DATA.md),
     2-way good vs defective, K-shot, both classes enrolled as ordinary classes. The
     served decision (`GroupIndex.decide` on the served network's stored vectors, as
@@ -224,17 +227,22 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     images, labels = elpv.load_mono()
     f = served_features(images, backbone, cache_dir, desc="ELPV")
     full, app = f.embeddings, unit(f.appearance)
-    layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(),
-                             CalibrationConfig() if f.metric_dim < full.shape[1] else None)
+    two_parts = f.metric_dim < full.shape[1]
+    layouts = {r: EmbeddingLayout(f.metric_dim, CalibrationConfig(),
+                                  CalibrationConfig() if two_parts else None, r)
+               for r in (("appearance", "metric") if two_parts else ("metric",))}
+    layout = layouts["metric"]
     rows: list[dict[str, object]] = []
     for k in shots:
-        served, base, good = np.empty(episodes), np.empty(episodes), np.empty(episodes)
+        served = {r: np.empty(episodes) for r in layouts}
+        base, good = np.empty(episodes), np.empty(episodes)
         sampler = EpisodeSampler(labels, 2, k, q_query, seed + k)
         for e in tqdm(range(episodes), desc=f"ELPV {k}-shot", leave=False):
             ep = sampler.sample()
-            index = episode_index(full[ep.support], ep.support_labels, 2, layout)
-            winner, _ = served_decisions(index, full[ep.query])
-            served[e] = (winner == ep.query_labels).mean()
+            for r, lay in layouts.items():
+                index = episode_index(full[ep.support], ep.support_labels, 2, lay)
+                winner, _ = served_decisions(index, full[ep.query])
+                served[r][e] = (winner == ep.query_labels).mean()
             # The same support, the good images enrolled as a good class (kind "good"):
             # the good parts decide OK/NG, as /classify answers in such a group.
             ids = ep.support
@@ -252,8 +260,10 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
             protos = np.stack([app[ep.support][ep.support_labels == c].mean(0) for c in (0, 1)])
             d = ((app[ep.query][:, None] - protos[None]) ** 2).sum(-1)
             base[e] = (d.argmin(1) == ep.query_labels).mean()
-        for name, accs in ((f"served default ({backbone}, protonet), both as defect classes",
-                            served),
+        named = [(f"served, both as defect classes, ProtoNet ranked by the {r} part"
+                  + (" (FSDI_RANK_BY default)" if r == rank_by else ""), accs)
+                 for r, accs in served.items()]
+        for name, accs in (*named,
                            ("served, the good images as a good class (verdict)", good),
                            ("frozen ImageNet global pool (baseline)", base)):
             m, ci = mean_ci(accs)

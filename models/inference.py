@@ -21,7 +21,7 @@ import numpy as np
 
 from models.calibration import CalibrationConfig, class_threshold
 from models.methods import FewShotMethod, create_method
-from models.methods.protonet import ProtoNet, euclidean
+from models.methods.protonet import ProtoNet, euclidean, score_from_distances
 from models.patchcore.torch_model import PatchMemory, calibrate_threshold
 
 EVIDENCE_PER_CLASS = 3
@@ -35,6 +35,10 @@ class EmbeddingLayout:
     metric_dim: int
     metric_calib: CalibrationConfig
     app_calib: CalibrationConfig | None = None
+    # What ProtoNet (the default method) ranks classes by: the "metric" part (the
+    # meta-trained head) or the "appearance" part (the frozen ImageNet global pool).
+    # The other methods always take the metric part their weights were trained on.
+    rank_by: str = "metric"
 
 
 @dataclass(frozen=True)
@@ -111,27 +115,31 @@ class GroupIndex:
     app_thresholds: np.ndarray | None = None  # (C,)
     temperature: float = 0.05
     runtime: str = "onnxruntime"
+    rank_by: str = "metric"  # EmbeddingLayout.rank_by
+    app_sq: np.ndarray | None = None  # (C,) squared norms of app_prototypes
     fitted: dict[str, FewShotMethod] = field(default_factory=dict, compare=False)
     _fit_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
     @classmethod
     def build(cls, group: str, entries: Iterable[ClassEntry], metric_dim: int,
-              temperature: float = 0.05, runtime: str = "onnxruntime") -> GroupIndex:
+              temperature: float = 0.05, runtime: str = "onnxruntime",
+              rank_by: str = "metric") -> GroupIndex:
         ordered = tuple(entries)
         if not ordered:
             raise ValueError("a group index needs at least one class")
         protos = np.stack([e.prototype for e in ordered]).astype(np.float32)
         thresholds = np.asarray([e.threshold for e in ordered], dtype=np.float32)
         sq = np.einsum("cd,cd->c", protos, protos)
-        app = app_thr = None
+        app = app_thr = app_sq = None
         if ordered[0].app_prototype is not None:
             app = np.stack([e.app_prototype for e in ordered]).astype(np.float32)  # type: ignore[misc]
             app_thr = np.asarray([e.app_threshold for e in ordered], np.float32)
-        for a in (protos, thresholds, sq, app, app_thr):
+            app_sq = np.einsum("cd,cd->c", app, app)
+        for a in (protos, thresholds, sq, app, app_thr, app_sq):
             if a is not None:
                 a.setflags(write=False)
         return cls(group, ordered, metric_dim, protos, thresholds, sq, app, app_thr,
-                   temperature, runtime)
+                   temperature, runtime, rank_by, app_sq)
 
     def support_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """All support embeddings (N, D) and their class indices (N,)."""
@@ -167,6 +175,9 @@ class GroupIndex:
         part and no override, when its appearance distance exceeds its appearance
         threshold."""
         q = np.ascontiguousarray(embeddings[:, :self.metric_dim], dtype=np.float32)
+        if method == ProtoNet.name and self.rank_by == "appearance" \
+                and self.app_prototypes is not None:
+            return self._decide_by_appearance(embeddings, q, top_k, threshold, evidence)
         out = self.method(method).predict(q)
         proto_dist = (out.distances if method == ProtoNet.name
                       else euclidean(q, self.prototypes, self.proto_sq))
@@ -187,6 +198,34 @@ class GroupIndex:
                 d_app = float(np.linalg.norm(embeddings[i, self.metric_dim:]
                                              - self.app_prototypes[best.index]))
                 unknown = d_app > float(self.app_thresholds[best.index])
+            decisions.append(Decision(top, unknown))
+        return decisions
+
+    def _decide_by_appearance(self, embeddings: np.ndarray, q: np.ndarray, top_k: int,
+                              threshold: float | None, evidence: bool) -> list[Decision]:
+        """ProtoNet on the appearance part: rank by the distance to each class's mean
+        appearance, reject when that distance exceeds the winner's appearance threshold
+        (or `threshold`, which then also turns the metric check off), or when the
+        winner's metric distance exceeds its metric threshold."""
+        app_protos, app_thr = self.app_prototypes, self.app_thresholds
+        if app_protos is None or app_thr is None:
+            raise ValueError("appearance ranking needs an appearance part")
+        a = np.ascontiguousarray(embeddings[:, self.metric_dim:], dtype=np.float32)
+        dist = euclidean(a, app_protos, self.app_sq)
+        scores = score_from_distances(dist, self.temperature)
+        metric_dist = euclidean(q, self.prototypes, self.proto_sq)
+        k = min(top_k, len(self.entries))
+        decisions = []
+        for i in range(len(a)):
+            top = tuple(Candidate(
+                index=int(c), score=float(scores[i, c]), distance=float(dist[i, c]),
+                threshold=float(threshold) if threshold is not None else float(app_thr[c]),
+                evidence=self._evidence(int(c), q[i]) if evidence else None)
+                for c in top_indices(scores[i], k))
+            best = top[0]
+            unknown = best.distance > best.threshold or (
+                threshold is None
+                and float(metric_dist[i, best.index]) > float(self.thresholds[best.index]))
             decisions.append(Decision(top, unknown))
         return decisions
 
@@ -285,7 +324,7 @@ class ServedGroup:
             if not chosen:
                 return None
             return GroupIndex.build(index.group, chosen, index.metric_dim, index.temperature,
-                                    index.runtime)
+                                    index.runtime, index.rank_by)
         return cls(index, sub("defect"), sub("good"), good_parts)
 
     @property

@@ -13,7 +13,8 @@ def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarr
                     foreign: tuple[np.ndarray, np.ndarray], metric_cfg: CalibrationConfig,
                     app_cfg: CalibrationConfig, k_shot: int, n_way: int, episodes: int,
                     seed: int, groups: np.ndarray | None = None, q_query: int = 10,
-                    foreign_per_episode: int = 30) -> dict[str, float]:
+                    foreign_per_episode: int = 30, rank_by: str = "metric"
+                    ) -> dict[str, float]:
     """Enrol n_way classes from k_shot images each, calibrated as the service does, then
     judge q_query held-out images of each class and foreign_per_episode images of an
     unrelated set. Returns the fractions: accepted with the right class, falsely
@@ -23,7 +24,7 @@ def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarr
     sampler = EpisodeSampler(labels, n_way, k_shot, q_query, seed, groups=groups)
     rng = np.random.default_rng(seed + 1)
     full, foreign_full = _joined(metric, appearance), _joined(*foreign)
-    layout = _layout(metric, metric_cfg, app_cfg)
+    layout = _layout(metric, metric_cfg, app_cfg, rank_by)
     right = false_reject = foreign_reject = 0
     for _ in range(episodes):
         ep = sampler.sample()
@@ -41,14 +42,15 @@ def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarr
 def novelty_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray,
                   groups: np.ndarray, metric_cfg: CalibrationConfig,
                   app_cfg: CalibrationConfig, k_shot: int, known_defects: int,
-                  episodes: int, seed: int, q_query: int = 10) -> dict[str, float]:
+                  episodes: int, seed: int, q_query: int = 10, rank_by: str = "metric"
+                  ) -> dict[str, float]:
     """Open set on one part: inside one group (surface), enrol label 0 ("ok") and
     `known_defects` random other labels from k_shot images each; then judge held-out
     images of those classes and images of the labels left out (defect types nobody
     enrolled). Returns: known accepted with the right class, known falsely rejected, and
     novel rejected (what an honest "unknown" should catch)."""
     rng = np.random.default_rng(seed)
-    full, layout = _joined(metric, appearance), _layout(metric, metric_cfg, app_cfg)
+    full, layout = _joined(metric, appearance), _layout(metric, metric_cfg, app_cfg, rank_by)
     right = false_reject = novel_reject = n_known = n_novel = 0
     defects = [int(c) for c in np.unique(labels) if c != 0]
     for _ in range(episodes):
@@ -81,9 +83,9 @@ def _joined(metric: np.ndarray, appearance: np.ndarray) -> np.ndarray:
     return np.concatenate([metric, appearance], axis=1).astype(np.float32)
 
 
-def _layout(metric: np.ndarray, metric_cfg: CalibrationConfig, app_cfg: CalibrationConfig
-            ) -> EmbeddingLayout:
-    return EmbeddingLayout(metric.shape[1], metric_cfg, app_cfg)
+def _layout(metric: np.ndarray, metric_cfg: CalibrationConfig, app_cfg: CalibrationConfig,
+            rank_by: str = "metric") -> EmbeddingLayout:
+    return EmbeddingLayout(metric.shape[1], metric_cfg, app_cfg, rank_by)
 
 
 def episode_index(support: np.ndarray, labels: np.ndarray, n_way: int, layout: EmbeddingLayout
@@ -91,7 +93,7 @@ def episode_index(support: np.ndarray, labels: np.ndarray, n_way: int, layout: E
     """An episode's classes enrolled as the service enrols them."""
     entries = [make_entry(c, f"class{c}", "eval", list(np.flatnonzero(labels == c)),
                           support[labels == c], layout) for c in range(n_way)]
-    return GroupIndex.build("eval", entries, layout.metric_dim)
+    return GroupIndex.build("eval", entries, layout.metric_dim, rank_by=layout.rank_by)
 
 
 def served_decisions(index: GroupIndex, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -170,5 +170,6 @@ class PrototypeCache:
     def _build(self, group: str, entries: dict[int, ClassEntry], good: GoodParts | None
                ) -> ServedGroup:
         index = GroupIndex.build(group, (entries[k] for k in sorted(entries)),
-                                 self.layout.metric_dim, self.temperature, self.runtime)
+                                 self.layout.metric_dim, self.temperature, self.runtime,
+                                 self.layout.rank_by)
         return ServedGroup.build(index, good)

@@ -54,7 +54,7 @@ def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
     metric, appearance = s.calibration()
     if bb.metric_dim == bb.dim:
         return EmbeddingLayout(bb.dim, appearance)
-    return EmbeddingLayout(bb.metric_dim, metric, appearance)
+    return EmbeddingLayout(bb.metric_dim, metric, appearance, s.rank_by)
 
 
 T = TypeVar("T")

@@ -76,3 +76,24 @@ def test_protonet_is_fitted_once_from_the_index_prototypes() -> None:
     first = idx.method("protonet")
     assert idx.method("protonet") is first
     assert first.protos is idx.prototypes  # type: ignore[attr-defined]
+
+
+def test_protonet_ranks_by_the_appearance_part_when_told() -> None:
+    """rank_by="appearance" (the served default): ProtoNet ranks by the frozen global
+    pool, and the metric part still rejects."""
+    idx, centres = index(np.random.default_rng(5))
+    by_app = GroupIndex.build("g", idx.entries, idx.metric_dim, rank_by="appearance")
+    # metric part says class 0, appearance part says class 1
+    mixed = np.concatenate([centres[:1, :4], centres[1:2, 4:]], axis=1) + 0.01
+    assert idx.decide(mixed, top_k=1)[0].best.index == 0
+    got = by_app.decide(mixed, top_k=3)[0]
+    assert got.best.index == 1 and len(got.top) == 3
+    assert got.best.distance == pytest.approx(
+        float(np.linalg.norm(mixed[0, 4:] - idx.app_prototypes[1])), abs=1e-5)
+    assert got.best.threshold == pytest.approx(float(idx.app_thresholds[1]))
+    # the winner's metric distance is over its metric threshold: unknown, unless overridden
+    assert got.unknown
+    assert not by_app.decide(mixed, top_k=1, threshold=4.0)[0].unknown
+    near = centres + 0.01
+    assert [d.best.index for d in by_app.decide(near, top_k=1)] == [0, 1, 2]
+    assert not any(d.unknown for d in by_app.decide(near, top_k=1))

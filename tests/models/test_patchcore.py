@@ -229,10 +229,14 @@ def test_real_image_report_runs_the_served_decisions(monkeypatch: pytest.MonkeyP
     table = ev.real_report(tmp_path, shots=(1, 5), episodes=8, q_query=5,
                            cache_dir=tmp_path / "onnx")
     rows = json.loads((tmp_path / "real.json").read_text())
-    assert len(rows) == 2 * 3 and (tmp_path / "real.png").is_file() and "5-shot" in table
-    by = {(r["shots"], r["embedding"].split(" ")[0] + r["embedding"].split(",")[-1]): r
-          for r in rows}
+    assert len(rows) == 2 * 4 and (tmp_path / "real.png").is_file() and "5-shot" in table
+    by = {(r["shots"], r["embedding"]): r for r in rows}
+    # ranked by the appearance part, the served default is the frozen baseline exactly
+    for k in (1, 5):
+        default = next(r for r in rows if r["shots"] == k and "default" in r["embedding"])
+        frozen = next(r for r in rows if r["shots"] == k and "baseline" in r["embedding"])
+        assert default["accuracy"] == frozen["accuracy"] and "appearance" in default["embedding"]
     good = next(r for r in rows if r["shots"] == 5 and "good class" in r["embedding"])
     one = next(r for r in rows if r["shots"] == 1 and "good class" in r["embedding"])
     assert one["accuracy"] == 0.5  # one good image calibrates nothing: nothing flagged
-    assert good["accuracy"] > 0.8 and len(by) == 6
+    assert good["accuracy"] > 0.8 and len(by) == 8
