@@ -87,6 +87,7 @@ def test_protonet_ranks_by_the_appearance_part_when_told() -> None:
     mixed = np.concatenate([centres[:1, :4], centres[1:2, 4:]], axis=1) + 0.01
     assert idx.decide(mixed, top_k=1)[0].best.index == 0
     got = by_app.decide(mixed, top_k=3)[0]
+    assert idx.app_prototypes is not None and idx.app_thresholds is not None
     assert got.best.index == 1 and len(got.top) == 3
     assert got.best.distance == pytest.approx(
         float(np.linalg.norm(mixed[0, 4:] - idx.app_prototypes[1])), abs=1e-5)
