@@ -408,11 +408,18 @@ function showReport(report) {
   box.hidden = false;
 }
 
+// After a removal the report is read again (or hidden when the group is now empty).
+async function refreshReport(group) {
+  try { showReport(await api(`/api/v1/groups/${encodeURIComponent(group)}/report`)); }
+  catch (e) { showReport(null); }
+}
+
 // ---- classes (admin) ----------------------------------------------------------------------
 async function loadClasses() {
   showError("#classes-error", null);
   $("#class-detail").hidden = true;
   const group = $("#class-group").value || "default";
+  refreshReport(group);  // the report shown is always this group's, as it is now
   $("#class-list").setAttribute("aria-busy", "true");
   try {
     const data = await api(`/api/v1/classes?group=${encodeURIComponent(group)}`);

@@ -180,6 +180,9 @@ def test_admin_enrols_classifies_and_deletes(browser, server: Server, shots: Pat
     css(browser, f"{card} .delete-class")[0].click()
     wait(browser, lambda d: d.switch_to.alert).accept()
     wait(browser, lambda d: not css(d, card))
+    # the group's report is read again: the deleted class is gone from it
+    wait(browser, lambda d: "stain" not in css(d, "#report")[0].text
+         and "scratch" in css(d, "#report")[0].text)
     browser.save_screenshot(str(shots / "05-after-delete.png"))
     left = httpx.get(f"{server.url}/api/v1/classes", params={"group": group},
                      headers={"Authorization": f"Bearer {KEY}"}).json()["items"]
