@@ -170,62 +170,43 @@ class GroupIndex:
     def decide(self, embeddings: np.ndarray, top_k: int, method: str = ProtoNet.name,
                threshold: float | None = None, evidence: bool = False) -> list[Decision]:
         """The served answer for each query vector (Q, D_full): the method ranks the
-        classes; the winner is rejected (unknown) when its prototype distance exceeds its
-        threshold (or `threshold`, which overrides every class's), or, with an appearance
-        part and no override, when its appearance distance exceeds its appearance
-        threshold."""
+        classes, on the metric part, or for ProtoNet with `rank_by="appearance"` on the
+        appearance part. The winner is rejected (unknown) when its distance in the
+        ranking part exceeds its threshold there (or `threshold`, which overrides every
+        class's), or, with no override, when its distance in the other part (if any)
+        exceeds its threshold there."""
         q = np.ascontiguousarray(embeddings[:, :self.metric_dim], dtype=np.float32)
+        a = embeddings[:, self.metric_dim:]
+        app_p, app_t = self.app_prototypes, self.app_thresholds
+        other: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if method == ProtoNet.name and self.rank_by == "appearance" \
-                and self.app_prototypes is not None:
-            return self._decide_by_appearance(embeddings, q, top_k, threshold, evidence)
-        out = self.method(method).predict(q)
-        proto_dist = (out.distances if method == ProtoNet.name
-                      else euclidean(q, self.prototypes, self.proto_sq))
+                and app_p is not None and app_t is not None:
+            dist = euclidean(np.ascontiguousarray(a, dtype=np.float32), app_p, self.app_sq)
+            scores, thresholds = score_from_distances(dist, self.temperature), app_t
+            other = (q, self.prototypes, self.thresholds)
+        else:
+            out = self.method(method).predict(q)
+            scores, thresholds = out.scores, self.thresholds
+            dist = (out.distances if method == ProtoNet.name
+                    else euclidean(q, self.prototypes, self.proto_sq))
+            if app_p is not None and app_t is not None:
+                other = (a, app_p, app_t)
         k = min(top_k, len(self.entries))
         decisions = []
         for i in range(q.shape[0]):
-            order = top_indices(out.scores[i], k)
-            top = tuple(Candidate(
-                index=int(c), score=float(out.scores[i, c]), distance=float(proto_dist[i, c]),
-                threshold=float(threshold) if threshold is not None else float(self.thresholds[c]),
-                evidence=self._evidence(int(c), q[i]) if evidence else None) for c in order)
-            best = top[0]
-            unknown = best.distance > best.threshold
-            if not unknown and threshold is None and self.app_prototypes is not None \
-                    and self.app_thresholds is not None:
-                # Unlike the winning class's overall look: reject, whatever the ranking
-                # says. Only the winner's distance is needed (10,000 classes cost no more).
-                d_app = float(np.linalg.norm(embeddings[i, self.metric_dim:]
-                                             - self.app_prototypes[best.index]))
-                unknown = d_app > float(self.app_thresholds[best.index])
-            decisions.append(Decision(top, unknown))
-        return decisions
-
-    def _decide_by_appearance(self, embeddings: np.ndarray, q: np.ndarray, top_k: int,
-                              threshold: float | None, evidence: bool) -> list[Decision]:
-        """ProtoNet on the appearance part: rank by the distance to each class's mean
-        appearance, reject when that distance exceeds the winner's appearance threshold
-        (or `threshold`, which then also turns the metric check off), or when the
-        winner's metric distance exceeds its metric threshold."""
-        app_protos, app_thr = self.app_prototypes, self.app_thresholds
-        if app_protos is None or app_thr is None:
-            raise ValueError("appearance ranking needs an appearance part")
-        a = np.ascontiguousarray(embeddings[:, self.metric_dim:], dtype=np.float32)
-        dist = euclidean(a, app_protos, self.app_sq)
-        scores = score_from_distances(dist, self.temperature)
-        metric_dist = euclidean(q, self.prototypes, self.proto_sq)
-        k = min(top_k, len(self.entries))
-        decisions = []
-        for i in range(len(a)):
             top = tuple(Candidate(
                 index=int(c), score=float(scores[i, c]), distance=float(dist[i, c]),
-                threshold=float(threshold) if threshold is not None else float(app_thr[c]),
+                threshold=float(threshold) if threshold is not None else float(thresholds[c]),
                 evidence=self._evidence(int(c), q[i]) if evidence else None)
                 for c in top_indices(scores[i], k))
             best = top[0]
-            unknown = best.distance > best.threshold or (
-                threshold is None
-                and float(metric_dist[i, best.index]) > float(self.thresholds[best.index]))
+            unknown = best.distance > best.threshold
+            if not unknown and threshold is None and other is not None:
+                # Unlike the winner in the other part: reject, whatever the ranking says.
+                # Only the winner's distance is needed (10,000 classes cost no more).
+                x, protos, thr = other
+                unknown = float(np.linalg.norm(x[i] - protos[best.index])) \
+                    > float(thr[best.index])
             decisions.append(Decision(top, unknown))
         return decisions
 

@@ -63,9 +63,7 @@ def _decide(rt: Runtime, group: str, full: np.ndarray, top_k: int, name: str,
     served = rt.cache.served(group)
     if served is None:  # deleted while the images were embedded
         raise Conflict(f"group {group!r} has no classes with support images", code="empty_group")
-    for idx in (served.index, served.defects, served.goods):
-        if idx is not None:
-            idx.method(name)  # adapt once per (group, support-set version)
+    # Each index fits the method it is asked for once, when first asked (GroupIndex.method).
     embeddings, patches = rt.unpack(full)
     return served.inspect(embeddings, patches, top_k, name, threshold, evidence)
 
@@ -87,6 +85,7 @@ async def classify(
     inspections = await asyncio.to_thread(_decide, rt, group, full, top_k, name, threshold,
                                           evidence)
     version = rt.backbone.version
+    entries = [i.entry for i in inspections]
     # Off the event loop, committed together with concurrent requests' results.
     ids = await rt.results.submit(PendingResults(group, uploads, [
         {"group_name": group, "filename": u.filename, "sha256": u.sha256,
@@ -95,7 +94,7 @@ async def classify(
          "model_version": version, "key_id": who.key_id, "verdict": i.verdict,
          "anomaly_score": None if i.anomaly is None else round(i.anomaly.score, 6),
          "anomaly_threshold": None if i.anomaly is None else round(i.anomaly.threshold, 6)}
-        for u, i, e in zip(uploads, inspections, (i.entry for i in inspections), strict=True)],
+        for u, i, e in zip(uploads, inspections, entries, strict=True)],
         who.actor))
     maps = (await asyncio.to_thread(lambda: [_heatmap(i, u) for i, u in
                                              zip(inspections, uploads, strict=True)])
@@ -105,8 +104,7 @@ async def classify(
                top_k=top_k_of(i.index, i.decision), label=e.name if e else None,
                class_id=e.class_id if e else None, anomaly=_anomaly(i.anomaly),
                verdict=i.verdict, heatmap=hm)  # type: ignore[arg-type]
-        for rid, u, i, e, hm in zip(ids, uploads, inspections,
-                                    (i.entry for i in inspections), maps, strict=True)]
+        for rid, u, i, e, hm in zip(ids, uploads, inspections, entries, maps, strict=True)]
     response = ClassifyResponse(results=results, model=ModelInfo(
         backbone=rt.backbone.name, method=name, version=version,
         runtime=rt.embedder.runtime if rt.embedder else "none"))

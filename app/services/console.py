@@ -22,7 +22,7 @@ def groups(rt: Runtime) -> GroupList:
     return GroupList(items=[GroupPublic(name=g, class_count=n) for g, n in sorted(counts.items())])
 
 
-def _thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
+def jpeg_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
     from models.preprocess import decode_image
 
     img = decode_image(data, max_pixels, draft_to=size).rgb
@@ -41,4 +41,4 @@ async def thumbnail(rt: Runtime, image_id: int, size: int) -> bytes:
         digest = img.sha256
     data = await asyncio.to_thread(rt.blobs.get, digest)
     return await asyncio.get_running_loop().run_in_executor(
-        rt.decode_pool, _thumbnail, data, size, rt.settings.max_image_pixels)
+        rt.decode_pool, jpeg_thumbnail, data, size, rt.settings.max_image_pixels)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from app.errors import NotFound, Unprocessable
 from app.schemas import AnomalyPublic, HistoryItem, HistoryPage, ResultFeedback
 from app.services.runtime import Runtime
+from models.patchcore.torch_model import MAX_DISTANCE
 from storage import repositories as repo
 from storage.repositories import HistoryRow, ResultFilter
 
@@ -38,7 +39,7 @@ def item(h: HistoryRow) -> HistoryItem:
           else ResultFeedback(correct=h.feedback_correct, class_id=h.feedback_class_id))
     anomaly = None
     if r.anomaly_score is not None:
-        thr = r.anomaly_threshold if r.anomaly_threshold is not None else 2.0
+        thr = r.anomaly_threshold if r.anomaly_threshold is not None else MAX_DISTANCE
         anomaly = AnomalyPublic(score=r.anomaly_score, threshold=thr,
                                 anomalous=r.anomaly_score > thr)
     return HistoryItem(id=r.id, created_at=r.created_at, group=r.group_name, filename=r.filename,
@@ -107,11 +108,11 @@ def _kept(rt: Runtime, result_id: int) -> tuple[bytes, str]:
 
 async def result_thumbnail(rt: Runtime, result_id: int, size: int) -> bytes:
     """The classified image as a JPEG no larger than size x size."""
-    from app.services.console import _thumbnail
+    from app.services.console import jpeg_thumbnail
 
     data, _ = await asyncio.to_thread(_kept, rt, result_id)
     return await asyncio.get_running_loop().run_in_executor(
-        rt.decode_pool, _thumbnail, data, size, rt.settings.max_image_pixels)
+        rt.decode_pool, jpeg_thumbnail, data, size, rt.settings.max_image_pixels)
 
 
 async def result_heatmap(rt: Runtime, result_id: int) -> bytes:

@@ -9,7 +9,6 @@ module only reads rows, swaps and locks: every decision is models.inference's.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -70,21 +69,22 @@ class PrototypeCache:
             c = classes[cid]
             entries.setdefault(c.group_name, {})[cid] = make_entry(
                 cid, c.name, c.group_name, img_ids, vecs, self.layout, c.kind)
-        goods = [c for c in classes.values() if c.kind == "good" and c.id in by_class]
-        good: dict[str, GoodParts] = {}
-        if self.patch_version is not None and goods:
-            rates = repo.false_alarm_rates(s, group)
-            rows: dict[str, list[repo.StoredPatches]] = {}
-            for p in repo.patches_for(s, self.patch_version, [c.id for c in goods]):
-                rows.setdefault(classes[p.class_id].group_name, []).append(p)
-            for g, ps in rows.items():
-                good[g] = self._good_parts(ps, rates.get(g, self.false_alarm_rate))
-        return entries, good
+        return entries, self._read_goods(s, classes, group)
 
-    @staticmethod
-    def _good_parts(rows: Sequence[repo.StoredPatches], rate: float) -> GoodParts:
-        return GoodParts.build(np.stack([p.patches for p in rows]),
-                               [p.image_id for p in rows], rate)
+    def _read_goods(self, s: Session, classes: dict[int, DefectClass], group: str | None
+                    ) -> dict[str, GoodParts]:
+        """The good-parts memory of every group among these classes that has good images
+        (one group, or all with None), at each group's false-alarm rate."""
+        goods = [c.id for c in classes.values() if c.kind == "good"]
+        if self.patch_version is None or not goods:
+            return {}
+        rows: dict[str, list[repo.StoredPatches]] = {}
+        for p in repo.patches_for(s, self.patch_version, goods):
+            rows.setdefault(classes[p.class_id].group_name, []).append(p)
+        rates = repo.false_alarm_rates(s, group)
+        return {g: GoodParts.build(np.stack([p.patches for p in ps]), [p.image_id for p in ps],
+                                   rates.get(g, self.false_alarm_rate))
+                for g, ps in rows.items()}
 
     def load_all(self, s: Session) -> None:
         """Build every group from the database (start-up, or after re-embedding)."""
@@ -137,14 +137,8 @@ class PrototypeCache:
             self._publish(group, dict(self._entries.get(group, {})), good)
 
     def _read_good(self, s: Session, group: str) -> GoodParts | None:
-        if self.patch_version is None:
-            return None
-        goods = [c.id for c in repo.list_classes(s, group) if c.kind == "good"]
-        rows = repo.patches_for(s, self.patch_version, goods)
-        if not rows:
-            return None
-        rate = repo.false_alarm_rates(s, group).get(group, self.false_alarm_rate)
-        return self._good_parts(rows, rate)
+        classes = {c.id: c for c in repo.list_classes(s, group)}
+        return self._read_goods(s, classes, group).get(group)
 
     def _publish(self, group: str, group_entries: dict[int, ClassEntry],
                  good: GoodParts | None) -> None:

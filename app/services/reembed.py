@@ -8,18 +8,25 @@ database whose embeddings belong to another backbone version.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from app.settings import Settings
 from models.backbones import Backbone
-from models.embedder import Embedder, make_embedder, unpack
+from models.embedder import make_embedder, unpack
 from models.preprocess import load_for_backbone
 from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.blobs import BlobStore
 from storage.migrate import open_migrated
+from storage.tables import SupportImage
+
+Row = Any  # a storage row built for one image (an Embedding or a PatchFeatures)
 
 
 def reembed(settings: Settings, batch: int = 32, prune: bool = False,
@@ -31,28 +38,25 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
     embedder = make_embedder(bb, settings.runtime, settings.resolved_model_cache,
                              settings.threads)
     blobs = BlobStore(settings.data_dir / "blobs")
-    with sessions() as s:
-        total = repo.count_images_missing_version(s, bb.version)
-    done = 0
-    with tqdm(total=total, desc=f"re-embed for {bb.version}", unit="image",
-              disable=not progress) as bar:
-        for _ in range(max_batches if max_batches is not None else 10**12):
-            with sessions() as s:
-                todo = [(i.id, i.sha256) for i in
-                        repo.images_missing_version(s, bb.version, batch)]
-            if not todo:
-                break
-            x = np.stack([load_for_backbone(blobs.get(sha), bb.preprocess, 10**9)
-                          for _, sha in todo])
-            vecs = embedder.embed(x)
-            with sessions.begin() as s:
-                for (image_id, _), v in zip(todo, vecs, strict=True):
-                    s.add(repo.new_embedding(v, bb.name, bb.weights_sha256, bb.version,
-                                             image_id=image_id))
-            done += len(todo)
-            bar.update(len(todo))
+
+    def embedding_rows(x: np.ndarray, ids: list[int]) -> list[Row]:
+        return [repo.new_embedding(v, bb.name, bb.weights_sha256, bb.version, image_id=i)
+                for i, v in zip(ids, embedder.embed(x), strict=True)]
+
+    def patch_rows(x: np.ndarray, ids: list[int]) -> list[Row]:
+        _, patches = unpack(embedder.embed_packed(x), bb)
+        return [repo.new_patches(p, bb.patch_version, image_id=i)
+                for i, p in zip(ids, patches, strict=True)]
+
+    fill = partial(_backfill, sessions, blobs, bb, batch, max_batches, progress)
+    done = fill(f"re-embed for {bb.version}",
+                lambda s: repo.count_images_missing_version(s, bb.version),
+                lambda s, n: repo.images_missing_version(s, bb.version, n), embedding_rows)
     if bb.patch_layers:
-        done += _patches(sessions, bb, embedder, blobs, batch, max_batches, progress)
+        pv = bb.patch_version
+        done += fill("patch features of good images",
+                     lambda s: repo.count_good_images_missing_patches(s, pv),
+                     lambda s, n: repo.good_images_missing_patches(s, pv, n), patch_rows)
     with sessions.begin() as s:
         left = repo.count_images_missing_version(s, bb.version)
         if bb.patch_layers:
@@ -65,26 +69,27 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
     return done, left
 
 
-def _patches(sessions: sessionmaker[Session], bb: Backbone, embedder: Embedder,
-             blobs: BlobStore, batch: int, max_batches: int | None, progress: bool) -> int:
-    pv = bb.patch_version
+def _backfill(sessions: sessionmaker[Session], blobs: BlobStore, bb: Backbone, batch: int,
+              max_batches: int | None, progress: bool, desc: str,
+              count: Callable[[Session], int],
+              missing: Callable[[Session, int], Sequence[SupportImage]],
+              rows: Callable[[np.ndarray, list[int]], list[Row]]) -> int:
+    """Batch by batch, each committed: the images `missing` still lists, decoded from their
+    blobs, turned into `rows` and stored. Returns how many images were done."""
     with sessions() as s:
-        total = repo.count_good_images_missing_patches(s, pv)
+        total = count(s)
     done = 0
-    with tqdm(total=total, desc="patch features of good images", unit="image",
-              disable=not progress or total == 0) as bar:
+    with tqdm(total=total, desc=desc, unit="image", disable=not progress or total == 0) as bar:
         for _ in range(max_batches if max_batches is not None else 10**12):
             with sessions() as s:
-                todo = [(i.id, i.sha256) for i in
-                        repo.good_images_missing_patches(s, pv, batch)]
+                todo = [(i.id, i.sha256) for i in missing(s, batch)]
             if not todo:
                 break
             x = np.stack([load_for_backbone(blobs.get(sha), bb.preprocess, 10**9)
                           for _, sha in todo])
-            _, patches = unpack(embedder.embed_packed(x), bb)
+            built = rows(x, [i for i, _ in todo])
             with sessions.begin() as s:
-                for (image_id, _), p in zip(todo, patches, strict=True):
-                    s.add(repo.new_patches(p, pv, image_id=image_id))
+                s.add_all(built)
             done += len(todo)
             bar.update(len(todo))
     return done

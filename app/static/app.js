@@ -144,6 +144,20 @@ function colourise(grey, canvas) {
   ctx.putImageData(img, 0, 0);
 }
 
+// An image in a frame, with the heatmap at `heatSrc` (if any) drawn over it.
+function framed(img, heatSrc) {
+  const frame = el("div", { class: "frame" }, img);
+  if (heatSrc) {
+    const canvas = el("canvas", { class: "heat", "aria-label": "anomaly heatmap" });
+    canvas.style.opacity = String(state.heatOpacity / 100);
+    const grey = new Image();
+    grey.onload = () => colourise(grey, canvas);
+    grey.src = heatSrc;
+    frame.append(canvas);
+  }
+  return frame;
+}
+
 function verdictOf(r) {
   if (r.verdict === "defect") return { text: "DEFECT", cls: "defect" };
   if (r.verdict === "ok") return { text: "OK", cls: "ok" };
@@ -187,15 +201,7 @@ function renderResults(res, group) {
     const file = state.picked[i];
     const preview = el("img", { alt: r.filename });
     if (file) preview.src = URL.createObjectURL(file);
-    const frame = el("div", { class: "frame" }, preview);
-    if (r.heatmap) {
-      const canvas = el("canvas", { class: "heat", "aria-label": "anomaly heatmap" });
-      canvas.style.opacity = String(state.heatOpacity / 100);
-      const grey = new Image();
-      grey.onload = () => colourise(grey, canvas);
-      grey.src = r.heatmap;
-      frame.append(canvas);
-    }
+    const frame = framed(preview, r.heatmap);
     const v = verdictOf(r);
     const head = el("div", { class: "head" });
     if (v) head.append(el("div", { class: `verdict ${v.cls}` }, v.text));
@@ -350,15 +356,8 @@ async function showHistoryDetail(r) {
   try {
     const img = el("img", { alt: r.filename, src: URL.createObjectURL(
       await api(`/api/v1/results/${r.id}/image?size=512`)) });
-    const frame = el("div", { class: "frame" }, img);
-    if (r.verdict) {
-      const canvas = el("canvas", { class: "heat", "aria-label": "anomaly heatmap" });
-      canvas.style.opacity = String(state.heatOpacity / 100);
-      const grey = new Image();
-      grey.onload = () => colourise(grey, canvas);
-      grey.src = URL.createObjectURL(await api(`/api/v1/results/${r.id}/heatmap`));
-      frame.append(canvas);
-    }
+    const frame = framed(img, r.verdict
+      ? URL.createObjectURL(await api(`/api/v1/results/${r.id}/heatmap`)) : null);
     const v = verdictOf(r);
     box.replaceChildren(frame, el("div", {},
       v ? el("div", { class: `verdict ${v.cls}` }, v.text) : "",

@@ -83,6 +83,16 @@ def sign_in(drv, srv: Server, key: str) -> None:  # type: ignore[no-untyped-def]
     css(drv, "#signin-btn")[0].click()
 
 
+def admin_classes(drv, srv: Server, group: str) -> None:  # type: ignore[no-untyped-def]
+    """Signed in as admin, on the Classes tab, with `group` typed into its group box."""
+    sign_in(drv, srv, KEY)
+    wait(drv, lambda d: css(d, "#role")[0].text == "admin")
+    css(drv, "#tab-classes-btn")[0].click()
+    box = css(drv, "#class-group")[0]
+    box.clear()
+    box.send_keys(group)
+
+
 def choose(drv, sel: str, value: str) -> None:  # type: ignore[no-untyped-def]
     """Pick `value` in the <select> `sel` once the console has listed it."""
     from selenium.webdriver.support.ui import Select
@@ -119,12 +129,7 @@ def test_wrong_key_shows_an_error(browser, server: Server, shots: Path) -> None:
 def test_admin_enrols_classifies_and_deletes(browser, server: Server, shots: Path,  # type: ignore[no-untyped-def]
                                              tmp_path: Path) -> None:
     group = f"ui-{uuid.uuid4().hex[:6]}"
-    sign_in(browser, server, KEY)
-    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
-    css(browser, "#tab-classes-btn")[0].click()
-    box = css(browser, "#class-group")[0]
-    box.clear()
-    box.send_keys(group)
+    admin_classes(browser, server, group)
     for name, surf, defect, base in (("scratch", "brick", "scratch", 0),
                                      ("stain", "grass", "stain", 100)):
         css(browser, "#new-name")[0].send_keys(name)
@@ -213,12 +218,7 @@ def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server
     verdict first and its heatmap over the image, with an opacity slider and an on/off
     switch; on a phone the whole image stays visible."""
     group = f"ui-{uuid.uuid4().hex[:6]}"
-    sign_in(browser, server, KEY)
-    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
-    css(browser, "#tab-classes-btn")[0].click()
-    box = css(browser, "#class-group")[0]
-    box.clear()
-    box.send_keys(group)
+    admin_classes(browser, server, group)
     css(browser, "#new-name")[0].send_keys("ok-parts")
     css(browser, '#new-kind option[value="good"]')[0].click()
     css(browser, "#create-btn")[0].click()
@@ -297,12 +297,7 @@ def test_feedback_promote_history_and_csv(browser, server: Server, shots: Path, 
         httpx.post(f"{server.url}/api/v1/classes/{ids[name]}/images", headers=h, files=[
             ("files", (f"{name}{i}.png", sample("brick", defect, 400 + 10 * n + i), "image/png"))
             for i in range(n)]).raise_for_status()
-    sign_in(browser, server, KEY)
-    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
-    css(browser, "#tab-classes-btn")[0].click()
-    box = css(browser, "#class-group")[0]
-    box.clear()
-    box.send_keys(group)
+    admin_classes(browser, server, group)
     css(browser, "#reload-classes")[0].click()
     card = '.class-card[data-name="ok"]'
     wait(browser, lambda d: css(d, card))
