@@ -137,6 +137,9 @@ def evaluate(
     real: bool = typer.Option(False, help="real images: the ELPV mono development set "
                               "(needs elpv-dataset), 2-way good vs defective, the served "
                               "decision against the frozen baseline on the same episodes"),
+    scores: bool = typer.Option(False, help="are the served scores probabilities? ECE and "
+                                "a reliability plot, temperature fixed vs fitted per group, "
+                                "on synthetic, Fashion-MNIST and ELPV (where installed)"),
 ) -> None:
     """Measure few-shot accuracy and rejection on held-out classes.
 
@@ -147,6 +150,14 @@ def evaluate(
     """
     if precision and precision not in ("int8",):
         raise typer.BadParameter("--precision compares int8 with fp32; give 'int8'")
+    if scores:
+        from models.evaluate import scores_report
+
+        typer.echo(scores_report(out, get_settings().backbone,
+                                 tuple(int(s) for s in shots.split(",")), min(episodes, 200),
+                                 seed=seed, cache_dir=cache / "onnx",
+                                 rank_by=get_settings().rank_by))
+        return
     if real:
         from models.evaluate import real_report
 

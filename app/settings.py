@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # "appearance", the frozen ImageNet global pool (chosen on real images: the
     # meta-trained head loses to it there, models/MODEL_CARD.md), or "metric", the head.
     rank_by: Literal["appearance", "metric"] = "appearance"
+    # ProtoNet's score is softmax(-d^2 / T). "group": each group fits its own T on its
+    # support set, left out one image at a time, so a score is an honest probability
+    # (README, "Scores"); `temperature` is then only the fallback for groups that cannot
+    # (one class, or 1-shot classes only). "fixed": T = `temperature` everywhere.
+    score_calibration: Literal["group", "fixed"] = "group"
     temperature: float = Field(default=0.05, gt=0)
 
     # Unknown rejection (see README, "Calibration"). The calib_* numbers apply to the

@@ -39,3 +39,112 @@ def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
     d = loo_distances(support)
     thr = max(cfg.margin * float(d.max()), float(d.mean() + cfg.k_std * d.std()))
     return float(np.clip(thr, cfg.floor, cfg.ceiling))
+
+
+# -- score calibration: a temperature per group, from its own support set ------------------
+#
+# ProtoNet's score is softmax(-d^2 / T) over the classes. A fixed T says nothing about how
+# separable a group's classes are (T = 0.05 gave 0.9 confidence at 0.74 accuracy on real
+# images). Each group instead gets the T that best predicts its own support set, left out
+# one image at a time (maximum likelihood): `probes` keeps, per class, a few support
+# vectors with their honest own-class distances; `fit_temperature` fits T on them against
+# every class's prototype.
+
+PROBES_PER_CLASS = 16  # held-out support images a class contributes (evenly spread)
+MAX_PROBES = 256  # per group: a temperature is one number; 256 samples pin it down
+TEMPERATURE_RANGE = (1e-3, 10.0)
+
+
+def probes(support: np.ndarray, per_class: int = PROBES_PER_CLASS
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """(n, D) one class's support vectors -> up to `per_class` of them (float16) and each
+    one's squared distance to the class prototype as a *new* image would see it.
+
+    Held out, image i lies at ||x_i - mean of the other n-1||^2; for a new image the
+    prototype is the mean of all n, which is closer on average by the factor
+    (1 + 1/n) / (1 + 1/(n-1)) (independent draws of equal variance). A 1-shot class has
+    no held-out sample: empty arrays."""
+    n = support.shape[0]
+    if n < 2:
+        return np.zeros((0, support.shape[1]), np.float16), np.zeros(0, np.float32)
+    pick = np.unique(np.linspace(0, n - 1, min(n, per_class)).round().astype(int))
+    x = support[pick].astype(np.float32)
+    others = (support.sum(axis=0, dtype=np.float64)[None] - x) / (n - 1)
+    own = ((x - others) ** 2).sum(axis=1) * ((1 + 1 / n) / (1 + 1 / (n - 1)))
+    return x.astype(np.float16), own.astype(np.float32)
+
+
+def _nll(d2: np.ndarray, own: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of the true classes; d2 (H, C) with the own class's
+    entry already replaced by its held-out distance (`own` holds those column indices)."""
+    z = -d2 / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z[np.arange(len(z)), own] - np.log(np.exp(z).sum(axis=1))
+    return float(-log_p.mean())
+
+
+def fit_temperature(d2: np.ndarray, own: np.ndarray, fallback: float,
+                    iters: int = 40) -> float:
+    """The maximum-likelihood temperature for held-out squared distances d2 (H, C) whose
+    true classes are `own` (H,). The log-likelihood is concave in 1/T, so a golden-section
+    search over log T finds its one optimum. With no samples or one class: `fallback`."""
+    if d2.shape[0] == 0 or d2.shape[1] < 2:
+        return fallback
+    lo, hi = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    g = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = _nll(d2, own, float(np.exp(a))), _nll(d2, own, float(np.exp(b)))
+    for _ in range(iters):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = _nll(d2, own, float(np.exp(a)))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = _nll(d2, own, float(np.exp(b)))
+    return float(np.exp((lo + hi) / 2.0))
+
+
+def group_temperature(class_probes: list[tuple[np.ndarray, np.ndarray]],
+                      prototypes: np.ndarray, fallback: float,
+                      max_probes: int = MAX_PROBES) -> float:
+    """One temperature for a group: per class (in prototype order) its `probes`, and the
+    prototypes (C, D) they are scored against. At most `max_probes` held-out images are
+    used, spread evenly over the classes."""
+    rows = [(c, j) for c, (x, _) in enumerate(class_probes) for j in range(len(x))]
+    if len(prototypes) < 2 or not rows:
+        return fallback
+    if len(rows) > max_probes:
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_probes).round().astype(int)]
+    own = np.array([c for c, _ in rows], np.int64)
+    x = np.stack([class_probes[c][0][j] for c, j in rows]).astype(np.float32)
+    p = prototypes.astype(np.float32)
+    d2 = np.maximum((x * x).sum(1)[:, None] + (p * p).sum(1)[None] - 2.0 * x @ p.T, 0.0)
+    d2[np.arange(len(rows)), own] = [class_probes[c][1][j] for c, j in rows]
+    return fit_temperature(d2, own, fallback)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
+                               bins: int = 15) -> float:
+    """ECE: over equal-width confidence bins, the share-weighted gap between mean
+    confidence and accuracy."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(confidence[m].mean() - correct[m].mean())
+    return float(ece)
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15
+                ) -> list[tuple[float, float, int]]:
+    """Per non-empty bin: (mean confidence, accuracy, count), for a reliability plot."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    return [(float(confidence[which == b].mean()), float(correct[which == b].mean()),
+             int((which == b).sum())) for b in range(bins) if (which == b).any()]

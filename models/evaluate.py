@@ -272,3 +272,76 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
                          "episodes": episodes, "n_way": 2})
     table = reporting.accuracy_table(rows, "benchmark", "embedding")
     return reporting.write(out / "real", rows, table, plot=("benchmark", "embedding"))
+
+
+def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = (1, 5, 10),
+                  episodes: int = 200, q_query: int = 15, seed: int = 0,
+                  cache_dir: Path = Path("runs/cache/onnx"), rank_by: str = "appearance",
+                  synth_per_class: int = 25, fmnist_per_class: int = 100) -> str:
+    """Are the served scores probabilities? The served decision (`GroupIndex.decide`, as
+    /classify answers) on held-out episodes, the score's temperature fixed (0.05) or fitted
+    per group on its support set (models.calibration): accuracy, mean top score and the
+    expected calibration error (15 bins), on synthetic defect types within one surface,
+    Fashion-MNIST (if the Debian data is installed) and the ELPV mono development set (if
+    its package is). Writes scores.{json,md,png}; the PNG is the reliability plot at 5
+    shots (or the middle shot count)."""
+    from models.calibration import CalibrationConfig, expected_calibration_error, reliability
+    from models.data import elpv, synthetic
+    from models.data.sources import FMNIST_DIR, fashion_mnist
+    from models.inference import EmbeddingLayout, GroupIndex
+    from models.openset import episode_index
+    from models.patchcore.evaluate import served_features
+    from models.train import FMNIST_EVAL
+
+    sets: list[tuple[str, np.ndarray, np.ndarray, int, np.ndarray | None]] = []
+    x, y, g = synthetic.make_surface_set(("ok", *synthetic.EVAL_TYPES), synth_per_class,
+                                         seed + 6)
+    sets.append(("synthetic defect types, one surface (5-way)", x, y, 5, g))
+    if (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        fx, fy, _ = fashion_mnist(FMNIST_EVAL, fmnist_per_class, seed + 3)
+        sets.append(("Fashion-MNIST held-out classes (5-way)", fx, fy, 5, None))
+    if elpv.available():
+        ex, ey = elpv.load_mono()
+        sets.append(("ELPV mono, good vs defective (2-way)", ex, ey, 2, None))
+    rows: list[dict[str, object]] = []
+    curves: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
+    plot_k = shots[len(shots) // 2] if 5 not in shots else 5
+    for name, images, labels, n_way, groups in sets:
+        f = served_features(images, backbone, cache_dir, desc=name.split(",")[0])
+        two = f.metric_dim < f.embeddings.shape[1]
+        layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(),
+                                 CalibrationConfig() if two else None,
+                                 rank_by if two else "metric")
+        for k in shots:
+            sampler = EpisodeSampler(labels, n_way, k, q_query, seed + k, groups)
+            got: dict[str, tuple[list[float], list[bool]]] = {
+                "fixed temperature 0.05": ([], []), "fitted per group (served)": ([], [])}
+            for _ in tqdm(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
+                          leave=False):
+                ep = sampler.sample()
+                fitted = episode_index(f.embeddings[ep.support], ep.support_labels, n_way,
+                                       layout)
+                fixed = GroupIndex.build("eval", fitted.entries, f.metric_dim,
+                                         rank_by=layout.rank_by, calibrate=False)
+                for mode, index in (("fixed temperature 0.05", fixed),
+                                    ("fitted per group (served)", fitted)):
+                    for d, truth in zip(index.decide(f.embeddings[ep.query], top_k=1),
+                                        ep.query_labels, strict=True):
+                        got[mode][0].append(d.best.score)
+                        got[mode][1].append(d.best.index == truth)
+            for mode, (conf, right) in got.items():
+                c, r = np.asarray(conf), np.asarray(right)
+                rows.append({"set": name, "shots": k, "scores": mode,
+                             "accuracy": round(float(r.mean()), 4),
+                             "mean_score": round(float(c.mean()), 4),
+                             "ece": round(expected_calibration_error(c, r), 4),
+                             "episodes": episodes})
+                if k == plot_k:
+                    curves[(name, mode)] = reliability(c, r)
+    table = reporting.markdown(
+        ["set", "shots", "scores", "accuracy", "mean score", "ECE (15 bins)"],
+        [[str(r["set"]), str(r["shots"]), str(r["scores"]), reporting.pct(r, "accuracy"),
+          reporting.pct(r, "mean_score"), f"{float(r['ece']):.3f}"] for r in rows])
+    reporting.write(out / "scores", rows, table)
+    reporting.reliability_plot(curves, out / "scores.png", f"{plot_k}-shot")
+    return table

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from models.calibration import CalibrationConfig, class_threshold
+from models.calibration import CalibrationConfig, class_threshold, group_temperature, probes
 from models.methods import FewShotMethod, create_method
 from models.methods.protonet import ProtoNet, euclidean, score_from_distances
 from models.patchcore.torch_model import PatchMemory, calibrate_threshold
@@ -55,6 +55,11 @@ class ClassEntry:
     app_prototype: np.ndarray | None = None
     app_threshold: float = float("inf")
     kind: str = "defect"  # "good": images of parts that pass inspection
+    # A few appearance support vectors (float16) and their honest held-out squared
+    # distances to this class: what the group's score temperature is fitted on when
+    # ProtoNet ranks by appearance (models.calibration.probes; the metric part's come
+    # from `support`). None without an appearance part; empty for a 1-shot class.
+    app_probes: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def make_entry(class_id: int, name: str, group: str, image_ids: Sequence[int],
@@ -72,7 +77,8 @@ def make_entry(class_id: int, name: str, group: str, image_ids: Sequence[int],
         return entry
     app = full[:, layout.metric_dim:]
     return replace(entry, app_prototype=app.mean(axis=0),
-                   app_threshold=class_threshold(app, layout.app_calib))
+                   app_threshold=class_threshold(app, layout.app_calib),
+                   app_probes=probes(app))
 
 
 @dataclass(frozen=True)
@@ -117,13 +123,21 @@ class GroupIndex:
     runtime: str = "onnxruntime"
     rank_by: str = "metric"  # EmbeddingLayout.rank_by
     app_sq: np.ndarray | None = None  # (C,) squared norms of app_prototypes
+    # What `build` was asked for: the fallback temperature and whether to fit the group's
+    # own (`temperature` above is the one in use); sub-indexes are built the same way.
+    fallback_temperature: float = 0.05
+    calibrate: bool = True
     fitted: dict[str, FewShotMethod] = field(default_factory=dict, compare=False)
     _fit_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
     @classmethod
     def build(cls, group: str, entries: Iterable[ClassEntry], metric_dim: int,
               temperature: float = 0.05, runtime: str = "onnxruntime",
-              rank_by: str = "metric") -> GroupIndex:
+              rank_by: str = "metric", calibrate: bool = True) -> GroupIndex:
+        """`temperature` is ProtoNet's score temperature; with `calibrate` it is only the
+        fallback, and the group's own is fitted on its classes' held-out probes
+        (models.calibration.group_temperature; a group of one class, or of 1-shot
+        classes only, keeps the fallback)."""
         ordered = tuple(entries)
         if not ordered:
             raise ValueError("a group index needs at least one class")
@@ -138,8 +152,14 @@ class GroupIndex:
         for a in (protos, thresholds, sq, app, app_thr, app_sq):
             if a is not None:
                 a.setflags(write=False)
+        fitted = temperature
+        if calibrate:
+            ranked = app if rank_by == "appearance" and app is not None else protos
+            fitted = group_temperature(
+                [e.app_probes if ranked is app and e.app_probes is not None
+                 else probes(e.support) for e in ordered], ranked, temperature)
         return cls(group, ordered, metric_dim, protos, thresholds, sq, app, app_thr,
-                   temperature, runtime, rank_by, app_sq)
+                   fitted, runtime, rank_by, app_sq, temperature, calibrate)
 
     def support_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """All support embeddings (N, D) and their class indices (N,)."""
@@ -304,8 +324,9 @@ class ServedGroup:
             chosen = [e for e in index.entries if e.kind == kind]
             if not chosen:
                 return None
-            return GroupIndex.build(index.group, chosen, index.metric_dim, index.temperature,
-                                    index.runtime, index.rank_by)
+            return GroupIndex.build(index.group, chosen, index.metric_dim,
+                                    index.fallback_temperature, index.runtime, index.rank_by,
+                                    index.calibrate)
         return cls(index, sub("defect"), sub("good"), good_parts)
 
     @property

@@ -86,3 +86,30 @@ def write(stem: Path, rows: list[Row], table: str, plot: tuple[str, str] | None 
     if plot is not None:
         accuracy_plot(rows, *plot, stem.with_suffix(".png"), axes)
     return table
+
+
+def reliability_plot(curves: dict[tuple[str, str], list[tuple[float, float, int]]],
+                     path: Path, title: str) -> None:
+    """Accuracy against mean score per confidence bin (models.calibration.reliability),
+    one panel per set (first key), one line per scoring (second key); the diagonal is a
+    perfectly calibrated score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(p for p, _ in curves))
+    fig, grid = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, p in zip(grid[0], panels, strict=True):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="calibrated")
+        for (panel, line), pts in curves.items():
+            if panel == p:
+                ax.plot([x for x, _, _ in pts], [a for _, a, _ in pts], marker="o", label=line)
+        ax.set_title(f"{p}, {title}", fontsize=9)
+        ax.set_xlabel("mean score in bin")
+        ax.set_ylabel("accuracy in bin")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -39,9 +39,10 @@ def top_k_of(index: GroupIndex | None, d: Decision | None) -> list[TopK]:
 
 
 def _score(i: Inspection) -> float:
-    """The class decision's score; an anomalous part with no defect class to name is
-    certain of nothing: 0."""
-    return 0.0 if i.decision is None else round(i.decision.best.score, 6)
+    """The probability that the label is right (the group's calibrated score). A rejected
+    result names no class, so it claims none: 0 (its `top_k` still ranks the
+    candidates)."""
+    return 0.0 if i.unknown or i.decision is None else round(i.decision.best.score, 6)
 
 
 def _anomaly(a: Anomaly | None) -> AnomalyPublic | None:

@@ -30,10 +30,11 @@ __all__ = ["EmbeddingLayout", "PrototypeCache"]
 class PrototypeCache:
     def __init__(self, model_version: str, layout: EmbeddingLayout, temperature: float = 0.05,
                  runtime: str = "onnxruntime", patch_version: str | None = None,
-                 false_alarm_rate: float = 0.02) -> None:
+                 false_alarm_rate: float = 0.02, calibrate_scores: bool = True) -> None:
         self.model_version = model_version
         self.layout = layout
-        self.temperature = temperature
+        self.temperature = temperature  # the fallback where a group cannot fit its own
+        self.calibrate_scores = calibrate_scores
         self.runtime = runtime
         # None: this backbone serves no patch features, and no group has good parts
         self.patch_version = patch_version
@@ -165,5 +166,5 @@ class PrototypeCache:
                ) -> ServedGroup:
         index = GroupIndex.build(group, (entries[k] for k in sorted(entries)),
                                  self.layout.metric_dim, self.temperature, self.runtime,
-                                 self.layout.rank_by)
+                                 self.layout.rank_by, self.calibrate_scores)
         return ServedGroup.build(index, good)

@@ -224,7 +224,8 @@ class Runtime:
         cache = PrototypeCache(backbone.version, layout_for(backbone, s_), s_.temperature,
                                s_.runtime,
                                backbone.patch_version if backbone.patch_layers else None,
-                               s_.anomaly_false_alarm_rate)
+                               s_.anomaly_false_alarm_rate,
+                               s_.score_calibration == "group")
         with self.sessions() as s:
             self.load_push_targets(s)
             self._seen_versions = repo.group_versions(s)  # before loading: never miss one

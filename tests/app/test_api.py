@@ -89,6 +89,8 @@ def test_unlike_everything_is_unknown(client: TestClient, odd: bytes) -> None:
     x = r.json()["results"][0]
     assert x["unknown"] is True and x["label"] is None and x["class_id"] is None
     assert len(x["top_k"]) == 3
+    # it names no class, so it claims none; the candidates are still ranked
+    assert x["score"] == 0.0 and x["top_k"][0]["score"] >= x["top_k"][1]["score"]
 
 
 def test_threshold_override_and_evidence(client: TestClient) -> None:
