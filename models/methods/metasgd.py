@@ -1,8 +1,9 @@
 """Meta-SGD (Li, Zhou, Chen & Li, arXiv:1707.09835, 2017).
 
-MAML's model, but every parameter also has a meta-learned step size (same shape as the
-parameter): adaptation is theta - alpha * grad, with alpha learned with theta.
-Same shapes as `maml`.
+MAML's model (with the Proto-MAML head initialisation), but the parameters also have
+meta-learned step sizes, adaptation being theta - alpha * grad with alpha learned with
+theta: one per entry of A, one per feature column of the head's rows (shared by the
+classes, whose rows are not meta-parameters), one for the biases. Same shapes as `maml`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ class MetaSGD(MAML):
     def extra_init(self) -> None:
         lr = math.log(self.inner_lr)
         self.log_alpha_A = nn.Parameter(torch.full_like(self.A, lr))
-        self.log_alpha_w = nn.Parameter(torch.full_like(self.w0, lr))
-        self.log_alpha_b = nn.Parameter(torch.full_like(self.b0, lr))
+        self.log_alpha_w = nn.Parameter(torch.full((self.dim,), lr))
+        self.log_alpha_b = nn.Parameter(torch.full((), lr))
 
     def step_sizes(self) -> list[torch.Tensor | float]:
         return [self.log_alpha_A.exp(), self.log_alpha_w.exp()[None],

@@ -1,10 +1,10 @@
 """Reptile (Nichol, Achiam & Schulman, arXiv:1803.02999, 2018).
 
-MAML's model and adaptation, but meta-trained without differentiating through it:
-take `steps` SGD steps on the task's labelled images, then move the initialisation a
-fraction `epsilon` of the way towards the adapted weights,
-theta <- theta + epsilon * (theta' - theta). Class rows share one initial row, so its
-target is the mean of the adapted rows. Same shapes as `maml`.
+MAML's model and adaptation (with the Proto-MAML head initialisation), but meta-trained
+without differentiating through it: take `steps` SGD steps on the task's labelled
+images, then move the initialisation a fraction `epsilon` of the way towards the adapted
+weights, theta <- theta + epsilon * (theta' - theta). The head starts at each task's
+prototypes, so only A is a meta-parameter. Same shapes as `maml`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ class Reptile(MAML):
             report = float(torch.nn.functional.cross_entropy(
                 self.episode_logits(sup, sup_y, qry, n_way, train=False), qry_y))
         x, y = torch.cat([sup, qry]), torch.cat([sup_y, qry_y])
-        A, W, b = self.inner_loop(x, y, n_way, create_graph=False)
+        A, _, _ = self.inner_loop(x, y, n_way, create_graph=False)
         with torch.no_grad():
             self.A.add_(self.epsilon * (A - self.A))
-            self.w0.add_(self.epsilon * (W.mean(0) - self.w0))
-            self.b0.add_(self.epsilon * (b.mean() - self.b0))
         return report

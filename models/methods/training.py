@@ -107,7 +107,9 @@ def train_method(name: str, cfg: object, cache: Path, head: Path, episodes: int)
 
 def evaluate_all(which: str, head: Path, cache: Path, out: Path, episodes: int,
                  shots: tuple[int, ...], seed: int) -> str:
-    """The methods table: every method, the same episodes, both held-out benchmarks."""
+    """The methods table: every method, the same episodes, on the held-out synthetic,
+    Fashion-MNIST and OK-vs-defective benchmarks, and on the ELPV mono development set
+    (2-way good vs defective, the served metric part) when its package is installed."""
     from models.evaluate import head_embed
     from models.methods.registry import available_methods
     from models.train import TrainConfig, feature_sets
@@ -125,6 +127,18 @@ def evaluate_all(which: str, head: Path, cache: Path, out: Path, episodes: int,
             for r in evaluate_methods(names, z, data[f"{bench}_y"], k, episodes, n_way=ways,
                                       seed=seed + 1000, groups=groups):
                 rows.append({"benchmark": bench, **r})
+    from models.data import elpv
+
+    if elpv.available():  # real images, evaluation only (../shared/DATA.md)
+        from models.patchcore.evaluate import served_features
+
+        images, labels = elpv.load_mono()
+        f = served_features(images, cache_dir=cache / "onnx", desc="ELPV")
+        z = np.ascontiguousarray(f.embeddings[:, :f.metric_dim])  # what the methods serve on
+        for k in shots:
+            for r in evaluate_methods(names, z, labels, k, episodes, n_way=2,
+                                      seed=seed + 1000):
+                rows.append({"benchmark": "elpv_mono", **r})
     md = reporting.write(out / "methods", rows, reporting.accuracy_table(
         rows, "benchmark", "method", extra=("ms per task", "ms_per_task")),
         plot=("benchmark", "method"))
