@@ -34,7 +34,9 @@ def test_meta_training_lowers_the_loss(name: str) -> None:
     m = create_method(name, dim=DIM, pretrained=False)
     assert isinstance(m, MetaMethod)
     losses = meta_train(m, [(x, y)], 150, lr=3e-3, seed=0)
-    assert np.mean(losses[-25:]) < 0.8 * np.mean(losses[:25])
+    # Every method starts at ProtoNet's decision, so there is less to gain than from a
+    # random start; it must still learn.
+    assert np.mean(losses[-25:]) < 0.9 * np.mean(losses[:25])
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -91,3 +93,43 @@ def test_onnx_query_scorer_matches_torch(name: str) -> None:
     assert (ref.scores.argmax(1) == ort.scores.argmax(1)).all()
     m.fit(sup[:6], np.repeat(np.arange(2), 3))  # a new support set drops the old scorer
     assert m.predict(q).scores.shape == (7, 2)
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS if m != "protonet"])
+def test_every_method_starts_where_protonet_is(name: str) -> None:
+    """Untrained, each method decides as ProtoNet: the MAML family's head starts at the
+    prototypes (Proto-MAML; no adaptation step here), and the Siamese and Relation
+    comparators are gated corrections that start at zero."""
+    x, y = toy(6, 12, 0.9, seed=4)
+    m = create_method(name, dim=DIM, pretrained=False,
+                      **({"steps": 0} if name not in ("siamese", "relationnet") else {}))
+    proto = create_method("protonet")
+    s = EpisodeSampler(y, 4, 3, 6, seed=1)
+    for _ in range(10):
+        ep = s.sample()
+        got = m.fit(x[ep.support], ep.support_labels).predict(x[ep.query])
+        ref = proto.fit(x[ep.support], ep.support_labels).predict(x[ep.query])
+        assert (got.scores.argmax(1) == ref.scores.argmax(1)).all()
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "metasgd"])
+def test_adaptation_keeps_the_prototype_start_when_classes_lie_close(name: str) -> None:
+    """The shipped weights, adapted on classes that differ by little against what they
+    share (as real good and defective cells do): the steps tune the prototype head without
+    throwing it away. Steps ten times too large (inner lr 0.1 at logit scale 10, the old
+    setting) fall to about a third here, as they fell 13 points below ProtoNet on ELPV."""
+    rng = np.random.default_rng(5)
+    shared, centres = rng.normal(size=256), rng.normal(size=(5, 256))
+    x = np.concatenate([10 * shared + c + 1.5 * rng.normal(size=(20, 256)) for c in centres])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    y = np.repeat(np.arange(5), 20)
+    m, proto = create_method(name), create_method("protonet")
+    s = EpisodeSampler(y, 5, 5, 10, seed=2)
+    acc, ref = [], []
+    for _ in range(20):
+        ep = s.sample()
+        acc.append((m.fit(x[ep.support], ep.support_labels).predict(x[ep.query]).scores
+                    .argmax(1) == ep.query_labels).mean())
+        ref.append((proto.fit(x[ep.support], ep.support_labels).predict(x[ep.query]).scores
+                    .argmax(1) == ep.query_labels).mean())
+    assert np.mean(acc) >= np.mean(ref) - 0.03, (np.mean(acc), np.mean(ref))
