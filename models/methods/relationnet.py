@@ -5,9 +5,9 @@ The relation of a query q to a class is
 r(c, q) = bias - SCALE * (||q - c||^2 - min_c' ||q - c'||^2) + gate * MLP([c, q]), c the
 class prototype (the mean of its support embeddings): the distance term is ProtoNet's,
 the relation module learns what it misses, and the `gate` (starting at 0, its size
-penalised) keeps the module from replacing the distance; a module learned from scratch trailed ProtoNet by 43 points
-on Fashion-MNIST. Trained, as in the paper, with mean squared error of sigmoid(r) against
-the one-hot match.
+penalised) keeps the module from replacing the distance; a module learned from scratch
+trailed ProtoNet by 43 points on Fashion-MNIST. Trained, as in the paper, with mean
+squared error of sigmoid(r) against the one-hot match.
 Shapes: support (S, D), query (Q, D) -> relation logits (Q, N).
 """
 
