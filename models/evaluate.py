@@ -341,7 +341,7 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     table = reporting.markdown(
         ["set", "shots", "scores", "accuracy", "mean score", "ECE (15 bins)"],
         [[str(r["set"]), str(r["shots"]), str(r["scores"]), reporting.pct(r, "accuracy"),
-          reporting.pct(r, "mean_score"), f"{float(r['ece']):.3f}"] for r in rows])
+          reporting.pct(r, "mean_score"), f"{r['ece']:.3f}"] for r in rows])
     reporting.write(out / "scores", rows, table)
     reporting.reliability_plot(curves, out / "scores.png", f"{plot_k}-shot")
     return table
