@@ -131,6 +131,16 @@ class GoodPartsReport(BaseModel):
     warning: str | None
 
 
+class ScoresReport(BaseModel):
+    """What the group's scores rest on (README, "Scores"): ProtoNet's temperature over the
+    classes that name a defect (all classes in a group without good images)."""
+
+    temperature: float
+    fitted: bool  # fitted on the group's own held-out support images, or the fallback
+    calibrated_on: int  # held-out support images behind it
+    warning: str | None
+
+
 class ClassReportPublic(BaseModel):
     class_id: int
     label: str
@@ -153,6 +163,7 @@ class GroupReportPublic(BaseModel):
     classes: list[ClassReportPublic]
     warnings: list[str]
     good_parts: GoodPartsReport | None = None
+    scores: ScoresReport | None = None
 
 
 class EnrolResponse(BaseModel):

@@ -108,13 +108,14 @@ def fit_temperature(d2: np.ndarray, own: np.ndarray, fallback: float,
 
 def group_temperature(class_probes: list[tuple[np.ndarray, np.ndarray]],
                       prototypes: np.ndarray, fallback: float,
-                      max_probes: int = MAX_PROBES) -> float:
-    """One temperature for a group: per class (in prototype order) its `probes`, and the
-    prototypes (C, D) they are scored against. At most `max_probes` held-out images are
-    used, spread evenly over the classes."""
+                      max_probes: int = MAX_PROBES) -> tuple[float, int]:
+    """One temperature for a group, and how many held-out images it rests on (0: the
+    fallback). Per class (in prototype order) its `probes`, and the prototypes (C, D) they
+    are scored against. At most `max_probes` held-out images are used, spread evenly over
+    the classes."""
     rows = [(c, j) for c, (x, _) in enumerate(class_probes) for j in range(len(x))]
     if len(prototypes) < 2 or not rows:
-        return fallback
+        return fallback, 0
     if len(rows) > max_probes:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_probes).round().astype(int)]
     own = np.array([c for c, _ in rows], np.int64)
@@ -122,7 +123,7 @@ def group_temperature(class_probes: list[tuple[np.ndarray, np.ndarray]],
     p = prototypes.astype(np.float32)
     d2 = np.maximum((x * x).sum(1)[:, None] + (p * p).sum(1)[None] - 2.0 * x @ p.T, 0.0)
     d2[np.arange(len(rows)), own] = [class_probes[c][1][j] for c, j in rows]
-    return fit_temperature(d2, own, fallback)
+    return fit_temperature(d2, own, fallback), len(rows)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,

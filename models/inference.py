@@ -127,6 +127,7 @@ class GroupIndex:
     # own (`temperature` above is the one in use); sub-indexes are built the same way.
     fallback_temperature: float = 0.05
     calibrate: bool = True
+    calibrated_on: int = 0  # held-out support images `temperature` was fitted on (0: none)
     fitted: dict[str, FewShotMethod] = field(default_factory=dict, compare=False)
     _fit_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
@@ -152,14 +153,14 @@ class GroupIndex:
         for a in (protos, thresholds, sq, app, app_thr, app_sq):
             if a is not None:
                 a.setflags(write=False)
-        fitted = temperature
+        fitted, held_out = temperature, 0
         if calibrate:
             ranked = app if rank_by == "appearance" and app is not None else protos
-            fitted = group_temperature(
+            fitted, held_out = group_temperature(
                 [e.app_probes if ranked is app and e.app_probes is not None
                  else probes(e.support) for e in ordered], ranked, temperature)
         return cls(group, ordered, metric_dim, protos, thresholds, sq, app, app_thr,
-                   fitted, runtime, rank_by, app_sq, temperature, calibrate)
+                   fitted, runtime, rank_by, app_sq, temperature, calibrate, held_out)
 
     def support_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         """All support embeddings (N, D) and their class indices (N,)."""

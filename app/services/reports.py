@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from app.errors import NotFound
-from app.schemas import ClassReportPublic, GoodPartsReport, GroupReportPublic
+from app.schemas import ClassReportPublic, GoodPartsReport, GroupReportPublic, ScoresReport
 from app.services.runtime import Runtime
+from models.inference import GroupIndex
 from models.report import group_report
 
 
@@ -44,6 +45,27 @@ def report_for(rt: Runtime, group: str) -> GroupReportPublic:
             calibrated_on=gp.held_out, warning=gp.warning)
         if gp.warning:
             warnings.append(f"good parts: {gp.warning}")
+    scores = None
+    named = (served.defects if served is not None and served.good_parts is not None
+             else snap)
+    if named is not None:
+        scores = scores_report(named)
+        if scores.warning:
+            warnings.append(f"scores: {scores.warning}")
     return GroupReportPublic(group=group, loo_evaluated=r.evaluated, loo_accuracy=r.accuracy,
                              most_confused=confusable, closest_pair=closest, classes=classes,
-                             warnings=warnings, good_parts=good)
+                             warnings=warnings, good_parts=good, scores=scores)
+
+
+def scores_report(index: GroupIndex) -> ScoresReport:
+    fitted = index.calibrated_on > 0
+    warning = None
+    if len(index.entries) < 2:
+        warning = ("one class to choose from: every accepted image scores 1.0, so the score "
+                   "says nothing until a second class is enrolled")
+    elif not fitted and index.calibrate:
+        warning = ("no class has two images, so nothing can be held out: scores use the fixed "
+                   f"temperature {index.fallback_temperature} and are not calibrated (enrol a "
+                   "second image per class)")
+    return ScoresReport(temperature=round(index.temperature, 6), fitted=fitted,
+                        calibrated_on=index.calibrated_on, warning=warning)

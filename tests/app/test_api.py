@@ -419,7 +419,26 @@ def test_enrolment_report(client: TestClient) -> None:
     got = client.get(f"/api/v1/groups/{grp}/report").json()
     by = {c["label"]: c for c in got["classes"]}
     assert by["grass-stain"]["loo_recall"] == 1.0 and by["grass-stain"]["warning"] is None
+    # the scores rest on the group's own 16 held-out images, not the fixed temperature
+    sc = got["scores"]
+    assert sc["fitted"] and sc["calibrated_on"] == 16 and sc["warning"] is None
+    assert sc["temperature"] != 0.05
     assert client.get("/api/v1/groups/nope-none/report").status_code == 404
+
+
+def test_scores_report_says_when_nothing_can_be_held_out(client: TestClient) -> None:
+    grp = group()
+    enrol(client, grp, shots=1)
+    sc = client.get(f"/api/v1/groups/{grp}/report").json()["scores"]
+    assert not sc["fitted"] and sc["calibrated_on"] == 0 and sc["temperature"] == 0.05
+    assert "not calibrated" in sc["warning"]
+    one = group()
+    c = client.post("/api/v1/classes", json={"name": "only", "group": one}).json()
+    client.post(f"/api/v1/classes/{c['id']}/images", files=as_files(
+        [(f"{j}.png", sample("brick", "scratch", 60 + j)) for j in range(3)]))
+    rep = client.get(f"/api/v1/groups/{one}/report").json()
+    assert "one class" in rep["scores"]["warning"]
+    assert any(w.startswith("scores: one class") for w in rep["warnings"])
 
 
 def test_kept_query_images_go_to_packs_and_a_lost_one_is_not_promoted(

@@ -61,11 +61,11 @@ def test_group_temperature_caps_its_probes_and_needs_two_classes() -> None:
     cls = [probes((protos[c] + 0.3 * rng.normal(size=(40, 8))).astype(np.float32))
            for c in range(3)]
     assert len(cls[0][0]) == 16  # evenly spread, not all 40
-    t = group_temperature(cls, protos, fallback=9.0, max_probes=10)
-    assert t != 9.0 and 1e-3 <= t <= 10.0
-    assert group_temperature(cls[:1], protos[:1], fallback=9.0) == 9.0
+    t, used = group_temperature(cls, protos, fallback=9.0, max_probes=10)
+    assert t != 9.0 and 1e-3 <= t <= 10.0 and used == 10
+    assert group_temperature(cls[:1], protos[:1], fallback=9.0) == (9.0, 0)
     one_shot = [probes(protos[c:c + 1]) for c in range(3)]
-    assert group_temperature(one_shot, protos, fallback=9.0) == 9.0
+    assert group_temperature(one_shot, protos, fallback=9.0) == (9.0, 0)
 
 
 def overlapping_group(rng: np.random.Generator, calibrate: bool, scale: float, spread: float
@@ -107,8 +107,10 @@ def test_a_calibrated_group_scores_as_often_right_as_it_claims() -> None:
 def test_a_fixed_temperature_is_kept_when_asked() -> None:
     idx, _ = overlapping_group(np.random.default_rng(0), False, 1.0, 0.6)
     assert idx.temperature == idx.fallback_temperature == 0.05 and not idx.calibrate
+    assert idx.calibrated_on == 0
     fitted, _ = overlapping_group(np.random.default_rng(0), True, 1.0, 0.6)
     assert fitted.temperature != 0.05 and fitted.fallback_temperature == 0.05
+    assert fitted.calibrated_on == 20  # every image of the two 10-image classes
 
 
 def test_expected_calibration_error_and_reliability() -> None:
