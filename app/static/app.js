@@ -402,6 +402,12 @@ function showReport(report) {
     lines.push(el("div", { class: "good-parts" }, `Good parts: ${g.good_images} image(s), ` +
       `false-alarm rate ${(100 * g.false_alarm_rate).toFixed(1)}%, threshold ${thr}`));
   }
+  const sc = report.scores;
+  if (sc) {
+    lines.push(el("div", { class: "scores" }, sc.fitted
+      ? `Scores: calibrated on ${sc.calibrated_on} held-out image(s) of this group`
+      : "Scores: not calibrated (fixed temperature)"));
+  }
   for (const w of report.warnings) lines.push(el("div", { class: "warn" }, `⚠ ${w}`));
   box.replaceChildren(...lines);
   box.hidden = false;

@@ -308,6 +308,8 @@ def test_feedback_promote_history_and_csv(browser, server: Server, shots: Path, 
     report = css(browser, "#report")[0].text
     assert "Good parts: 10 image(s)" in report and "false-alarm rate 2.0%" in report
     assert "enrol more good parts" in report  # 10 images cannot resolve 2%: said plainly
+    # the defect classes' scores rest on their 6 held-out images
+    assert "Scores: calibrated on 6 held-out image(s)" in report
     browser.save_screenshot(str(shots / "09-enrolment-report.png"))
 
     css(browser, '#tabs button[data-tab="inspect"]')[0].click()
