@@ -3,8 +3,9 @@
 MAML's model and adaptation (with the Proto-MAML head initialisation), but meta-trained
 without differentiating through it: take `steps` SGD steps on the task's labelled
 images, then move the initialisation a fraction `epsilon` of the way towards the adapted
-weights, theta <- theta + epsilon * (theta' - theta). The head starts at each task's
-prototypes, so only A is a meta-parameter. Same shapes as `maml`.
+weights, theta <- theta + epsilon * (theta' - theta), and pull A towards the identity as
+MAML's L2-SP does. The head starts at each task's prototypes, so only A is a
+meta-parameter. Same shapes as `maml`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from models.methods.base import register_method
-from models.methods.maml import MAML
+from models.methods.maml import L2_SP, MAML
 
 
 @register_method
@@ -31,4 +32,9 @@ class Reptile(MAML):
         A, _, _ = self.inner_loop(x, y, n_way, create_graph=False)
         with torch.no_grad():
             self.A.add_(self.epsilon * (A - self.A))
+            # MAML's L2-SP pull towards the identity (models.methods.maml), as a step of
+            # the meta learning rate on its gradient: Reptile's update has no loss to add
+            # it to.
+            lr = float(opt.param_groups[0]["lr"])
+            self.A.sub_(lr * 2.0 * L2_SP * (self.A - torch.eye(self.dim, dtype=self.A.dtype)))
         return report
