@@ -130,15 +130,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
                                bins: int = 15) -> float:
     """ECE: over equal-width confidence bins, the share-weighted gap between mean
     confidence and accuracy."""
-    confidence = np.asarray(confidence, np.float64)
-    correct = np.asarray(correct, np.float64)
-    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            ece += m.mean() * abs(confidence[m].mean() - correct[m].mean())
-    return float(ece)
+    return float(sum(n * abs(conf - acc) for conf, acc, n in
+                     reliability(confidence, correct, bins)) / max(1, len(confidence)))
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15

@@ -102,6 +102,14 @@ def choose(drv, sel: str, value: str) -> None:  # type: ignore[no-untyped-def]
     Select(css(drv, sel)[0]).select_by_value(value)
 
 
+def inspect(drv, group: str, files: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """On the Inspect tab, classify `files` in `group`."""
+    css(drv, '#tabs button[data-tab="inspect"]')[0].click()
+    choose(drv, "#group", group)
+    css(drv, "#files")[0].send_keys("\n".join(files))
+    css(drv, "#classify-btn")[0].click()
+
+
 def write_images(d: Path, surf: str, defect: str, seeds: range) -> list[str]:
     """PNG files of `surf` with `defect` drawn on it ("" for a good part)."""
     d.mkdir(parents=True, exist_ok=True)
@@ -230,12 +238,8 @@ def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server
     css(browser, f"{card} .add-files")[0].send_keys("\n".join(files))
     wait(browser, lambda d: "12 image(s)" in css(d, card)[0].text)
 
-    css(browser, '#tabs button[data-tab="inspect"]')[0].click()
-    choose(browser, "#group", group)
-    queries = (write_images(tmp_path / "q", "brick", "hole", range(900, 901))
-               + write_images(tmp_path / "q", "brick", "", range(950, 951)))
-    css(browser, "#files")[0].send_keys("\n".join(queries))
-    css(browser, "#classify-btn")[0].click()
+    inspect(browser, group, write_images(tmp_path / "q", "brick", "hole", range(900, 901))
+            + write_images(tmp_path / "q", "brick", "", range(950, 951)))
     wait(browser, lambda d: len(css(d, ".result .verdict")) == 2)
     verdicts = [v.text for v in css(browser, ".result .verdict")]
     assert verdicts == ["DEFECT", "OK"]
@@ -312,12 +316,8 @@ def test_feedback_promote_history_and_csv(browser, server: Server, shots: Path, 
     assert "Scores: calibrated on 6 held-out image(s)" in report
     browser.save_screenshot(str(shots / "09-enrolment-report.png"))
 
-    css(browser, '#tabs button[data-tab="inspect"]')[0].click()
-    choose(browser, "#group", group)
-    queries = (write_images(tmp_path / "q", "brick", "hole", range(700, 702))
-               + write_images(tmp_path / "q", "brick", "", range(720, 721)))
-    css(browser, "#files")[0].send_keys("\n".join(queries))
-    css(browser, "#classify-btn")[0].click()
+    inspect(browser, group, write_images(tmp_path / "q", "brick", "hole", range(700, 702))
+            + write_images(tmp_path / "q", "brick", "", range(720, 721)))
     wait(browser, lambda d: len(css(d, ".result .fb")) == 3)
     results = css(browser, ".result")
     rid = [r.get_attribute("data-result-id") for r in results]
