@@ -128,6 +128,11 @@ class GoodPartsReport(BaseModel):
     false_alarm_rate: float
     threshold: float  # 2.0 (nothing flagged) until a second good image
     calibrated_on: int  # leave-one-out scores of good images behind the threshold
+    # "false_alarm_rate": the threshold follows the rate; "balanced": too few good images
+    # for the rate, so it sits midway between the good and the defect images' scores
+    rule: str
+    defect_examples: int  # the group's (latest, at most 64) defect images scored
+    defect_examples_flagged: int  # of those, how many the threshold flags
     warning: str | None
 
 

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # anomaly threshold may flag, calibrated on each group's good images; a group can
     # override it (PUT /api/v1/groups/{group}/anomaly).
     anomaly_false_alarm_rate: float = Field(default=0.02, gt=0.0, le=0.5)
+    # "auto": while a group's good images are too few to tell that rate apart, its
+    # threshold sits midway between its good and defect images' scores (where it has
+    # defect images); "false_alarm_rate": always from the good images alone.
+    anomaly_threshold_rule: Literal["auto", "false_alarm_rate"] = "auto"
 
     # Limits: checked before work, every one a 4xx.
     max_request_bytes: int = 64 * 1024 * 1024

@@ -217,7 +217,14 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     appearance part of the same vectors) on the same episodes. Writes real.{json,md,png}."""
     from models.calibration import CalibrationConfig
     from models.data import elpv
-    from models.inference import EmbeddingLayout, GoodParts, GroupIndex, ServedGroup, make_entry
+    from models.inference import (
+        THRESHOLD_RULES,
+        EmbeddingLayout,
+        GoodParts,
+        GroupIndex,
+        ServedGroup,
+        make_entry,
+    )
     from models.openset import episode_index, served_decisions
     from models.patchcore.evaluate import served_features
 
@@ -235,7 +242,8 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     rows: list[dict[str, object]] = []
     for k in shots:
         served = {r: np.empty(episodes) for r in layouts}
-        base, good = np.empty(episodes), np.empty(episodes)
+        base = np.empty(episodes)
+        good = {rule: np.empty(episodes) for rule in THRESHOLD_RULES}
         sampler = EpisodeSampler(labels, 2, k, q_query, seed + k)
         for e in tqdm(range(episodes), desc=f"ELPV {k}-shot", leave=False):
             ep = sampler.sample()
@@ -251,20 +259,27 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
                                   layout, "good"),
                        make_entry(1, "defect", "eval", list(ids[~is_good]),
                                   full[ids[~is_good]], layout)]
-            group = ServedGroup.build(GroupIndex.build("eval", entries, f.metric_dim),
-                                      GoodParts.build(f.patches[ids[is_good]],
-                                                      list(ids[is_good]), 0.02))
-            got = group.inspect(full[ep.query], f.patches[ep.query], top_k=1)
-            said = np.array([i.verdict == "defect" for i in got])
-            good[e] = (said == (labels[ep.query] == 1)).mean()
+            index = GroupIndex.build("eval", entries, f.metric_dim)
+            for rule, accs in good.items():
+                group = ServedGroup.build(index, GoodParts.build(
+                    f.patches[ids[is_good]], list(ids[is_good]), 0.02,
+                    f.patches[ids[~is_good]], rule))
+                got = group.inspect(full[ep.query], f.patches[ep.query], top_k=1)
+                said = np.array([i.verdict == "defect" for i in got])
+                accs[e] = (said == (labels[ep.query] == 1)).mean()
             protos = np.stack([app[ep.support][ep.support_labels == c].mean(0) for c in (0, 1)])
             d = ((app[ep.query][:, None] - protos[None]) ** 2).sum(-1)
             base[e] = (d.argmin(1) == ep.query_labels).mean()
         named = [(f"served, both as defect classes, ProtoNet ranked by the {r} part"
                   + (" (FSDI_RANK_BY default)" if r == rank_by else ""), accs)
                  for r, accs in served.items()]
-        for name, accs in (*named,
-                           ("served, the good images as a good class (verdict)", good),
+        verdicts = [("served, the good images as a good class (verdict, threshold rule "
+                     "auto: the defect images place it while good ones are few)",
+                     good["auto"]),
+                    ("served, the good images as a good class (verdict, threshold rule "
+                     "false_alarm_rate: from the good images alone)",
+                     good["false_alarm_rate"])]
+        for name, accs in (*named, *verdicts,
                            ("frozen ImageNet global pool (baseline)", base)):
             m, ci = mean_ci(accs)
             rows.append({"benchmark": "ELPV mono, good vs defective", "shots": k,

@@ -22,7 +22,12 @@ import numpy as np
 from models.calibration import CalibrationConfig, class_threshold, group_temperature, probes
 from models.methods import FewShotMethod, create_method
 from models.methods.protonet import ProtoNet, euclidean, score_from_distances
-from models.patchcore.torch_model import PatchMemory, calibrate_threshold
+from models.patchcore.torch_model import (
+    MAX_HELD_OUT,
+    PatchMemory,
+    balanced_threshold,
+    calibrate_threshold,
+)
 
 EVIDENCE_PER_CLASS = 3
 
@@ -247,10 +252,20 @@ def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
 
 # -- good parts: anomaly score, threshold, verdict -----------------------------------------
 
+# How a group's anomaly threshold is set (FSDI_ANOMALY_THRESHOLD_RULE):
+# - "auto": the admin's false-alarm rate, from the good images' leave-one-out scores; while
+#   the good images are too few to tell that rate apart (fewer than 1/rate - 1 held-out
+#   scores) and the group has defect images, midway between the good images' and the
+#   defect images' scores instead ("balanced": README, "Good parts");
+# - "false_alarm_rate": always the rate, from the good images alone.
+THRESHOLD_RULES = ("auto", "false_alarm_rate")
+
+
 @dataclass(frozen=True)
 class GoodParts:
     """A group's good images as a patch memory (models.patchcore), with the threshold
-    calibrated from their leave-one-out scores to the group's false-alarm rate."""
+    calibrated from their leave-one-out scores to the group's false-alarm rate, or, while
+    they are too few for that rate, balanced against the group's defect images."""
 
     memory: PatchMemory
     image_ids: tuple[int, ...]
@@ -258,15 +273,35 @@ class GoodParts:
     threshold: float
     held_out: int  # how many leave-one-out scores the threshold rests on
     warning: str | None
+    rule: str = "false_alarm_rate"  # what set `threshold`: "false_alarm_rate" | "balanced"
+    defect_examples: int = 0  # enrolled defect images scored against the memory
+    defect_flagged: int = 0  # of those, how many score above `threshold`
 
     @classmethod
-    def build(cls, patches: np.ndarray, image_ids: Sequence[int], false_alarm_rate: float
-              ) -> GoodParts:
-        """(n, h, w, C) unit patch features of the group's good images."""
+    def build(cls, patches: np.ndarray, image_ids: Sequence[int], false_alarm_rate: float,
+              defect_patches: np.ndarray | None = None, rule: str = "auto") -> GoodParts:
+        """(n, h, w, C) unit patch features of the group's good images; `defect_patches`
+        (m, h, w, C) of up to MAX_HELD_OUT of its defect images, if any."""
+        if rule not in THRESHOLD_RULES:
+            raise ValueError(f"unknown threshold rule {rule!r}; one of {THRESHOLD_RULES}")
         memory = PatchMemory(patches)
         loo = memory.leave_one_out(patches)
         thr, warning = calibrate_threshold(loo, false_alarm_rate)
-        return cls(memory, tuple(image_ids), false_alarm_rate, thr, len(loo), warning)
+        used = "false_alarm_rate"
+        bad = np.zeros(0, np.float32)
+        if defect_patches is not None and len(defect_patches):
+            bad = memory.image_scores(memory.distances(defect_patches[:MAX_HELD_OUT]))
+            mid = balanced_threshold(loo, bad)
+            if rule == "auto" and warning is not None and len(loo):
+                if mid is not None:
+                    thr, used = mid, "balanced"
+                    warning = (f"{warning}; meanwhile the threshold sits midway between the "
+                               f"good images' and the {len(bad)} defect images' scores")
+                else:
+                    warning = (f"{warning}; the defect images score no higher than good "
+                               "parts, so they cannot place the threshold either")
+        return cls(memory, tuple(image_ids), false_alarm_rate, thr, len(loo), warning, used,
+                   len(bad), int((bad > thr).sum()))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import NotRequired, TypedDict, cast
 
 import numpy as np
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import ColumnElement, Table, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from storage.tables import (
@@ -49,7 +49,7 @@ def bytes_to_vector(b: bytes) -> np.ndarray:
 
 def new_patches(patches: np.ndarray, patch_version: str, image_id: int | None = None
                 ) -> PatchFeatures:
-    """A good image's patch features (h, w, C) as a row: little-endian float16 bytes
+    """An image's patch features (h, w, C) as a row: little-endian float16 bytes
     (unit vectors: half precision moves a cosine distance by < 1e-3)."""
     h, w, c = patches.shape
     row = PatchFeatures(model_version=patch_version, grid_h=h, grid_w=w, channels=c,
@@ -66,38 +66,54 @@ class StoredPatches:
     patches: np.ndarray  # (h, w, C) float32
 
 
-def patches_for(s: Session, patch_version: str, class_ids: Sequence[int]
-                ) -> list[StoredPatches]:
-    """The stored patch features of these classes' images under one patch version."""
+def patches_for(s: Session, patch_version: str, class_ids: Sequence[int],
+                latest: int | None = None) -> list[StoredPatches]:
+    """The stored patch features of these classes' images under one patch version, in
+    enrolment order; with `latest`, only the most recently enrolled that many."""
     if not class_ids:
         return []
     q = (select(SupportImage.id, SupportImage.class_id, PatchFeatures.grid_h,
                 PatchFeatures.grid_w, PatchFeatures.channels, PatchFeatures.data)
          .join(PatchFeatures, PatchFeatures.image_id == SupportImage.id)
          .where(PatchFeatures.model_version == patch_version,
-                SupportImage.class_id.in_(list(class_ids)))
-         .order_by(SupportImage.id))
-    return [StoredPatches(i, c, np.frombuffer(d, dtype="<f2").astype(np.float32)
+                SupportImage.class_id.in_(list(class_ids))))
+    q = (q.order_by(SupportImage.id) if latest is None
+         else q.order_by(SupportImage.id.desc()).limit(latest))
+    rows = [StoredPatches(i, c, np.frombuffer(d, dtype="<f2").astype(np.float32)
                           .reshape(h, w, ch)) for i, c, h, w, ch, d in s.execute(q)]
+    return rows if latest is None else rows[::-1]
 
 
-def _good_images(patch_version: str):  # type: ignore[no-untyped-def]
+def have_patches(s: Session, patch_version: str, image_ids: Sequence[int]) -> set[int]:
+    """Which of these images already have patch features of this version."""
+    return set(s.scalars(select(PatchFeatures.image_id).where(
+        PatchFeatures.model_version == patch_version,
+        PatchFeatures.image_id.in_(list(image_ids)))).all())
+
+
+def _missing_patches(patch_version: str, good_only: bool):  # type: ignore[no-untyped-def]
     have = select(PatchFeatures.image_id).where(PatchFeatures.model_version == patch_version)
-    return (select(SupportImage.id)
-            .join(DefectClass, DefectClass.id == SupportImage.class_id)
-            .where(DefectClass.kind == "good", SupportImage.id.not_in(have)))
+    q = select(SupportImage.id).where(SupportImage.id.not_in(have))
+    if good_only:
+        q = q.join(DefectClass, DefectClass.id == SupportImage.class_id).where(
+            DefectClass.kind == "good")
+    return q
 
 
-def good_images_missing_patches(s: Session, patch_version: str, limit: int
-                                ) -> Sequence[SupportImage]:
-    ids = _good_images(patch_version)
+def images_missing_patches(s: Session, patch_version: str, limit: int
+                           ) -> Sequence[SupportImage]:
+    """Images (good and defect) without patch features of this version, oldest first."""
+    ids = _missing_patches(patch_version, good_only=False)
     return s.scalars(select(SupportImage).where(SupportImage.id.in_(ids))
                      .order_by(SupportImage.id).limit(limit)).all()
 
 
-def count_good_images_missing_patches(s: Session, patch_version: str) -> int:
+def count_images_missing_patches(s: Session, patch_version: str, good_only: bool = False
+                                 ) -> int:
+    """How many images lack patch features of this version (only good ones: those the
+    patch memory cannot be built without)."""
     return int(s.scalar(select(func.count()).select_from(
-        _good_images(patch_version).subquery())) or 0)
+        _missing_patches(patch_version, good_only).subquery())) or 0)
 
 
 def drop_other_patch_versions(s: Session, patch_version: str) -> int:
@@ -246,6 +262,18 @@ def images_missing_version(s: Session, model_version: str, limit: int) -> Sequen
 def count_images_missing_version(s: Session, model_version: str) -> int:
     have = select(Embedding.image_id).where(Embedding.model_version == model_version)
     return int(s.scalar(select(func.count()).where(SupportImage.id.not_in(have))) or 0)
+
+
+def count_images_incomplete(s: Session, model_version: str, patch_version: str | None
+                            ) -> int:
+    """Images lacking an embedding of this version or (with a patch version) patch
+    features of that version: each counted once."""
+    lacking: ColumnElement[bool] = SupportImage.id.not_in(
+        select(Embedding.image_id).where(Embedding.model_version == model_version))
+    if patch_version is not None:
+        lacking = or_(lacking, SupportImage.id.not_in(
+            select(PatchFeatures.image_id).where(PatchFeatures.model_version == patch_version)))
+    return int(s.scalar(select(func.count()).where(lacking)) or 0)
 
 
 def drop_other_versions(s: Session, model_version: str) -> int:

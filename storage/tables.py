@@ -116,7 +116,7 @@ class Embedding(Base):
 
 
 class PatchFeatures(Base):
-    """A good image's patch features (models.patchcore) under one patch version:
+    """An image's patch features (models.patchcore) under one patch version:
     (h, w, C) little-endian float16 unit vectors."""
 
     __tablename__ = "patch_features"

@@ -92,9 +92,9 @@ async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, byte
         name = next(u.filename for u in uploads if u.sha256 in dupes)
         raise Conflict(f"{name}: this image is already enrolled in class {class_id}",
                        code="duplicate_image")
+    # Every image keeps its patch features: good images form the patch memory, defect
+    # images can place its threshold (README, "Good parts").
     vectors, patches = rt.unpack(await rt.batcher.embed(np.stack([u.tensor for u in uploads])))
-    if cls.kind != "good":
-        patches = None  # only good images feed the patch memory
     created: list[str] = []
     try:
         for u in uploads:
@@ -105,7 +105,8 @@ async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, byte
     except BaseException:
         await asyncio.to_thread(_remove_unreferenced, rt, created)
         raise
-    # A good class rebuilds its group's patch memory and threshold: off the event loop.
+    # The group's patch memory and threshold are rebuilt (good images form it, defect
+    # images can place its threshold): off the event loop.
     await asyncio.to_thread(_refresh, rt, class_id, cls.group)
     rt.metrics.enrolled.inc(len(images))
     rt.metrics.classes.set(rt.cache.class_count())

@@ -14,6 +14,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from models.inference import (
+    MAX_HELD_OUT,
     ClassEntry,
     EmbeddingLayout,
     GoodParts,
@@ -30,7 +31,8 @@ __all__ = ["EmbeddingLayout", "PrototypeCache"]
 class PrototypeCache:
     def __init__(self, model_version: str, layout: EmbeddingLayout, temperature: float = 0.05,
                  runtime: str = "onnxruntime", patch_version: str | None = None,
-                 false_alarm_rate: float = 0.02, calibrate_scores: bool = True) -> None:
+                 false_alarm_rate: float = 0.02, calibrate_scores: bool = True,
+                 threshold_rule: str = "auto") -> None:
         self.model_version = model_version
         self.layout = layout
         self.temperature = temperature  # the fallback where a group cannot fit its own
@@ -39,6 +41,7 @@ class PrototypeCache:
         # None: this backbone serves no patch features, and no group has good parts
         self.patch_version = patch_version
         self.false_alarm_rate = false_alarm_rate
+        self.threshold_rule = threshold_rule  # models.inference.THRESHOLD_RULES
         self._groups: dict[str, ServedGroup] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
         self._good: dict[str, GoodParts] = {}
@@ -75,7 +78,8 @@ class PrototypeCache:
     def _read_goods(self, s: Session, classes: dict[int, DefectClass], group: str | None
                     ) -> dict[str, GoodParts]:
         """The good-parts memory of every group among these classes that has good images
-        (one group, or all with None), at each group's false-alarm rate."""
+        (one group, or all with None), at each group's false-alarm rate, with its latest
+        defect images to place the threshold while the good ones are few."""
         goods = [c.id for c in classes.values() if c.kind == "good"]
         if self.patch_version is None or not goods:
             return {}
@@ -83,9 +87,15 @@ class PrototypeCache:
         for p in repo.patches_for(s, self.patch_version, goods):
             rows.setdefault(classes[p.class_id].group_name, []).append(p)
         rates = repo.false_alarm_rates(s, group)
-        return {g: GoodParts.build(np.stack([p.patches for p in ps]), [p.image_id for p in ps],
-                                   rates.get(g, self.false_alarm_rate))
-                for g, ps in rows.items()}
+        built = {}
+        for g, ps in rows.items():
+            defects = [c.id for c in classes.values() if c.group_name == g and c.kind != "good"]
+            bad = repo.patches_for(s, self.patch_version, defects, latest=MAX_HELD_OUT)
+            built[g] = GoodParts.build(
+                np.stack([p.patches for p in ps]), [p.image_id for p in ps],
+                rates.get(g, self.false_alarm_rate),
+                np.stack([p.patches for p in bad]) if bad else None, self.threshold_rule)
+        return built
 
     def load_all(self, s: Session) -> None:
         """Build every group from the database (start-up, or after re-embedding)."""
@@ -112,13 +122,14 @@ class PrototypeCache:
 
     def refresh_class(self, s: Session, class_id: int, group: str) -> None:
         """Re-read one class from the database and swap in its group's new snapshot; a
-        good class (or one that was) rebuilds the group's good-parts memory too."""
+        good class (or one that was), or any class of a group with good parts (its defect
+        images may place the threshold), rebuilds the group's good-parts memory too."""
         cls = repo.get_class(s, class_id)
         rows = repo.embeddings_for(s, self.model_version, [class_id]) if cls else []
         was_good = any(e.kind == "good" for e in self._entries.get(group, {}).values()
                        if e.class_id == class_id)
         good = self._good.get(group)
-        if was_good or (cls is not None and cls.kind == "good"):
+        if good is not None or was_good or (cls is not None and cls.kind == "good"):
             good = self._read_good(s, group)
         with self._lock:
             group_entries = dict(self._entries.get(group, {}))

@@ -1,5 +1,6 @@
 """Re-embedding: recompute every support image's embedding for the configured backbone,
-and every good image's patch features (models.patchcore) for its patch version.
+and its patch features (models.patchcore) for the patch version, from one forward pass
+where both are missing.
 
 Batched, resumable (every batch commits, and a later run picks up only what is still
 missing), with a progress bar. Until it has run, the service refuses to start on a
@@ -32,7 +33,8 @@ Row = Any  # a storage row built for one image (an Embedding or a PatchFeatures)
 def reembed(settings: Settings, batch: int = 32, prune: bool = False,
             max_batches: int | None = None, progress: bool = True) -> tuple[int, int]:
     """Embed every image lacking an embedding of the current version, then compute the
-    patch features every good image lacks. Returns (images done now, still missing)."""
+    patch features any image still lacks. Returns (images done now, images still lacking
+    either)."""
     engine, sessions = open_migrated(settings.resolved_database_url)
     bb = create_backbone(settings.backbone, settings.precision)
     embedder = make_embedder(bb, settings.runtime, settings.resolved_model_cache,
@@ -40,8 +42,20 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
     blobs = BlobStore(settings.data_dir / "blobs")
 
     def embedding_rows(x: np.ndarray, ids: list[int]) -> list[Row]:
-        return [repo.new_embedding(v, bb.name, bb.weights_sha256, bb.version, image_id=i)
-                for i, v in zip(ids, embedder.embed(x), strict=True)]
+        """Embeddings, and the patch features of the same pass for the images lacking them."""
+        if not bb.patch_layers:
+            vectors, patches = embedder.embed(x), None
+        else:
+            vectors, patches = unpack(embedder.embed_packed(x), bb)
+            with sessions() as s:
+                have = repo.have_patches(s, bb.patch_version, ids)
+        rows: list[Row] = [
+            repo.new_embedding(v, bb.name, bb.weights_sha256, bb.version, image_id=i)
+            for i, v in zip(ids, vectors, strict=True)]
+        if patches is not None:
+            rows += [repo.new_patches(p, bb.patch_version, image_id=i)
+                     for i, p in zip(ids, patches, strict=True) if i not in have]
+        return rows
 
     def patch_rows(x: np.ndarray, ids: list[int]) -> list[Row]:
         _, patches = unpack(embedder.embed_packed(x), bb)
@@ -54,13 +68,12 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
                 lambda s, n: repo.images_missing_version(s, bb.version, n), embedding_rows)
     if bb.patch_layers:
         pv = bb.patch_version
-        done += fill("patch features of good images",
-                     lambda s: repo.count_good_images_missing_patches(s, pv),
-                     lambda s, n: repo.good_images_missing_patches(s, pv, n), patch_rows)
+        done += fill("patch features",
+                     lambda s: repo.count_images_missing_patches(s, pv),
+                     lambda s, n: repo.images_missing_patches(s, pv, n), patch_rows)
     with sessions.begin() as s:
-        left = repo.count_images_missing_version(s, bb.version)
-        if bb.patch_layers:
-            left += repo.count_good_images_missing_patches(s, bb.patch_version)
+        left = repo.count_images_incomplete(
+            s, bb.version, bb.patch_version if bb.patch_layers else None)
         if prune and left == 0:
             repo.drop_other_versions(s, bb.version)
             if bb.patch_layers:

@@ -41,8 +41,9 @@ def report_for(rt: Runtime, group: str) -> GroupReportPublic:
     if gp is not None:
         good = GoodPartsReport(
             good_images=gp.memory.n_good, false_alarm_rate=gp.false_alarm_rate,
-            threshold=round(gp.threshold, 6),
-            calibrated_on=gp.held_out, warning=gp.warning)
+            threshold=round(gp.threshold, 6), calibrated_on=gp.held_out, rule=gp.rule,
+            defect_examples=gp.defect_examples, defect_examples_flagged=gp.defect_flagged,
+            warning=gp.warning)
         if gp.warning:
             warnings.append(f"good parts: {gp.warning}")
     scores = None

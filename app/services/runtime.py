@@ -210,7 +210,9 @@ class Runtime:
         """What the stored support set lacks for this backbone ("" when nothing)."""
         with self.sessions() as s:
             emb = repo.count_images_missing_version(s, backbone.version)
-            patches = (repo.count_good_images_missing_patches(s, backbone.patch_version)
+            # Defect images without them only leave the threshold to the good images.
+            patches = (repo.count_images_missing_patches(s, backbone.patch_version,
+                                                         good_only=True)
                        if backbone.patch_layers else 0)
         parts = [f"{emb} support image(s) have no embedding"] if emb else []
         if patches:
@@ -225,7 +227,7 @@ class Runtime:
                                s_.runtime,
                                backbone.patch_version if backbone.patch_layers else None,
                                s_.anomaly_false_alarm_rate,
-                               s_.score_calibration == "group")
+                               s_.score_calibration == "group", s_.anomaly_threshold_rule)
         with self.sessions() as s:
             self.load_push_targets(s)
             self._seen_versions = repo.group_versions(s)  # before loading: never miss one

@@ -399,8 +399,15 @@ function showReport(report) {
   const g = report.good_parts;
   if (g) {
     const thr = g.threshold >= 2 ? "none yet (one image)" : g.threshold.toFixed(3);
+    const how = g.rule === "balanced"
+      ? "balanced against the defect images (too few good images for the rate)"
+      : `false-alarm rate ${(100 * g.false_alarm_rate).toFixed(1)}%`;
     lines.push(el("div", { class: "good-parts" }, `Good parts: ${g.good_images} image(s), ` +
-      `false-alarm rate ${(100 * g.false_alarm_rate).toFixed(1)}%, threshold ${thr}`));
+      `${how}, threshold ${thr}`));
+    if (g.defect_examples) {
+      lines.push(el("div", { class: "good-parts-defects" }, `Flags ${g.defect_examples_flagged} ` +
+        `of ${g.defect_examples} enrolled defect image(s)`));
+    }
   }
   const sc = report.scores;
   if (sc) {

@@ -91,22 +91,31 @@ class Outcome:
     maps: np.ndarray | None = None  # (Q, S, S) heatmaps as served (grey levels), if any
 
 
-Detector = Callable[[np.ndarray, np.ndarray, bool], Outcome]
+# (good indices, query indices, defect indices the group may hold, heatmaps?) -> Outcome
+Detector = Callable[[np.ndarray, np.ndarray, np.ndarray, bool], Outcome]
+DEFECT_EXAMPLES = 5  # defect images enrolled beside the good ones, for detectors using them
 
 
-def served_detector(f: Features, false_alarm_rate: float = 0.02) -> Detector:
-    """(good indices, query indices, heatmaps?) -> what the service answers: a group with
-    one good class holding the good images, asked about each query."""
+def served_detector(f: Features, false_alarm_rate: float = 0.02,
+                    with_defects: bool = False) -> Detector:
+    """What the service answers: a group with one good class holding the good images (and,
+    `with_defects`, a defect class holding the episode's defect images, which can place
+    the threshold: models.inference.GoodParts), asked about each query."""
     from models.inference import EmbeddingLayout, GoodParts, GroupIndex, ServedGroup, make_entry
 
     layout = EmbeddingLayout(f.metric_dim, CalibrationConfig())
 
-    def run(good: np.ndarray, query: np.ndarray, heatmaps: bool) -> Outcome:
+    def run(good: np.ndarray, query: np.ndarray, defects: np.ndarray, heatmaps: bool
+            ) -> Outcome:
         ids = [int(i) for i in good]
-        entry = make_entry(1, "ok", "eval", ids, f.embeddings[good], layout, "good")
-        index = GroupIndex.build("eval", [entry], f.metric_dim)
+        entries = [make_entry(1, "ok", "eval", ids, f.embeddings[good], layout, "good")]
+        bad = f.patches[defects] if with_defects and len(defects) else None
+        if bad is not None:
+            entries.append(make_entry(2, "defect", "eval", [int(i) for i in defects],
+                                      f.embeddings[defects], layout))
+        index = GroupIndex.build("eval", entries, f.metric_dim)
         served = ServedGroup.build(index, GoodParts.build(f.patches[good], ids,
-                                                          false_alarm_rate))
+                                                          false_alarm_rate, bad))
         got = served.inspect(f.embeddings[query], f.patches[query], top_k=1)
         anomalies = [i.anomaly for i in got if i.anomaly is not None]
         maps = None
@@ -121,7 +130,8 @@ def served_detector(f: Features, false_alarm_rate: float = 0.02) -> Detector:
 def global_detector(f: Features, false_alarm_rate: float = 0.02) -> Detector:
     """The frozen ImageNet global pool: distance to the good images' mean, thresholded at
     the same leave-one-out quantile."""
-    def run(good: np.ndarray, query: np.ndarray, heatmaps: bool) -> Outcome:
+    def run(good: np.ndarray, query: np.ndarray, _defects: np.ndarray, heatmaps: bool
+            ) -> Outcome:
         g = f.appearance[good]
         mean = g.mean(axis=0)
         loo = np.array([np.linalg.norm(g[i] - np.delete(g, i, axis=0).mean(axis=0))
@@ -133,17 +143,23 @@ def global_detector(f: Features, false_alarm_rate: float = 0.02) -> Detector:
 
 
 def episodes(labels: np.ndarray, n_good: int, n_query: int, count: int, seed: int,
-             pool: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`count` draws of n_good good images to enrol, and n_query good + n_query defective
-    held-out queries, all from `pool` (indices; default everything)."""
+             pool: np.ndarray | None = None, n_defect: int = DEFECT_EXAMPLES
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`count` draws of n_good good images to enrol, n_query good + n_query defective
+    held-out queries, and n_defect other defective images a group may enrol, all from
+    `pool` (indices; default everything). The defect images come from a generator of
+    their own: the good images and queries do not depend on n_defect."""
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 1])
     idx = np.arange(len(labels)) if pool is None else pool
     good, bad = idx[labels[idx] == 0], idx[labels[idx] == 1]
     out = []
     for _ in range(count):
         g = rng.permutation(good)
-        out.append((g[:n_good], np.concatenate([g[n_good:n_good + n_query],
-                                                rng.choice(bad, n_query, replace=False)])))
+        asked = rng.choice(bad, n_query, replace=False)
+        rest = np.setdiff1d(bad, asked)
+        out.append((g[:n_good], np.concatenate([g[n_good:n_good + n_query], asked]),
+                    extra.choice(rest, min(n_defect, len(rest)), replace=False)))
     return out
 
 
@@ -164,8 +180,8 @@ def evaluate(labels: np.ndarray, detectors: dict[str, Detector], goods: tuple[in
                for e in episodes(labels, n, n_query, count, seed + 1000 * k + n, p)]
         for name, det in detectors.items():
             aucs, bals, fars, tprs, pix = [], [], [], [], []
-            for good, query in tqdm(eps, desc=f"{name}@{n}", leave=False):
-                out = det(good, query, masks is not None)
+            for good, query, defects in tqdm(eps, desc=f"{name}@{n}", leave=False):
+                out = det(good, query, defects, masks is not None)
                 y = labels[query]
                 aucs.append(auroc(out.scores, y))
                 tpr, fpr = out.flagged[y == 1].mean(), out.flagged[y == 0].mean()
@@ -228,6 +244,8 @@ def report(out_dir: Path, goods: tuple[int, ...] = (1, 5, 20, 50), count: int = 
         f = served_features(images, backbone, cache_dir, desc=set_name)
         got = evaluate(labels, {"service (good-parts patch memory)":
                                 served_detector(f, false_alarm_rate),
+                                f"service, {DEFECT_EXAMPLES} defect images enrolled too":
+                                served_detector(f, false_alarm_rate, with_defects=True),
                                 "baseline: ImageNet global pool, distance to good mean":
                                 global_detector(f, false_alarm_rate)},
                        goods, count=n, seed=seed, masks=masks, pools=pools)

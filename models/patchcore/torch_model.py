@@ -1,5 +1,6 @@
 """The patch memory: good images' patch features, a query's distance map, its image score,
-and a threshold calibrated from the good images alone.
+and a threshold calibrated from the good images (or, while they are few, balanced
+against defect images).
 
 Shapes: patches (N, h, w, C) unit vectors -> distance maps (N, h, w) in [0, 2] (cosine
 distance to the nearest good patch) -> image scores (N,) = the mean of the map's top
@@ -107,3 +108,17 @@ def calibrate_threshold(loo: np.ndarray, false_alarm_rate: float) -> tuple[float
         warning = (f"with {len(loo)} good images the false-alarm rate can only be set to about "
                    f"{floor:.0%}, not {false_alarm_rate:.0%}: enrol more good parts")
     return thr, warning
+
+
+def balanced_threshold(loo: np.ndarray, defect_scores: np.ndarray) -> float | None:
+    """Midway between the mean leave-one-out score of the good images and the mean score of
+    enrolled defect images: the threshold that weighs a missed defect and a false alarm
+    alike, when the good images are too few to place a false-alarm rate. None when there
+    is nothing to weigh (no good or no defect scores) or when the defect images score no
+    higher than good ones on average (they show nothing the good parts lack)."""
+    if len(loo) == 0 or len(defect_scores) == 0:
+        return None
+    good, bad = float(np.mean(loo)), float(np.mean(defect_scores))
+    if bad <= good:
+        return None
+    return (good + bad) / 2.0

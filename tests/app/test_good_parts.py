@@ -8,6 +8,7 @@ import io
 import uuid
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -213,3 +214,39 @@ def test_one_good_image_flags_nothing_and_says_so(client: TestClient) -> None:
                       files=as_files([("h.png", sample("brick", "hole", 2401))])).json()
     x = res["results"][0]
     assert x["anomaly"]["threshold"] == 2.0 and x["verdict"] == "ok" and x["heatmap"]
+
+
+def test_defect_images_place_the_threshold_while_good_ones_are_few(client: TestClient) -> None:
+    """12 good images cannot tell a 2% false-alarm rate apart: once the group has defect
+    images the threshold sits midway between the good and the defect images' scores;
+    with a rate the good images can resolve, or without defect images, the rate rules."""
+    grp = f"g-{uuid.uuid4().hex[:8]}"
+    good = client.post("/api/v1/classes", json={"name": "ok", "group": grp, "kind": "good"})
+    r = client.post(f"/api/v1/classes/{good.json()['id']}/images",
+                    files=as_files([(f"ok{i}.png", sample("brick", None, 3000 + i))
+                                    for i in range(12)]))
+    alone = r.json()["report"]["good_parts"]
+    assert alone["rule"] == "false_alarm_rate" and alone["defect_examples"] == 0
+    bad = client.post("/api/v1/classes", json={"name": "hole", "group": grp}).json()["id"]
+    r = client.post(f"/api/v1/classes/{bad}/images",
+                    files=as_files([(f"h{i}.png", sample("brick", "hole", 3100 + i))
+                                    for i in range(3)]))
+    both = r.json()["report"]["good_parts"]
+    assert both["rule"] == "balanced" and both["defect_examples"] == 3
+    assert both["threshold"] != alone["threshold"] and both["calibrated_on"] == 12
+    assert 1 <= both["defect_examples_flagged"] <= 3
+    assert "midway" in both["warning"]
+    # a query is judged against the balanced threshold
+    x = client.post("/api/v1/classify", params={"group": grp},
+                    files=as_files([("q.png", sample("brick", None, 3200))])).json()
+    assert x["results"][0]["anomaly"]["threshold"] == pytest.approx(both["threshold"], abs=1e-5)
+    # a rate 12 good images can resolve: the rate rules again
+    client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": 0.25})
+    resolved = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
+    assert resolved["rule"] == "false_alarm_rate" and resolved["warning"] is None
+    assert resolved["defect_examples"] == 3
+    client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": None})
+    # the defect class removed: back to the good images alone
+    assert client.delete(f"/api/v1/classes/{bad}").status_code == 204
+    after = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
+    assert after == alone

@@ -180,6 +180,30 @@ def test_evaluation_scores_detectors_on_the_same_episodes() -> None:
     assert by["served"]["flagged_at_5pct_false_alarms"] == 1.0
     assert by["served"]["pixel_auroc"] > 0.9 and "pixel_auroc" not in by["global"]
     assert by["global"]["auroc"] < by["served"]["auroc"]
+    # with 10 good images a 5% rate is out of reach: enrolled defect images place the
+    # threshold, and the verdicts get no worse on the same episodes
+    rows = evaluate(labels, {"served": served_detector(f, 0.05),
+                             "with defects": served_detector(f, 0.05, with_defects=True)},
+                    (10,), n_query=10, count=5, seed=1)
+    by = {r["detector"]: r for r in rows}
+    assert by["with defects"]["auroc"] == by["served"]["auroc"] == 1.0
+    assert by["with defects"]["balanced_accuracy"] >= by["served"]["balanced_accuracy"]
+    assert by["with defects"]["balanced_accuracy"] > 0.95
+
+
+def test_evaluation_episodes_keep_defect_examples_apart() -> None:
+    from models.patchcore.evaluate import episodes
+
+    labels = np.array([0] * 40 + [1] * 25)
+    eps = episodes(labels, 5, 10, 8, seed=3)
+    for good, query, defects in eps:
+        assert (labels[good] == 0).all() and (labels[defects] == 1).all()
+        assert len(defects) == 5 and not set(defects) & set(query)
+        assert not set(good) & set(query)
+    # the good images and queries do not depend on how many defect images are drawn
+    fewer = episodes(labels, 5, 10, 8, seed=3, n_defect=2)
+    for a, b in zip(eps, fewer, strict=True):
+        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
 
 
 def test_heatmap_png_keeps_aspect_and_absolute_levels() -> None:
@@ -229,14 +253,44 @@ def test_real_image_report_runs_the_served_decisions(monkeypatch: pytest.MonkeyP
     table = ev.real_report(tmp_path, shots=(1, 5), episodes=8, q_query=5,
                            cache_dir=tmp_path / "onnx")
     rows = json.loads((tmp_path / "real.json").read_text())
-    assert len(rows) == 2 * 4 and (tmp_path / "real.png").is_file() and "5-shot" in table
+    assert len(rows) == 2 * 5 and (tmp_path / "real.png").is_file() and "5-shot" in table
     by = {(r["shots"], r["embedding"]): r for r in rows}
     # ranked by the appearance part, the served default is the frozen baseline exactly
     for k in (1, 5):
         default = next(r for r in rows if r["shots"] == k and "default" in r["embedding"])
         frozen = next(r for r in rows if r["shots"] == k and "baseline" in r["embedding"])
         assert default["accuracy"] == frozen["accuracy"] and "appearance" in default["embedding"]
-    good = next(r for r in rows if r["shots"] == 5 and "good class" in r["embedding"])
+    good = next(r for r in rows if r["shots"] == 5 and "rule auto" in r["embedding"])
+    alone = next(r for r in rows if r["shots"] == 5 and "rule false_alarm" in r["embedding"])
     one = next(r for r in rows if r["shots"] == 1 and "good class" in r["embedding"])
     assert one["accuracy"] == 0.5  # one good image calibrates nothing: nothing flagged
-    assert good["accuracy"] > 0.8 and len(by) == 8
+    assert good["accuracy"] > 0.8 and len(by) == 10
+    assert good["accuracy"] >= alone["accuracy"] - 0.05
+
+
+def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach() -> None:
+    from models.inference import GoodParts
+
+    rng = np.random.default_rng(5)
+    good = goods(rng, n=6)
+    bad = goods(rng, n=3)
+    bad[:, 1, 1] = unit(rng.normal(size=(3, 16)), 1)  # one patch like nothing good
+    fa = GoodParts.build(good, range(6), 0.02)
+    assert fa.rule == "false_alarm_rate" and fa.defect_examples == 0
+    both = GoodParts.build(good, range(6), 0.02, bad)
+    loo = fa.memory.leave_one_out(good)
+    scores = fa.memory.image_scores(fa.memory.distances(bad))
+    assert both.rule == "balanced"
+    assert both.threshold == pytest.approx((loo.mean() + scores.mean()) / 2)
+    assert both.defect_examples == 3 and both.defect_flagged == int((scores > both.threshold).sum())
+    assert both.warning and "midway" in both.warning
+    # a rate six good images can resolve, or the rule switched off: the rate decides
+    for kept in (GoodParts.build(good, range(6), 0.3, bad),
+                 GoodParts.build(good, range(6), 0.02, bad, rule="false_alarm_rate")):
+        assert kept.rule == "false_alarm_rate" and kept.defect_examples == 3
+        assert kept.threshold == calibrate_threshold(loo, kept.false_alarm_rate)[0]
+    # defect images that score like good parts cannot place it: the rate stays, with a word
+    alike = GoodParts.build(good, range(6), 0.02, goods(rng, n=2))
+    assert alike.rule == "false_alarm_rate" and "no higher than good" in str(alike.warning)
+    with pytest.raises(ValueError):
+        GoodParts.build(good, range(6), 0.02, bad, rule="median")
