@@ -291,12 +291,20 @@ class GoodParts:
         bad = np.zeros(0, np.float32)
         if defect_patches is not None and len(defect_patches):
             bad = memory.image_scores(memory.distances(defect_patches[:MAX_HELD_OUT]))
-            mid = balanced_threshold(loo, bad)
-            if rule == "auto" and warning is not None and len(loo):
+            # One good image has no leave-one-out score: its regions left out in turn
+            # stand in for it (optimistic, so only as the good side of the balance).
+            good_side = loo if len(loo) else np.asarray(
+                [memory.leave_region_out(patches[0])], np.float32)
+            mid = balanced_threshold(good_side, bad)
+            if rule == "auto" and warning is not None:
                 if mid is not None:
                     thr, used = mid, "balanced"
-                    warning = (f"{warning}; meanwhile the threshold sits midway between the "
-                               f"good images' and the {len(bad)} defect images' scores")
+                    warning = (
+                        f"{warning}; meanwhile the threshold sits midway between the good "
+                        f"images' and the {len(bad)} defect images' scores" if len(loo) else
+                        "one good image cannot calibrate a threshold: meanwhile it sits midway "
+                        "between that image's score with its regions left out in turn and the "
+                        f"{len(bad)} defect images' scores; enrol more good parts")
                 else:
                     warning = (f"{warning}; the defect images score no higher than good "
                                "parts, so they cannot place the threshold either")

@@ -27,6 +27,9 @@ PROJECTION_DIMS = 64
 # enrolment order): exact leave-one-out costs n^2 and a threshold at a 2% false-alarm
 # rate is as well resolved by 64 scores as by 200.
 MAX_HELD_OUT = 64
+# With a single good image, each patch is scored against the image's own patches beyond
+# this many cells (its 3 x 3 neighbourhood left out: neighbours overlap in what they see).
+SELF_RADIUS = 1
 
 
 class PatchMemory:
@@ -77,6 +80,25 @@ class PatchMemory:
         flat = dist.reshape(len(dist), -1)
         k = max(1, math.ceil(self.top_fraction * flat.shape[1]))
         return np.sort(flat, axis=1)[:, -k:].mean(axis=1)
+
+    def leave_region_out(self, image: np.ndarray, radius: int = SELF_RADIUS) -> float:
+        """(h, w, C) one image's patches -> its score when each patch may match only the
+        same image's patches farther than `radius` cells away (Chebyshev): leave-one-out
+        within a single image, for a memory of one good image. Optimistic (a part's
+        regions resemble each other more than another part's), so only ever one side of
+        a balanced threshold."""
+        h, w, c = image.shape
+        q = np.ascontiguousarray(image, dtype=np.float32).reshape(h * w, c)
+        if self.projection is not None:
+            q = q @ self.projection
+        sim = q @ q.T
+        yy, xx = np.divmod(np.arange(h * w), w)
+        near = (np.abs(yy[:, None] - yy[None]) <= radius) & \
+            (np.abs(xx[:, None] - xx[None]) <= radius)
+        sim[near] = -np.inf
+        best = sim.max(axis=1)
+        dist = np.clip(1.0 - np.where(np.isfinite(best), best, -1.0), 0.0, 2.0)
+        return float(self.image_scores(dist.reshape(1, h, w))[0])
 
     def leave_one_out(self, good: np.ndarray, max_held_out: int | None = MAX_HELD_OUT
                       ) -> np.ndarray:

@@ -214,6 +214,18 @@ def test_one_good_image_flags_nothing_and_says_so(client: TestClient) -> None:
                       files=as_files([("h.png", sample("brick", "hole", 2401))])).json()
     x = res["results"][0]
     assert x["anomaly"]["threshold"] == 2.0 and x["verdict"] == "ok" and x["heatmap"]
+    # a defect image gives the threshold its other side: the good image's own regions,
+    # left out in turn, give the good one
+    bad = client.post("/api/v1/classes", json={"name": "hole", "group": grp}).json()["id"]
+    r = client.post(f"/api/v1/classes/{bad}/images",
+                    files=as_files([("h.png", sample("brick", "hole", 2402))]))
+    g = r.json()["report"]["good_parts"]
+    assert g["rule"] == "balanced" and g["threshold"] < 2.0 and g["calibrated_on"] == 0
+    assert "regions left out" in g["warning"]
+    res = client.post("/api/v1/classify", params={"group": grp},
+                      files=as_files([("h.png", sample("brick", "hole", 2403)),
+                                      ("g.png", sample("brick", None, 2404))])).json()
+    assert [x["verdict"] for x in res["results"]] == ["defect", "ok"]
 
 
 def test_defect_images_place_the_threshold_while_good_ones_are_few(client: TestClient) -> None:

@@ -262,8 +262,10 @@ def test_real_image_report_runs_the_served_decisions(monkeypatch: pytest.MonkeyP
         assert default["accuracy"] == frozen["accuracy"] and "appearance" in default["embedding"]
     good = next(r for r in rows if r["shots"] == 5 and "rule auto" in r["embedding"])
     alone = next(r for r in rows if r["shots"] == 5 and "rule false_alarm" in r["embedding"])
-    one = next(r for r in rows if r["shots"] == 1 and "good class" in r["embedding"])
+    one = next(r for r in rows if r["shots"] == 1 and "rule false_alarm" in r["embedding"])
     assert one["accuracy"] == 0.5  # one good image calibrates nothing: nothing flagged
+    one_auto = next(r for r in rows if r["shots"] == 1 and "rule auto" in r["embedding"])
+    assert one_auto["accuracy"] > 0.5  # ... unless a defect image balances it
     assert good["accuracy"] > 0.8 and len(by) == 10
     assert good["accuracy"] >= alone["accuracy"] - 0.05
 
@@ -294,3 +296,27 @@ def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach()
     assert alike.rule == "false_alarm_rate" and "no higher than good" in str(alike.warning)
     with pytest.raises(ValueError):
         GoodParts.build(good, range(6), 0.02, bad, rule="median")
+    # one good image: its regions left out in turn stand in for leave-one-out
+    one = GoodParts.build(good[:1], [0], 0.02, bad)
+    own = one.memory.leave_region_out(good[0])
+    one_bad = one.memory.image_scores(one.memory.distances(bad))
+    assert one.rule == "balanced" and one.held_out == 0
+    assert one.threshold == pytest.approx((own + one_bad.mean()) / 2)
+    assert "regions left out" in str(one.warning)
+    assert GoodParts.build(good[:1], [0], 0.02).threshold == 2.0  # alone: nothing flagged
+
+
+def test_leave_region_out_scores_a_part_against_its_own_other_regions() -> None:
+    rng = np.random.default_rng(6)
+    part = goods(rng, n=1, h=8)[0]  # four patterns repeated across the part
+    mem = PatchMemory(part[None], dims=None)
+    calm = mem.leave_region_out(part)
+    assert calm < 0.01  # every patch has a like one elsewhere
+    odd = part.copy()
+    odd[4, 4] = unit(rng.normal(size=16), 0)  # a region like no other
+    assert mem.leave_region_out(odd) > 10 * max(calm, 1e-4)
+    # only patches beyond the 3 x 3 neighbourhood count: a pattern repeated next to itself
+    # alone is not enough
+    pair = part.copy()
+    pair[4, 4] = pair[4, 5] = unit(rng.normal(size=16), 0)
+    assert mem.leave_region_out(pair, radius=0) < 0.01 < mem.leave_region_out(pair, radius=1)
