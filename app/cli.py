@@ -132,7 +132,9 @@ def evaluate(
     anomaly: bool = typer.Option(False, help="good vs defective from good parts alone, "
                                  "through the served code: held-out synthetic defect types, "
                                  "and the ELPV mono development set when elpv-dataset is "
-                                 "installed; the service against the global-pool baseline"),
+                                 "installed; the service against the global-pool baseline; "
+                                 "and which defect in a group with good parts (synthetic "
+                                 "types: defect_types.*)"),
     good: str = typer.Option("1,5,20,50", help="with --anomaly: good images enrolled"),
     real: bool = typer.Option(False, help="real images: the ELPV mono development set "
                               "(needs elpv-dataset), 2-way good vs defective, the served "
@@ -167,10 +169,12 @@ def evaluate(
                                rank_by=get_settings().rank_by))
         return
     if anomaly:
-        from models.patchcore.evaluate import report
+        from models.patchcore.evaluate import defect_type_report, report
 
         typer.echo(report(out, tuple(int(g) for g in good.split(",")), seed=seed,
                           backbone=get_settings().backbone, cache_dir=cache / "onnx"))
+        typer.echo(defect_type_report(out, seed=seed, backbone=get_settings().backbone,
+                                      cache_dir=cache / "onnx"))
         return
     if method:
         from models.methods.training import evaluate_all

@@ -14,7 +14,7 @@ Shapes: embeddings (Q, D_full) -> Q decisions; support (n, D_metric) per class.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -312,6 +312,48 @@ class GoodParts:
                    len(bad), int((bad > thr).sum()))
 
 
+def fuse_region(vectors: np.ndarray, regions: np.ndarray, metric_dim: int) -> np.ndarray:
+    """Stored vectors (n, D) [metric | appearance] and defect-region descriptors (n, C)
+    -> (n, D + C) [metric | (appearance, region) / sqrt 2]: in a group with good parts a
+    defect is ranked by its global look (which product) and the look of where it differs
+    from the good parts (which defect), both unit vectors, weighed alike."""
+    app = np.concatenate([vectors[:, metric_dim:], regions], axis=1) / np.sqrt(2.0)
+    return np.concatenate([vectors[:, :metric_dim], app], axis=1).astype(np.float32)
+
+
+def region_descriptors(good_parts: GoodParts, patches: Mapping[int, np.ndarray]
+                       ) -> dict[int, np.ndarray]:
+    """Each image's defect-region descriptor (`PatchMemory.regions`) against the group's
+    memory, by image id; a bounded number of images per step."""
+    ids = list(patches)
+    out: dict[int, np.ndarray] = {}
+    for start in range(0, len(ids), MAX_HELD_OUT):
+        chunk = ids[start:start + MAX_HELD_OUT]
+        out.update(zip(chunk, good_parts.memory.regions(np.stack([patches[i] for i in chunk])),
+                       strict=True))
+    return out
+
+
+def region_entries(entries: Iterable[ClassEntry], vectors: Mapping[int, np.ndarray],
+                   regions: Mapping[int, np.ndarray], layout: EmbeddingLayout
+                   ) -> list[ClassEntry] | None:
+    """The defect classes among `entries` rebuilt on region-fused vectors (`fuse_region`),
+    from every image's stored vector and region descriptor (`region_descriptors`, by
+    image id). None when fusion cannot apply: the layout has no appearance part, or some
+    defect image has no region (no patch features: a database from before they were kept
+    for defect images; `fsdi reembed` fills them)."""
+    defects = [e for e in entries if e.kind != "good"]
+    if layout.app_calib is None or not defects:
+        return None
+    if any(i not in regions or i not in vectors for e in defects for i in e.image_ids):
+        return None
+    return [make_entry(e.class_id, e.name, e.group, e.image_ids,
+                       fuse_region(np.stack([vectors[i] for i in e.image_ids]),
+                                   np.stack([regions[i] for i in e.image_ids]),
+                                   layout.metric_dim), layout, e.kind)
+            for e in defects]
+
+
 @dataclass(frozen=True)
 class Anomaly:
     score: float  # higher: less like any good part (cosine distance, comparable in a group)
@@ -358,20 +400,27 @@ class ServedGroup:
     defects: GroupIndex | None = None
     goods: GroupIndex | None = None
     good_parts: GoodParts | None = None
+    # The defect classes are ranked on region-fused vectors (`region_entries`): an
+    # anomalous query's own region joins its appearance part before `defects.decide`.
+    regions: bool = False
 
     @classmethod
-    def build(cls, index: GroupIndex, good_parts: GoodParts | None = None) -> ServedGroup:
+    def build(cls, index: GroupIndex, good_parts: GoodParts | None = None,
+              defect_entries: Sequence[ClassEntry] | None = None) -> ServedGroup:
+        """`defect_entries`: the defect classes rebuilt by `region_entries`, or None to
+        rank them on the stored vectors as they are."""
         if good_parts is None:
             return cls(index)
 
-        def sub(kind: str) -> GroupIndex | None:
-            chosen = [e for e in index.entries if e.kind == kind]
+        def sub(kind: str, chosen: Sequence[ClassEntry] | None = None) -> GroupIndex | None:
+            chosen = [e for e in index.entries if e.kind == kind] if chosen is None else chosen
             if not chosen:
                 return None
             return GroupIndex.build(index.group, chosen, index.metric_dim,
                                     index.fallback_temperature, index.runtime, index.rank_by,
                                     index.calibrate)
-        return cls(index, sub("defect"), sub("good"), good_parts)
+        return cls(index, sub("defect", defect_entries), sub("good"), good_parts,
+                   bool(defect_entries))
 
     @property
     def group(self) -> str:
@@ -408,7 +457,12 @@ class ServedGroup:
                 for i in rows:
                     out[i] = Inspection(None, None, anomalies[i], verdict)
                 continue
-            ds = idx.decide(embeddings[rows], top_k, method, threshold if flagged else None,
+            vectors = embeddings[rows]
+            if flagged and self.regions and self.good_parts is not None:
+                maps = np.stack([anomalies[i].patch_map for i in rows])
+                vectors = fuse_region(vectors, self.good_parts.memory.regions(
+                    patches[rows], maps), self.index.metric_dim)
+            ds = idx.decide(vectors, top_k, method, threshold if flagged else None,
                             evidence)
             for i, d in zip(rows, ds, strict=True):
                 # An OK part is one of the good variants, whatever its global distance.

@@ -72,16 +72,32 @@ def patches_for(s: Session, patch_version: str, class_ids: Sequence[int],
     enrolment order; with `latest`, only the most recently enrolled that many."""
     if not class_ids:
         return []
-    q = (select(SupportImage.id, SupportImage.class_id, PatchFeatures.grid_h,
-                PatchFeatures.grid_w, PatchFeatures.channels, PatchFeatures.data)
-         .join(PatchFeatures, PatchFeatures.image_id == SupportImage.id)
-         .where(PatchFeatures.model_version == patch_version,
-                SupportImage.class_id.in_(list(class_ids))))
-    q = (q.order_by(SupportImage.id) if latest is None
-         else q.order_by(SupportImage.id.desc()).limit(latest))
-    rows = [StoredPatches(i, c, np.frombuffer(d, dtype="<f2").astype(np.float32)
+    q = _patch_rows(patch_version).where(SupportImage.class_id.in_(list(class_ids)))
+    if latest is None:
+        return _stored(s, q.order_by(SupportImage.id))
+    return _stored(s, q.order_by(SupportImage.id.desc()).limit(latest))[::-1]
+
+
+def patches_for_images(s: Session, patch_version: str, image_ids: Sequence[int]
+                       ) -> list[StoredPatches]:
+    """The stored patch features of these images under one patch version (those that
+    have them), in enrolment order."""
+    if not image_ids:
+        return []
+    return _stored(s, _patch_rows(patch_version).where(SupportImage.id.in_(list(image_ids)))
+                   .order_by(SupportImage.id))
+
+
+def _patch_rows(patch_version: str):  # type: ignore[no-untyped-def]
+    return (select(SupportImage.id, SupportImage.class_id, PatchFeatures.grid_h,
+                   PatchFeatures.grid_w, PatchFeatures.channels, PatchFeatures.data)
+            .join(PatchFeatures, PatchFeatures.image_id == SupportImage.id)
+            .where(PatchFeatures.model_version == patch_version))
+
+
+def _stored(s: Session, q) -> list[StoredPatches]:  # type: ignore[no-untyped-def]
+    return [StoredPatches(i, c, np.frombuffer(d, dtype="<f2").astype(np.float32)
                           .reshape(h, w, ch)) for i, c, h, w, ch, d in s.execute(q)]
-    return rows if latest is None else rows[::-1]
 
 
 def have_patches(s: Session, patch_version: str, image_ids: Sequence[int]) -> set[int]:

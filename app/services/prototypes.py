@@ -21,11 +21,16 @@ from models.inference import (
     GroupIndex,
     ServedGroup,
     make_entry,
+    region_descriptors,
+    region_entries,
 )
 from storage import repositories as repo
 from storage.tables import DefectClass
 
 __all__ = ["EmbeddingLayout", "PrototypeCache"]
+
+# entries by group and class, good parts by group, region-fused defect entries by group
+Read = tuple[dict[str, dict[int, ClassEntry]], dict[str, GoodParts], dict[str, list[ClassEntry]]]
 
 
 class PrototypeCache:
@@ -45,6 +50,9 @@ class PrototypeCache:
         self._groups: dict[str, ServedGroup] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
         self._good: dict[str, GoodParts] = {}
+        # per group: the good image ids its memory was built from, and the defect-region
+        # descriptors of its defect images against that memory (by image id)
+        self._regions: dict[str, tuple[tuple[int, ...], dict[int, np.ndarray]]] = {}
         self._lock = threading.Lock()
         self._published: dict[str, int] = {}  # per group: snapshots published so far
 
@@ -59,9 +67,9 @@ class PrototypeCache:
     def class_count(self) -> int:
         return sum(len(s.index.entries) for s in self._groups.values())
 
-    def _read(self, s: Session, classes: dict[int, DefectClass], group: str | None
-              ) -> tuple[dict[str, dict[int, ClassEntry]], dict[str, GoodParts]]:
-        """Entries and good parts of these classes (one group, or all with None)."""
+    def _read(self, s: Session, classes: dict[int, DefectClass], group: str | None) -> Read:
+        """Entries, good parts and region-fused defect entries of these classes (one
+        group, or all with None)."""
         by_class: dict[int, tuple[list[int], list[np.ndarray]]] = {}
         ids = None if group is None else list(classes)
         for emb in repo.embeddings_for(s, self.model_version, ids):
@@ -73,38 +81,71 @@ class PrototypeCache:
             c = classes[cid]
             entries.setdefault(c.group_name, {})[cid] = make_entry(
                 cid, c.name, c.group_name, img_ids, vecs, self.layout, c.kind)
-        return entries, self._read_goods(s, classes, group)
+        goods, fused = self._read_goods(s, classes, group, entries, by_class)
+        return entries, goods, fused
 
-    def _read_goods(self, s: Session, classes: dict[int, DefectClass], group: str | None
-                    ) -> dict[str, GoodParts]:
+    def _read_goods(self, s: Session, classes: dict[int, DefectClass], group: str | None,
+                    entries: dict[str, dict[int, ClassEntry]],
+                    by_class: dict[int, tuple[list[int], list[np.ndarray]]]
+                    ) -> tuple[dict[str, GoodParts], dict[str, list[ClassEntry]]]:
         """The good-parts memory of every group among these classes that has good images
         (one group, or all with None), at each group's false-alarm rate, with its latest
-        defect images to place the threshold while the good ones are few."""
+        defect images to place the threshold while the good ones are few; and those
+        groups' defect classes rebuilt on region-fused vectors, where they can be."""
         goods = [c.id for c in classes.values() if c.kind == "good"]
         if self.patch_version is None or not goods:
-            return {}
+            return {}, {}
         rows: dict[str, list[repo.StoredPatches]] = {}
         for p in repo.patches_for(s, self.patch_version, goods):
             rows.setdefault(classes[p.class_id].group_name, []).append(p)
         rates = repo.false_alarm_rates(s, group)
-        built = {}
+        built: dict[str, GoodParts] = {}
+        fused: dict[str, list[ClassEntry]] = {}
         for g, ps in rows.items():
             defects = [c.id for c in classes.values() if c.group_name == g and c.kind != "good"]
-            bad = repo.patches_for(s, self.patch_version, defects, latest=MAX_HELD_OUT)
-            built[g] = GoodParts.build(
-                np.stack([p.patches for p in ps]), [p.image_id for p in ps],
+            latest = repo.patches_for(s, self.patch_version, defects, latest=MAX_HELD_OUT)
+            good_ids = tuple(p.image_id for p in ps)
+            gp = built[g] = GoodParts.build(
+                np.stack([p.patches for p in ps]), good_ids,
                 rates.get(g, self.false_alarm_rate),
-                np.stack([p.patches for p in bad]) if bad else None, self.threshold_rule)
-        return built
+                np.stack([p.patches for p in latest]) if latest else None, self.threshold_rule)
+            vectors = {i: v for cid in defects for i, v in zip(*by_class.get(cid, ([], [])),
+                                                                strict=True)}
+            regions = self._regions_of(s, g, gp, good_ids, list(vectors))
+            fused_g = region_entries(entries.get(g, {}).values(), vectors, regions, self.layout)
+            if fused_g is not None:
+                fused[g] = fused_g
+        return built, fused
+
+    def _regions_of(self, s: Session, group: str, gp: GoodParts, good_ids: tuple[int, ...],
+                    image_ids: list[int]) -> dict[int, np.ndarray]:
+        """The defect-region descriptors of these images against the group's memory. A
+        descriptor depends only on its image and the good images, so while those stay
+        the same, only images new to the group are computed (a defect enrolment costs
+        its own images, not the group's)."""
+        with self._lock:
+            seen_good, known = self._regions.get(group, ((), {}))
+        if seen_good != good_ids:
+            known = {}
+        todo = [i for i in image_ids if i not in known]
+        fresh = {}
+        if todo and self.patch_version is not None:
+            fresh = region_descriptors(gp, {p.image_id: p.patches for p in
+                                            repo.patches_for_images(s, self.patch_version, todo)})
+        regions = {i: known[i] for i in image_ids if i in known} | fresh
+        with self._lock:
+            self._regions[group] = (good_ids, regions)
+        return regions
 
     def load_all(self, s: Session) -> None:
         """Build every group from the database (start-up, or after re-embedding)."""
         classes = {c.id: c for c in repo.list_classes(s)}
-        entries, good = self._read(s, classes, None)
+        entries, good, fused = self._read(s, classes, None)
         with self._lock:
             self._entries = entries
             self._good = good
-            self._groups = {g: self._build(g, e, good.get(g)) for g, e in entries.items()}
+            self._groups = {g: self._build(g, e, good.get(g), fused.get(g))
+                            for g, e in entries.items()}
 
     def refresh_group(self, s: Session, group: str) -> bool:
         """Re-read a whole group (another replica changed it). Returns False, publishing
@@ -112,25 +153,25 @@ class PrototypeCache:
         the read may predate it (a just-enrolled class would vanish until the next
         sync), so the caller reads again later."""
         seen = self._published.get(group, 0)
-        classes = {c.id: c for c in repo.list_classes(s, group)}
-        entries, good = self._read(s, classes, group)
+        entries, good, fused = self._read_group(s, group)
         with self._lock:
             if self._published.get(group, 0) != seen:
                 return False
-            self._publish(group, entries.get(group, {}), good.get(group))
+            self._publish(group, entries.get(group, {}), good.get(group), fused.get(group))
         return True
 
     def refresh_class(self, s: Session, class_id: int, group: str) -> None:
-        """Re-read one class from the database and swap in its group's new snapshot; a
-        good class (or one that was), or any class of a group with good parts (its defect
-        images may place the threshold), rebuilds the group's good-parts memory too."""
+        """Re-read one class from the database and swap in its group's new snapshot. In a
+        group with good parts (or one this class makes or made so) the whole group is
+        re-read: its memory, threshold and the defect classes' regions depend on all of
+        its images."""
         cls = repo.get_class(s, class_id)
-        rows = repo.embeddings_for(s, self.model_version, [class_id]) if cls else []
         was_good = any(e.kind == "good" for e in self._entries.get(group, {}).values()
                        if e.class_id == class_id)
-        good = self._good.get(group)
-        if good is not None or was_good or (cls is not None and cls.kind == "good"):
-            good = self._read_good(s, group)
+        if group in self._good or was_good or (cls is not None and cls.kind == "good"):
+            self.refresh_good(s, group)
+            return
+        rows = repo.embeddings_for(s, self.model_version, [class_id]) if cls else []
         with self._lock:
             group_entries = dict(self._entries.get(group, {}))
             if rows and cls is not None:
@@ -140,42 +181,41 @@ class PrototypeCache:
                 )
             else:
                 group_entries.pop(class_id, None)
-            self._publish(group, group_entries, good)
+            self._publish(group, group_entries, None, None)
 
     def refresh_good(self, s: Session, group: str) -> None:
-        """Rebuild the group's good-parts memory (its false-alarm rate changed)."""
-        good = self._read_good(s, group)
+        """Re-read the whole group with its good parts (a class or the group's
+        false-alarm rate changed)."""
+        entries, good, fused = self._read_group(s, group)
         with self._lock:
-            self._publish(group, dict(self._entries.get(group, {})), good)
+            self._publish(group, entries.get(group, {}), good.get(group), fused.get(group))
 
-    def _read_good(self, s: Session, group: str) -> GoodParts | None:
-        classes = {c.id: c for c in repo.list_classes(s, group)}
-        return self._read_goods(s, classes, group).get(group)
+    def _read_group(self, s: Session, group: str) -> Read:
+        return self._read(s, {c.id: c for c in repo.list_classes(s, group)}, group)
 
     def _publish(self, group: str, group_entries: dict[int, ClassEntry],
-                 good: GoodParts | None) -> None:
+                 good: GoodParts | None, fused: list[ClassEntry] | None) -> None:
         entries = dict(self._entries)
         goods = dict(self._good)
         groups = dict(self._groups)
+        goods.pop(group, None)
         if group_entries:
             entries[group] = group_entries
             if good is not None:
                 goods[group] = good
-            else:
-                goods.pop(group, None)
-            groups[group] = self._build(group, group_entries, good)
+            groups[group] = self._build(group, group_entries, good, fused)
         else:
             entries.pop(group, None)
-            goods.pop(group, None)
             groups.pop(group, None)
+            self._regions.pop(group, None)
         self._entries = entries
         self._good = goods
         self._groups = groups  # the atomic swap readers see
         self._published[group] = self._published.get(group, 0) + 1
 
-    def _build(self, group: str, entries: dict[int, ClassEntry], good: GoodParts | None
-               ) -> ServedGroup:
+    def _build(self, group: str, entries: dict[int, ClassEntry], good: GoodParts | None,
+               fused: list[ClassEntry] | None) -> ServedGroup:
         index = GroupIndex.build(group, (entries[k] for k in sorted(entries)),
                                  self.layout.metric_dim, self.temperature, self.runtime,
                                  self.layout.rank_by, self.calibrate_scores)
-        return ServedGroup.build(index, good)
+        return ServedGroup.build(index, good, fused)

@@ -273,3 +273,111 @@ def report(out_dir: Path, goods: tuple[int, ...] = (1, 5, 20, 50), count: int = 
          for r in rows])
     return reporting.write(out_dir / "anomaly", rows, table, plot=("set", "detector"),
                            axes=("good_images", "auroc", "auroc_ci95"))
+
+
+def defect_type_episodes(labels: np.ndarray, surfaces: np.ndarray, task: str, shots: int,
+                         n_good: int, n_query: int, count: int, seed: int
+                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Groups with good parts and several defect classes, drawn from a set of defect types
+    (label 0 good) on surfaces (one product each): (good images, support, support class,
+    query) per episode, queries `n_query` defective images per class.
+    - "types": one surface, every defect type a class (which defect);
+    - "products": one defect type on two surfaces, each surface's good images a good
+      class and its defects a class (which product the defect is on)."""
+    rng = np.random.default_rng(seed)
+    kinds = np.unique(labels[labels > 0])
+    out = []
+    for e in range(count):
+        if task == "types":
+            chosen = [int(np.unique(surfaces)[e % len(np.unique(surfaces))])]
+            classes = [(chosen[0], int(t)) for t in kinds]
+        else:
+            chosen = [int(s) for s in rng.choice(np.unique(surfaces), 2, replace=False)]
+            t = int(rng.choice(kinds))
+            classes = [(s, t) for s in chosen]
+        good = np.concatenate([rng.permutation(np.flatnonzero(
+            (surfaces == s) & (labels == 0)))[:n_good] for s in chosen])
+        sup, sup_c, qry = [], [], []
+        for c, (s, t) in enumerate(classes):
+            ix = rng.permutation(np.flatnonzero((surfaces == s) & (labels == t)))
+            sup.append(ix[:shots])
+            sup_c.append(np.full(shots, c))
+            qry.append(ix[shots:shots + n_query])
+        out.append((good, np.concatenate(sup), np.concatenate(sup_c), np.concatenate(qry)))
+    return out
+
+
+def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: int = 10,
+                       count: int = 70, seed: int = 0, backbone: str = "fsdi_lite0_meta",
+                       cache_dir: Path = Path("runs/cache/onnx"), per_class: int = 25,
+                       features: tuple[Features, np.ndarray, np.ndarray] | None = None
+                       ) -> str:
+    """Which defect, in a group with good parts, through the served code
+    (`ServedGroup.inspect`): held-out synthetic defect types within one surface, and one
+    type on two products; the defect classes ranked on their stored vectors as they are,
+    or on region-fused vectors (`models.inference.region_entries`, as served). A
+    defective query counts as right when its verdict is "defect" and its label its class.
+    ELPV has no defect types, so this is synthetic only. Writes defect_types.{json,md}."""
+    from models import reporting
+    from models.calibration import CalibrationConfig
+    from models.data import synthetic
+    from models.inference import (
+        EmbeddingLayout,
+        GoodParts,
+        GroupIndex,
+        ServedGroup,
+        make_entry,
+        region_descriptors,
+        region_entries,
+    )
+
+    if features is None:
+        images, labels, surfaces = synthetic.make_surface_set(
+            ("ok", *synthetic.EVAL_TYPES), per_class, seed + 6)
+        features = (served_features(images, backbone, cache_dir, desc="defect types"),
+                    labels, surfaces)
+    f, labels, surfaces = features
+    layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(), CalibrationConfig(),
+                             "appearance")
+    rows: list[dict[str, Any]] = []
+    for task, name in (("types", "defect types within one product (5-way)"),
+                       ("products", "one defect type on two products (2-way)")):
+        for k in shots:
+            got: dict[str, list[float]] = {"stored vectors (global look)": [],
+                                           "region-fused (served)": []}
+            flagged: list[float] = []
+            for good, sup, sup_c, qry in tqdm(defect_type_episodes(
+                    labels, surfaces, task, k, n_good, 10, count, seed + k),
+                    desc=f"{task} {k}-shot", leave=False):
+                goods = ([(0, good)] if task == "types" else
+                         [(j, good[surfaces[good] == s])
+                          for j, s in enumerate(np.unique(surfaces[good]))])
+                entries = [make_entry(100 + j, f"ok{j}", "eval", [int(i) for i in g],
+                                      f.embeddings[g], layout, "good") for j, g in goods]
+                entries += [make_entry(c, f"defect{c}", "eval", [int(i) for i in sup[sup_c == c]],
+                                       f.embeddings[sup[sup_c == c]], layout)
+                            for c in np.unique(sup_c)]
+                index = GroupIndex.build("eval", entries, f.metric_dim, rank_by="appearance")
+                gp = GoodParts.build(f.patches[good], [int(i) for i in good], 0.02,
+                                     f.patches[sup])
+                fused = region_entries(
+                    index.entries, {int(i): f.embeddings[i] for i in sup},
+                    region_descriptors(gp, {int(i): f.patches[i] for i in sup}), layout)
+                truth = np.repeat(np.unique(sup_c), len(qry) // len(np.unique(sup_c)))
+                for mode, group in (("stored vectors (global look)", ServedGroup.build(index, gp)),
+                                    ("region-fused (served)", ServedGroup.build(index, gp, fused))):
+                    said = group.inspect(f.embeddings[qry], f.patches[qry], top_k=1)
+                    right = [i.verdict == "defect" and i.entry is not None
+                             and i.entry.class_id == int(t) for i, t in zip(said, truth,
+                                                                            strict=True)]
+                    got[mode].append(float(np.mean(right)))
+                    if mode.startswith("region"):
+                        flagged.append(float(np.mean([i.verdict == "defect" for i in said])))
+            for mode, accs in got.items():
+                rows.append({"benchmark": name, "shots": k, "embedding": mode,
+                             "accuracy": round(float(np.mean(accs)), 4), "ci95": _ci(accs),
+                             "flagged": round(float(np.mean(flagged)), 4),
+                             "episodes": count, "good_images": n_good})
+    table = reporting.accuracy_table(rows, "benchmark", "embedding",
+                                     ("defective parts flagged", "flagged"))
+    return reporting.write(out_dir / "defect_types", rows, table)

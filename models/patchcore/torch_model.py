@@ -81,6 +81,20 @@ class PatchMemory:
         k = max(1, math.ceil(self.top_fraction * flat.shape[1]))
         return np.sort(flat, axis=1)[:, -k:].mean(axis=1)
 
+    def regions(self, patches: np.ndarray, dist: np.ndarray | None = None) -> np.ndarray:
+        """(N, h, w, C) patches (and their distance maps, if already computed) -> (N, C)
+        unit descriptors of where each image is least like any good part: the mean of
+        the patch features the image score comes from (its top `top_fraction`). What a
+        defect looks like, without the rest of the part around it."""
+        if dist is None:
+            dist = self.distances(patches)
+        n, h, w, c = patches.shape
+        k = max(1, math.ceil(self.top_fraction * h * w))
+        top = np.argsort(dist.reshape(n, -1), axis=1)[:, -k:]
+        flat = np.asarray(patches, np.float32).reshape(n, h * w, c)
+        region = flat[np.arange(n)[:, None], top].mean(axis=1)
+        return region / np.maximum(np.linalg.norm(region, axis=1, keepdims=True), 1e-12)
+
     def leave_region_out(self, image: np.ndarray, radius: int = SELF_RADIUS) -> float:
         """(h, w, C) one image's patches -> its score when each patch may match only the
         same image's patches farther than `radius` cells away (Chebyshev): leave-one-out

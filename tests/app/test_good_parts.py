@@ -262,3 +262,26 @@ def test_defect_images_place_the_threshold_while_good_ones_are_few(client: TestC
     assert client.delete(f"/api/v1/classes/{bad}").status_code == 204
     after = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
     assert after == alone
+
+
+def test_defect_classes_are_told_apart_by_where_the_part_differs(client: TestClient) -> None:
+    """In a group with good parts the defect classes are ranked on region-fused vectors
+    (the part's global look and the look of where it differs from the good parts), on
+    this replica as built at enrolment."""
+    grp, _, scratch = good_group(client)  # 12 good, 3 scratches
+    hole = client.post("/api/v1/classes", json={"name": "hole", "group": grp}).json()["id"]
+    r = client.post(f"/api/v1/classes/{hole}/images",
+                    files=as_files([(f"h{i}.png", sample("brick", "hole", 3300 + i))
+                                    for i in range(3)]))
+    assert r.status_code == 201
+    served = client.app.state.runtime.cache.served(grp)  # type: ignore[attr-defined]
+    assert served.regions and served.defects is not None
+    assert {e.class_id for e in served.defects.entries} == {scratch, hole}
+    queries = ([(f"h{i}.png", sample("brick", "hole", 3400 + i)) for i in range(4)]
+               + [(f"s{i}.png", sample("brick", "scratch", 3500 + i)) for i in range(4)])
+    res = client.post("/api/v1/classify", params={"group": grp},
+                      files=as_files(queries)).json()["results"]
+    named = [(x["filename"][0], x["label"]) for x in res if x["verdict"] == "defect"]
+    assert len(named) >= 6
+    right = sum(label == {"h": "hole", "s": "scratch"}[f] for f, label in named)
+    assert right >= len(named) - 1

@@ -320,3 +320,85 @@ def test_leave_region_out_scores_a_part_against_its_own_other_regions() -> None:
     pair = part.copy()
     pair[4, 4] = pair[4, 5] = unit(rng.normal(size=16), 0)
     assert mem.leave_region_out(pair, radius=0) < 0.01 < mem.leave_region_out(pair, radius=1)
+
+
+def test_regions_describe_where_a_part_differs_from_the_good_ones() -> None:
+    rng = np.random.default_rng(7)
+    good = goods(rng, n=6)
+    mem = PatchMemory(good, dims=None)
+    odd = unit(rng.normal(size=16), 0)
+    part = goods(rng, n=1)
+    part[0, 2, 3] = odd
+    region = mem.regions(part)
+    assert region.shape == (1, 16)
+    assert np.linalg.norm(region[0]) == pytest.approx(1.0, abs=1e-5)
+    assert region[0] @ odd > 0.99  # the odd patch, not the rest of the part
+    # the maps already computed give the same answer
+    assert np.allclose(mem.regions(part, mem.distances(part)), region)
+
+
+def test_region_fusion_tells_defects_apart_that_the_global_look_cannot() -> None:
+    """Two defect classes on one product: every image has the same global look (the
+    appearance part), and the defects differ only where the part differs from its good
+    images. Ranked on the stored vectors the classes are a coin toss; region-fused, as
+    served, each defect finds its class."""
+    from models.calibration import CalibrationConfig
+    from models.inference import (
+        EmbeddingLayout,
+        GoodParts,
+        GroupIndex,
+        ServedGroup,
+        fuse_region,
+        make_entry,
+        region_descriptors,
+        region_entries,
+    )
+
+    rng = np.random.default_rng(8)
+    kinds = unit(rng.normal(size=(2, 16)), 1)  # two defect looks, unlike any good patch
+
+    def defective(kind: int, n: int) -> np.ndarray:
+        p = goods(rng, n=n)
+        for i in range(n):
+            y, x = rng.integers(0, 6, 2)
+            p[i, y, x] = unit(kinds[kind] + 0.05 * rng.normal(size=16), 0)
+        return p
+
+    layout = EmbeddingLayout(4, CalibrationConfig(), CalibrationConfig(), "appearance")
+    look = unit(np.ones((1, 8)), 1)  # the appearance part, the same for every image
+
+    def vectors(n: int) -> np.ndarray:
+        metric = unit(rng.normal(size=(n, 4)), 1)
+        return np.concatenate([metric, np.repeat(look, n, axis=0)], axis=1).astype(np.float32)
+
+    good_p = goods(rng, n=8)
+    sup_p = {0: defective(0, 3), 1: defective(1, 3)}
+    sup_v = {c: vectors(3) for c in (0, 1)}
+    ids = {0: [10, 11, 12], 1: [20, 21, 22]}
+    entries = [make_entry(100, "ok", "g", list(range(8)), vectors(8), layout, "good")]
+    entries += [make_entry(c, f"d{c}", "g", ids[c], sup_v[c], layout) for c in (0, 1)]
+    index = GroupIndex.build("g", entries, 4, rank_by="appearance")
+    gp = GoodParts.build(good_p, list(range(8)), 0.02)
+    by_id_v = {i: v for c in (0, 1) for i, v in zip(ids[c], sup_v[c], strict=True)}
+    by_id_p = {i: p for c in (0, 1) for i, p in zip(ids[c], sup_p[c], strict=True)}
+    regions = region_descriptors(gp, by_id_p)
+    fused = region_entries(index.entries, by_id_v, regions, layout)
+    assert fused is not None and [e.class_id for e in fused] == [0, 1]
+    assert fused[0].app_prototype is not None and fused[0].app_prototype.shape == (8 + 16,)
+    served = ServedGroup.build(index, gp, fused)
+    plain = ServedGroup.build(index, gp)
+    assert served.regions and not plain.regions
+    q_p = np.concatenate([defective(0, 6), defective(1, 6)])
+    q_v = vectors(12)
+    truth = [0] * 6 + [1] * 6
+    got = served.inspect(q_v, q_p, top_k=1, threshold=10.0)  # labels only, no rejection
+    assert all(i.verdict == "defect" for i in got)
+    assert [i.entry.class_id for i in got if i.entry] == truth
+    alike = plain.inspect(q_v, q_p, top_k=1, threshold=10.0)
+    assert np.mean([i.entry is not None and i.entry.class_id == t
+                    for i, t in zip(alike, truth, strict=True)]) <= 0.75
+    # the fused vector is [metric | (appearance, region) / sqrt 2]
+    v = fuse_region(q_v[:1], np.ones((1, 16), np.float32) / 4, 4)
+    assert v.shape == (1, 4 + 8 + 16) and np.allclose(v[0, :4], q_v[0, :4])
+    # a defect image without patch features (an older database): no fusion
+    assert region_entries(index.entries, by_id_v, {10: regions[10]}, layout) is None
