@@ -343,15 +343,19 @@ class HistoryItem(OmitUnset):
     anomaly: AnomalyPublic | None = None
 
 
-class FalseAlarmRate(Strict):
+class AnomalySettingsIn(Strict):
     # None: back to the service-wide FSDI_ANOMALY_FALSE_ALARM_RATE
     false_alarm_rate: float | None = Field(default=None, gt=0.0, le=0.5)
+    # None: back to the service-wide FSDI_ANOMALY_THRESHOLD_RULE
+    threshold_rule: Literal["auto", "false_alarm_rate"] | None = None
 
 
 class GroupAnomalySettings(BaseModel):
     group: str
     false_alarm_rate: float | None  # the group's own; None: the service-wide one applies
     effective: float
+    threshold_rule: str | None  # the group's own; None: the service-wide one applies
+    effective_rule: str
 
 
 class HistoryPage(BaseModel):

@@ -137,21 +137,31 @@ def drop_other_patch_versions(s: Session, patch_version: str) -> int:
     return int(getattr(res, "rowcount", 0) or 0)
 
 
-def false_alarm_rates(s: Session, group: str | None = None) -> dict[str, float]:
-    """Per-group false-alarm rate overrides (groups without one are absent)."""
-    q = select(GroupSetting.group_name, GroupSetting.false_alarm_rate).where(
-        GroupSetting.false_alarm_rate.is_not(None))
+@dataclass(frozen=True)
+class AnomalyOverrides:
+    """A group's own good-parts settings; None: the service-wide one applies."""
+
+    false_alarm_rate: float | None = None
+    threshold_rule: str | None = None
+
+
+def anomaly_overrides(s: Session, group: str | None = None) -> dict[str, AnomalyOverrides]:
+    """Per-group overrides of the good-parts settings (groups without any are absent)."""
+    q = select(GroupSetting)
     if group is not None:
         q = q.where(GroupSetting.group_name == group)
-    return {g: float(r) for g, r in s.execute(q) if r is not None}
+    return {r.group_name: AnomalyOverrides(r.false_alarm_rate, r.threshold_rule)
+            for r in s.scalars(q)}
 
 
-def set_false_alarm_rate(s: Session, group: str, rate: float | None) -> None:
+def set_anomaly_overrides(s: Session, group: str, rate: float | None, rule: str | None
+                          ) -> None:
     row = s.get(GroupSetting, group)
     if row is None:
-        s.add(GroupSetting(group_name=group, false_alarm_rate=rate))
+        s.add(GroupSetting(group_name=group, false_alarm_rate=rate, threshold_rule=rule))
     else:
         row.false_alarm_rate = rate
+        row.threshold_rule = rule
 
 
 # ---- classes ---------------------------------------------------------------------------

@@ -209,6 +209,8 @@ class GroupSetting(Base):
 
     group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
     false_alarm_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # "auto" | "false_alarm_rate" (models.inference.THRESHOLD_RULES)
+    threshold_rule: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class PushTarget(Base):

@@ -98,17 +98,19 @@ class PrototypeCache:
         rows: dict[str, list[repo.StoredPatches]] = {}
         for p in repo.patches_for(s, self.patch_version, goods):
             rows.setdefault(classes[p.class_id].group_name, []).append(p)
-        rates = repo.false_alarm_rates(s, group)
+        own = repo.anomaly_overrides(s, group)
         built: dict[str, GoodParts] = {}
         fused: dict[str, list[ClassEntry]] = {}
         for g, ps in rows.items():
             defects = [c.id for c in classes.values() if c.group_name == g and c.kind != "good"]
             latest = repo.patches_for(s, self.patch_version, defects, latest=MAX_HELD_OUT)
             good_ids = tuple(p.image_id for p in ps)
+            o = own.get(g, repo.AnomalyOverrides())
             gp = built[g] = GoodParts.build(
                 np.stack([p.patches for p in ps]), good_ids,
-                rates.get(g, self.false_alarm_rate),
-                np.stack([p.patches for p in latest]) if latest else None, self.threshold_rule)
+                o.false_alarm_rate or self.false_alarm_rate,
+                np.stack([p.patches for p in latest]) if latest else None,
+                o.threshold_rule or self.threshold_rule)
             vectors = {i: v for cid in defects for i, v in zip(*by_class.get(cid, ([], [])),
                                                                 strict=True)}
             regions = self._regions_of(s, g, gp, good_ids, list(vectors))

@@ -109,7 +109,8 @@ def test_false_alarm_rate_per_group(client: TestClient) -> None:
     grp, good_id, _ = good_group(client, n_good=16)
     before = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
     r = client.get(f"/api/v1/groups/{grp}/anomaly")
-    assert r.json() == {"group": grp, "false_alarm_rate": None, "effective": 0.02}
+    assert r.json() == {"group": grp, "false_alarm_rate": None, "effective": 0.02,
+                        "threshold_rule": None, "effective_rule": "auto"}
     r = client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": 0.25})
     assert r.status_code == 200 and r.json()["effective"] == 0.25
     after = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
@@ -118,6 +119,8 @@ def test_false_alarm_rate_per_group(client: TestClient) -> None:
     for bad in (0, 0.7, "x"):
         r = client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": bad})
         assert r.status_code == 422, bad
+    for body in ({"threshold_rule": "median"}, {"rule": "auto"}):
+        assert client.put(f"/api/v1/groups/{grp}/anomaly", json=body).status_code == 422
     r = client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": None})
     assert r.json()["effective"] == 0.02
     assert client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"] == before
@@ -257,7 +260,15 @@ def test_defect_images_place_the_threshold_while_good_ones_are_few(client: TestC
     resolved = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
     assert resolved["rule"] == "false_alarm_rate" and resolved["warning"] is None
     assert resolved["defect_examples"] == 3
-    client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": None})
+    # the group's own rule: the good images alone, whatever the count
+    r = client.put(f"/api/v1/groups/{grp}/anomaly", json={"threshold_rule": "false_alarm_rate"})
+    assert r.status_code == 200 and r.json()["effective_rule"] == "false_alarm_rate"
+    assert r.json()["effective"] == 0.02  # the rate went back to the service-wide one
+    own = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]
+    assert own["rule"] == "false_alarm_rate" and own["threshold"] == alone["threshold"]
+    assert own["defect_examples"] == 3 and "midway" not in own["warning"]
+    client.put(f"/api/v1/groups/{grp}/anomaly", json={})
+    assert client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"] == both
     # the defect class removed: back to the good images alone
     assert client.delete(f"/api/v1/classes/{bad}").status_code == 204
     after = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]

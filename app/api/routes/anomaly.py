@@ -1,11 +1,12 @@
-"""A group's good-parts settings (admin): the false-alarm rate its threshold is set to."""
+"""A group's good-parts settings (admin): the false-alarm rate and the rule its threshold
+follows."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from app.api.deps import Admin, GroupPath, Operator, RuntimeDep
-from app.schemas import FalseAlarmRate, GroupAnomalySettings
+from app.schemas import AnomalySettingsIn, GroupAnomalySettings
 from app.services import anomaly_settings as svc
 
 router = APIRouter(prefix="/api/v1/groups/{group}/anomaly", tags=["anomaly"])
@@ -14,13 +15,16 @@ router = APIRouter(prefix="/api/v1/groups/{group}/anomaly", tags=["anomaly"])
 @router.get("", response_model=GroupAnomalySettings)
 def get_anomaly_settings(group: GroupPath, rt: RuntimeDep, _: Operator
                          ) -> GroupAnomalySettings:
-    """The false-alarm rate this group's anomaly threshold is calibrated to."""
+    """The false-alarm rate and the rule this group's anomaly threshold follows."""
     return svc.get(rt, group)
 
 
 @router.put("", response_model=GroupAnomalySettings)
-async def set_anomaly_settings(group: GroupPath, body: FalseAlarmRate, rt: RuntimeDep,
+async def set_anomaly_settings(group: GroupPath, body: AnomalySettingsIn, rt: RuntimeDep,
                                who: Admin) -> GroupAnomalySettings:
-    """Set the share of good parts the threshold may flag (0 < rate <= 0.5), or null for
-    the service-wide FSDI_ANOMALY_FALSE_ALARM_RATE; the threshold is recalibrated now."""
+    """Set the share of good parts the threshold may flag (0 < rate <= 0.5) and the rule
+    ("auto": defect images place it while the good images are too few for the rate;
+    "false_alarm_rate": the good images alone); null for the service-wide
+    FSDI_ANOMALY_FALSE_ALARM_RATE / FSDI_ANOMALY_THRESHOLD_RULE. The threshold is
+    recalibrated now."""
     return await svc.set_rate(rt, group, body, who)
