@@ -215,7 +215,7 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     served decision (`GroupIndex.decide` on the served network's stored vectors, as
     /classify answers) against the frozen ImageNet global pool (nearest mean, the
     appearance part of the same vectors) on the same episodes. Writes real.{json,md,png}."""
-    from models.calibration import CalibrationConfig
+    from models.calibration import CalibrationConfig, expected_calibration_error
     from models.data import elpv
     from models.inference import (
         THRESHOLD_RULES,
@@ -244,6 +244,9 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
         served = {r: np.empty(episodes) for r in layouts}
         base = np.empty(episodes)
         good = {rule: np.empty(episodes) for rule in THRESHOLD_RULES}
+        # the verdict path's scores against "the answer is right" (verdict right and a
+        # label given), for their expected calibration error
+        claims: dict[str, tuple[list[float], list[bool]]] = {r: ([], []) for r in good}
         sampler = EpisodeSampler(labels, 2, k, q_query, seed + k)
         for e in tqdm(range(episodes), desc=f"ELPV {k}-shot", leave=False):
             ep = sampler.sample()
@@ -267,25 +270,31 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
                 got = group.inspect(full[ep.query], f.patches[ep.query], top_k=1)
                 said = np.array([i.verdict == "defect" for i in got])
                 accs[e] = (said == (labels[ep.query] == 1)).mean()
+                claims[rule][0].extend(i.score for i in got)
+                claims[rule][1].extend(bool(s == t) and not i.unknown for i, s, t in zip(
+                    got, said, labels[ep.query] == 1, strict=True))
             protos = np.stack([app[ep.support][ep.support_labels == c].mean(0) for c in (0, 1)])
             d = ((app[ep.query][:, None] - protos[None]) ** 2).sum(-1)
             base[e] = (d.argmin(1) == ep.query_labels).mean()
         named = [(f"served, both as defect classes, ProtoNet ranked by the {r} part"
                   + (" (FSDI_RANK_BY default)" if r == rank_by else ""), accs)
                  for r, accs in served.items()]
+        ece = {r: round(expected_calibration_error(np.asarray(c), np.asarray(ok)), 3)
+               for r, (c, ok) in claims.items()}
         verdicts = [("served, the good images as a good class (verdict, threshold rule "
                      "auto: the defect images place it while good ones are few)",
-                     good["auto"]),
+                     good["auto"], ece["auto"]),
                     ("served, the good images as a good class (verdict, threshold rule "
                      "false_alarm_rate: from the good images alone)",
-                     good["false_alarm_rate"])]
-        for name, accs in (*named, *verdicts,
-                           ("frozen ImageNet global pool (baseline)", base)):
+                     good["false_alarm_rate"], ece["false_alarm_rate"])]
+        for name, accs, err in (*((n, a, "–") for n, a in named), *verdicts,
+                                ("frozen ImageNet global pool (baseline)", base, "–")):
             m, ci = mean_ci(accs)
             rows.append({"benchmark": "ELPV mono, good vs defective", "shots": k,
                          "embedding": name, "accuracy": round(m, 4), "ci95": round(ci, 4),
-                         "episodes": episodes, "n_way": 2})
-    table = reporting.accuracy_table(rows, "benchmark", "embedding")
+                         "episodes": episodes, "n_way": 2, "ece": err})
+    table = reporting.accuracy_table(rows, "benchmark", "embedding",
+                                     ("ECE of the score (verdict path; 1/5/10-shot)", "ece"))
     return reporting.write(out / "real", rows, table, plot=("benchmark", "embedding"))
 
 

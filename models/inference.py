@@ -276,25 +276,45 @@ class GoodParts:
     rule: str = "false_alarm_rate"  # what set `threshold`: "false_alarm_rate" | "balanced"
     defect_examples: int = 0  # enrolled defect images scored against the memory
     defect_flagged: int = 0  # of those, how many score above `threshold`
+    loo: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), compare=False)
+    own_region: float | None = None  # one good image: its leave-region-out score
+    # With a balanced threshold: the slope of P(defect | score) = sigmoid(slope * (score -
+    # threshold)), the two classes' scores taken as Gaussians of one pooled variance
+    # (linear discriminant, equal priors, so P = 1/2 at the threshold). None otherwise.
+    slope: float | None = None
+
+    def defect_probability(self, score: float) -> float | None:
+        """P(the part is defective | its anomaly score), where the group can say it."""
+        if self.slope is None:
+            return None
+        return float(0.5 * (1.0 + np.tanh(0.5 * self.slope * (score - self.threshold))))
 
     @classmethod
     def build(cls, patches: np.ndarray, image_ids: Sequence[int], false_alarm_rate: float,
-              defect_patches: np.ndarray | None = None, rule: str = "auto") -> GoodParts:
+              defect_patches: np.ndarray | None = None, rule: str = "auto",
+              previous: GoodParts | None = None) -> GoodParts:
         """(n, h, w, C) unit patch features of the group's good images; `defect_patches`
-        (m, h, w, C) of up to MAX_HELD_OUT of its defect images, if any."""
+        (m, h, w, C) of up to MAX_HELD_OUT of its defect images, if any. `previous`: the
+        group's last build; when it holds the same good images, its memory and
+        leave-one-out scores are reused (a defect or rate change costs no rebuild)."""
         if rule not in THRESHOLD_RULES:
             raise ValueError(f"unknown threshold rule {rule!r}; one of {THRESHOLD_RULES}")
-        memory = PatchMemory(patches)
-        loo = memory.leave_one_out(patches)
+        same = previous is not None and previous.image_ids == tuple(image_ids)
+        memory = previous.memory if same and previous is not None else PatchMemory(patches)
+        loo = previous.loo if same and previous is not None else memory.leave_one_out(patches)
+        own_region = previous.own_region if same and previous is not None else None
         thr, warning = calibrate_threshold(loo, false_alarm_rate)
         used = "false_alarm_rate"
         bad = np.zeros(0, np.float32)
+        good_side = loo
         if defect_patches is not None and len(defect_patches):
             bad = memory.image_scores(memory.distances(defect_patches[:MAX_HELD_OUT]))
             # One good image has no leave-one-out score: its regions left out in turn
             # stand in for it (optimistic, so only as the good side of the balance).
-            good_side = loo if len(loo) else np.asarray(
-                [memory.leave_region_out(patches[0])], np.float32)
+            if not len(loo) and own_region is None:
+                own_region = memory.leave_region_out(patches[0])
+            if not len(loo):
+                good_side = np.asarray([own_region], np.float32)
             mid = balanced_threshold(good_side, bad)
             if rule == "auto" and warning is not None:
                 if mid is not None:
@@ -308,8 +328,21 @@ class GoodParts:
                 else:
                     warning = (f"{warning}; the defect images score no higher than good "
                                "parts, so they cannot place the threshold either")
+        slope = discriminant_slope(good_side, bad) if used == "balanced" else None
         return cls(memory, tuple(image_ids), false_alarm_rate, thr, len(loo), warning, used,
-                   len(bad), int((bad > thr).sum()))
+                   len(bad), int((bad > thr).sum()), loo, own_region, slope)
+
+
+def discriminant_slope(good: np.ndarray, bad: np.ndarray) -> float | None:
+    """(mean(bad) - mean(good)) / pooled variance: the logit's slope in the score when both
+    are Gaussians of one variance. None without a degree of freedom or a spread."""
+    dof = len(good) + len(bad) - 2
+    if dof < 1:
+        return None
+    ss = float(((good - good.mean()) ** 2).sum() + ((bad - bad.mean()) ** 2).sum())
+    if ss <= 0:
+        return None
+    return float((bad.mean() - good.mean()) / (ss / dof))
 
 
 def fuse_region(vectors: np.ndarray, regions: np.ndarray, metric_dim: int) -> np.ndarray:
@@ -360,6 +393,7 @@ class Anomaly:
     threshold: float
     anomalous: bool
     patch_map: np.ndarray  # (h, w) the heatmap: each patch's distance to the good parts
+    probability: float | None = None  # P(defective | score) (GoodParts.defect_probability)
 
 
 @dataclass(frozen=True)
@@ -382,6 +416,19 @@ class Inspection:
         if self.index is None or self.decision is None or self.decision.unknown:
             return None
         return self.index.entries[self.decision.best.index]
+
+    @property
+    def score(self) -> float:
+        """The probability that the answer is right: 0 for an unknown; otherwise the
+        label's calibrated class score, times, where the group can say it (a threshold
+        balanced against defect images), the probability of the verdict itself."""
+        if self.unknown or self.decision is None:
+            return 0.0
+        s = self.decision.best.score
+        p = None if self.anomaly is None else self.anomaly.probability
+        if p is not None:
+            s *= p if self.verdict == "defect" else 1.0 - p
+        return float(s)
 
 
 @dataclass(frozen=True)
@@ -433,7 +480,8 @@ class ServedGroup:
             raise ValueError(f"group {self.group!r} has no good images")
         maps = gp.memory.distances(patches)
         scores = gp.memory.image_scores(maps)
-        return [Anomaly(float(sc), gp.threshold, bool(sc > gp.threshold), m)
+        return [Anomaly(float(sc), gp.threshold, bool(sc > gp.threshold), m,
+                        gp.defect_probability(float(sc)))
                 for sc, m in zip(scores, maps, strict=True)]
 
     def inspect(self, embeddings: np.ndarray, patches: np.ndarray | None, top_k: int,

@@ -42,7 +42,7 @@ def _score(i: Inspection) -> float:
     """The probability that the label is right (the group's calibrated score). A rejected
     result names no class, so it claims none: 0 (its `top_k` still ranks the
     candidates)."""
-    return 0.0 if i.unknown or i.decision is None else round(i.decision.best.score, 6)
+    return round(i.score, 6)
 
 
 def _anomaly(a: Anomaly | None) -> AnomalyPublic | None:

@@ -110,7 +110,7 @@ class PrototypeCache:
                 np.stack([p.patches for p in ps]), good_ids,
                 o.false_alarm_rate or self.false_alarm_rate,
                 np.stack([p.patches for p in latest]) if latest else None,
-                o.threshold_rule or self.threshold_rule)
+                o.threshold_rule or self.threshold_rule, self._good.get(g))
             vectors = {i: v for cid in defects for i, v in zip(*by_class.get(cid, ([], [])),
                                                                 strict=True)}
             regions = self._regions_of(s, g, gp, good_ids, list(vectors))

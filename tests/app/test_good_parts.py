@@ -251,10 +251,18 @@ def test_defect_images_place_the_threshold_while_good_ones_are_few(client: TestC
     assert both["threshold"] != alone["threshold"] and both["calibrated_on"] == 12
     assert 1 <= both["defect_examples_flagged"] <= 3
     assert "midway" in both["warning"]
-    # a query is judged against the balanced threshold
+    # a query is judged against the balanced threshold, and its score is the probability
+    # of its verdict, no longer the certainty of a group's only good class
     x = client.post("/api/v1/classify", params={"group": grp},
-                    files=as_files([("q.png", sample("brick", None, 3200))])).json()
+                    files=as_files([("q.png", sample("brick", None, 3200)),
+                                    ("h.png", sample("brick", "hole", 3201))])).json()
     assert x["results"][0]["anomaly"]["threshold"] == pytest.approx(both["threshold"], abs=1e-5)
+    gp = client.app.state.runtime.cache.served(grp).good_parts  # type: ignore[attr-defined]
+    for r, verdict in zip(x["results"], ("ok", "defect"), strict=True):
+        p = gp.defect_probability(r["anomaly"]["score"])
+        assert r["verdict"] == verdict and p is not None
+        right = 1.0 - p if verdict == "ok" else p  # times the label's class score (one class)
+        assert r["score"] == pytest.approx(right, abs=1e-4)
     # a rate 12 good images can resolve: the rate rules again
     client.put(f"/api/v1/groups/{grp}/anomaly", json={"false_alarm_rate": 0.25})
     resolved = client.get(f"/api/v1/groups/{grp}/report").json()["good_parts"]

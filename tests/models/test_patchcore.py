@@ -286,6 +286,13 @@ def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach()
     assert both.threshold == pytest.approx((loo.mean() + scores.mean()) / 2)
     assert both.defect_examples == 3 and both.defect_flagged == int((scores > both.threshold).sum())
     assert both.warning and "midway" in both.warning
+    # the verdict's probability: a discriminant of the same two sets of scores, one half
+    # at the threshold, rising with the score; none where the rate rules
+    assert both.slope is not None and both.slope > 0
+    assert both.defect_probability(both.threshold) == pytest.approx(0.5)
+    p = [both.defect_probability(float(x)) for x in (0.0, both.threshold, 1.0, 2.0)]
+    assert p[0] < 0.5 < p[2] <= p[3] and p[3] > 0.99
+    assert fa.slope is None and fa.defect_probability(1.0) is None
     # a rate six good images can resolve, or the rule switched off: the rate decides
     for kept in (GoodParts.build(good, range(6), 0.3, bad),
                  GoodParts.build(good, range(6), 0.02, bad, rule="false_alarm_rate")):
@@ -296,6 +303,14 @@ def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach()
     assert alike.rule == "false_alarm_rate" and "no higher than good" in str(alike.warning)
     with pytest.raises(ValueError):
         GoodParts.build(good, range(6), 0.02, bad, rule="median")
+    # the same good images again (a defect or rate change): memory and leave-one-out
+    # reused, the same answer as a fresh build; other good images: a fresh build
+    again = GoodParts.build(good, range(6), 0.02, bad[:2], previous=both)
+    fresh = GoodParts.build(good, range(6), 0.02, bad[:2])
+    assert again.memory is both.memory and again.threshold == pytest.approx(fresh.threshold)
+    assert again.defect_examples == 2
+    other = GoodParts.build(good[:5], range(5), 0.02, bad, previous=both)
+    assert other.memory is not both.memory and other.held_out == 5
     # one good image: its regions left out in turn stand in for leave-one-out
     one = GoodParts.build(good[:1], [0], 0.02, bad)
     own = one.memory.leave_region_out(good[0])
@@ -393,6 +408,11 @@ def test_region_fusion_tells_defects_apart_that_the_global_look_cannot() -> None
     truth = [0] * 6 + [1] * 6
     got = served.inspect(q_v, q_p, top_k=1, threshold=10.0)  # labels only, no rejection
     assert all(i.verdict == "defect" for i in got)
+    # the answer's score: the class score times the verdict's probability, where known
+    for i in got:
+        assert i.anomaly is not None and i.decision is not None
+        p = i.anomaly.probability
+        assert i.score == pytest.approx(i.decision.best.score * (1.0 if p is None else p))
     assert [i.entry.class_id for i in got if i.entry] == truth
     alike = plain.inspect(q_v, q_p, top_k=1, threshold=10.0)
     assert np.mean([i.entry is not None and i.entry.class_id == t
