@@ -39,9 +39,10 @@ def top_k_of(index: GroupIndex | None, d: Decision | None) -> list[TopK]:
 
 
 def _score(i: Inspection) -> float:
-    """The probability that the label is right (the group's calibrated score). A rejected
-    result names no class, so it claims none: 0 (its `top_k` still ranks the
-    candidates)."""
+    """The probability that the answer is right (models.inference.Inspection.score: the
+    group's calibrated class score, times the verdict's probability where the group can
+    say it). A rejected result names no class, so it claims none: 0 (its `top_k` still
+    ranks the candidates)."""
     return round(i.score, 6)
 
 
