@@ -290,8 +290,9 @@ def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach()
     # at the threshold, rising with the score; none where the rate rules
     assert both.slope is not None and both.slope > 0
     assert both.defect_probability(both.threshold) == pytest.approx(0.5)
-    p = [both.defect_probability(float(x)) for x in (0.0, both.threshold, 1.0, 2.0)]
-    assert p[0] < 0.5 < p[2] <= p[3] and p[3] > 0.99
+    got = [both.defect_probability(float(x)) for x in (0.0, both.threshold, 1.0, 2.0)]
+    p = [x for x in got if x is not None]
+    assert len(p) == 4 and p[0] < 0.5 < p[2] <= p[3] and p[3] > 0.99
     assert fa.slope is None and fa.defect_probability(1.0) is None
     # a rate six good images can resolve, or the rule switched off: the rate decides
     for kept in (GoodParts.build(good, range(6), 0.3, bad),
