@@ -299,10 +299,11 @@ class GoodParts:
         leave-one-out scores are reused (a defect or rate change costs no rebuild)."""
         if rule not in THRESHOLD_RULES:
             raise ValueError(f"unknown threshold rule {rule!r}; one of {THRESHOLD_RULES}")
-        same = previous is not None and previous.image_ids == tuple(image_ids)
-        memory = previous.memory if same and previous is not None else PatchMemory(patches)
-        loo = previous.loo if same and previous is not None else memory.leave_one_out(patches)
-        own_region = previous.own_region if same and previous is not None else None
+        reuse = previous if previous is not None and \
+            previous.image_ids == tuple(image_ids) else None
+        memory = reuse.memory if reuse else PatchMemory(patches)
+        loo = reuse.loo if reuse else memory.leave_one_out(patches)
+        own_region = reuse.own_region if reuse else None
         thr, warning = calibrate_threshold(loo, false_alarm_rate)
         used = "false_alarm_rate"
         bad = np.zeros(0, np.float32)

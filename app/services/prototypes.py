@@ -99,10 +99,14 @@ class PrototypeCache:
         for p in repo.patches_for(s, self.patch_version, goods):
             rows.setdefault(classes[p.class_id].group_name, []).append(p)
         own = repo.anomaly_overrides(s, group)
+        defects_of: dict[str, list[int]] = {}
+        for c in classes.values():
+            if c.kind != "good":
+                defects_of.setdefault(c.group_name, []).append(c.id)
         built: dict[str, GoodParts] = {}
         fused: dict[str, list[ClassEntry]] = {}
         for g, ps in rows.items():
-            defects = [c.id for c in classes.values() if c.group_name == g and c.kind != "good"]
+            defects = defects_of.get(g, [])
             latest = repo.patches_for(s, self.patch_version, defects, latest=MAX_HELD_OUT)
             good_ids = tuple(p.image_id for p in ps)
             o = own.get(g, repo.AnomalyOverrides())

@@ -41,36 +41,33 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
                              settings.threads)
     blobs = BlobStore(settings.data_dir / "blobs")
 
-    def embedding_rows(x: np.ndarray, ids: list[int]) -> list[Row]:
-        """Embeddings, and the patch features of the same pass for the images lacking them."""
+    def rows(x: np.ndarray, ids: list[int], embeddings: bool = True) -> list[Row]:
+        """From one forward pass: the embeddings (unless asked not to) and the patch
+        features these images still lack."""
         if not bb.patch_layers:
             vectors, patches = embedder.embed(x), None
         else:
             vectors, patches = unpack(embedder.embed_packed(x), bb)
             with sessions() as s:
                 have = repo.have_patches(s, bb.patch_version, ids)
-        rows: list[Row] = [
+        out: list[Row] = [
             repo.new_embedding(v, bb.name, bb.weights_sha256, bb.version, image_id=i)
-            for i, v in zip(ids, vectors, strict=True)]
+            for i, v in zip(ids, vectors, strict=True)] if embeddings else []
         if patches is not None:
-            rows += [repo.new_patches(p, bb.patch_version, image_id=i)
-                     for i, p in zip(ids, patches, strict=True) if i not in have]
-        return rows
-
-    def patch_rows(x: np.ndarray, ids: list[int]) -> list[Row]:
-        _, patches = unpack(embedder.embed_packed(x), bb)
-        return [repo.new_patches(p, bb.patch_version, image_id=i)
-                for i, p in zip(ids, patches, strict=True)]
+            out += [repo.new_patches(p, bb.patch_version, image_id=i)
+                    for i, p in zip(ids, patches, strict=True) if i not in have]
+        return out
 
     fill = partial(_backfill, sessions, blobs, bb, batch, max_batches, progress)
     done = fill(f"re-embed for {bb.version}",
                 lambda s: repo.count_images_missing_version(s, bb.version),
-                lambda s, n: repo.images_missing_version(s, bb.version, n), embedding_rows)
+                lambda s, n: repo.images_missing_version(s, bb.version, n), rows)
     if bb.patch_layers:
         pv = bb.patch_version
         done += fill("patch features",
                      lambda s: repo.count_images_missing_patches(s, pv),
-                     lambda s, n: repo.images_missing_patches(s, pv, n), patch_rows)
+                     lambda s, n: repo.images_missing_patches(s, pv, n),
+                     partial(rows, embeddings=False))
     with sessions.begin() as s:
         left = repo.count_images_incomplete(
             s, bb.version, bb.patch_version if bb.patch_layers else None)

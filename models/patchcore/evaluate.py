@@ -277,10 +277,11 @@ def report(out_dir: Path, goods: tuple[int, ...] = (1, 5, 20, 50), count: int = 
 
 def defect_type_episodes(labels: np.ndarray, surfaces: np.ndarray, task: str, shots: int,
                          n_good: int, n_query: int, count: int, seed: int
-                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+                         ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                         np.ndarray]]:
     """Groups with good parts and several defect classes, drawn from a set of defect types
     (label 0 good) on surfaces (one product each): (good images, support, support class,
-    query) per episode, queries `n_query` defective images per class.
+    query, query class) per episode, queries up to `n_query` defective images per class.
     - "types": one surface, every defect type a class (which defect);
     - "products": one defect type on two surfaces, each surface's good images a good
       class and its defects a class (which product the defect is on)."""
@@ -297,13 +298,15 @@ def defect_type_episodes(labels: np.ndarray, surfaces: np.ndarray, task: str, sh
             classes = [(s, t) for s in chosen]
         good = np.concatenate([rng.permutation(np.flatnonzero(
             (surfaces == s) & (labels == 0)))[:n_good] for s in chosen])
-        sup, sup_c, qry = [], [], []
+        sup, sup_c, qry, qry_c = [], [], [], []
         for c, (s, t) in enumerate(classes):
             ix = rng.permutation(np.flatnonzero((surfaces == s) & (labels == t)))
             sup.append(ix[:shots])
             sup_c.append(np.full(shots, c))
             qry.append(ix[shots:shots + n_query])
-        out.append((good, np.concatenate(sup), np.concatenate(sup_c), np.concatenate(qry)))
+            qry_c.append(np.full(len(qry[-1]), c))
+        out.append((good, np.concatenate(sup), np.concatenate(sup_c), np.concatenate(qry),
+                    np.concatenate(qry_c)))
     return out
 
 
@@ -346,7 +349,7 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
             got: dict[str, list[float]] = {"stored vectors (global look)": [],
                                            "region-fused (served)": []}
             flagged: list[float] = []
-            for good, sup, sup_c, qry in tqdm(defect_type_episodes(
+            for good, sup, sup_c, qry, truth in tqdm(defect_type_episodes(
                     labels, surfaces, task, k, n_good, 10, count, seed + k),
                     desc=f"{task} {k}-shot", leave=False):
                 goods = ([(0, good)] if task == "types" else
@@ -363,7 +366,6 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
                 fused = region_entries(
                     index.entries, {int(i): f.embeddings[i] for i in sup},
                     region_descriptors(gp, {int(i): f.patches[i] for i in sup}), layout)
-                truth = np.repeat(np.unique(sup_c), len(qry) // len(np.unique(sup_c)))
                 for mode, group in (("stored vectors (global look)", ServedGroup.build(index, gp)),
                                     ("region-fused (served)", ServedGroup.build(index, gp, fused))):
                     said = group.inspect(f.embeddings[qry], f.patches[qry], top_k=1)
