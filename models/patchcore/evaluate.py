@@ -14,6 +14,7 @@ Shapes: images (N, H, W) uint8 grey, labels (N,) 0 good / 1 defective.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class Outcome:
 # (good indices, query indices, defect indices the group may hold, heatmaps?) -> Outcome
 Detector = Callable[[np.ndarray, np.ndarray, np.ndarray, bool], Outcome]
 DEFECT_EXAMPLES = 5  # defect images enrolled beside the good ones, for detectors using them
+MAX_FALSE_ALARMS = 0.05  # the false-alarm rate of the "flagged at" column
 
 
 def served_detector(f: Features, false_alarm_rate: float = 0.02,
@@ -143,12 +145,14 @@ def global_detector(f: Features, false_alarm_rate: float = 0.02) -> Detector:
 
 
 def episodes(labels: np.ndarray, n_good: int, n_query: int, count: int, seed: int,
-             pool: np.ndarray | None = None, n_defect: int = DEFECT_EXAMPLES
-             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+             pool: np.ndarray | None = None, n_defect: int = DEFECT_EXAMPLES,
+             n_spare: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """`count` draws of n_good good images to enrol, n_query good + n_query defective
-    held-out queries, and n_defect other defective images a group may enrol, all from
-    `pool` (indices; default everything). The defect images come from a generator of
-    their own: the good images and queries do not depend on n_defect."""
+    held-out queries, n_defect other defective images a group may enrol, and up to
+    n_spare further good images (the next ones of the same shuffle, so nothing else
+    changes with it), all from `pool` (indices; default everything). The defect images
+    come from a generator of their own: the good images and queries do not depend on
+    n_defect."""
     rng = np.random.default_rng(seed)
     extra = np.random.default_rng([seed, 1])
     idx = np.arange(len(labels)) if pool is None else pool
@@ -159,7 +163,8 @@ def episodes(labels: np.ndarray, n_good: int, n_query: int, count: int, seed: in
         asked = rng.choice(bad, n_query, replace=False)
         rest = np.setdiff1d(bad, asked)
         out.append((g[:n_good], np.concatenate([g[n_good:n_good + n_query], asked]),
-                    extra.choice(rest, min(n_defect, len(rest)), replace=False)))
+                    extra.choice(rest, min(n_defect, len(rest)), replace=False),
+                    g[n_good + n_query:n_good + n_query + n_spare]))
     return out
 
 
@@ -175,22 +180,29 @@ def evaluate(labels: np.ndarray, detectors: dict[str, Detector], goods: tuple[in
     index sets episodes stay within (one product each); `masks` (N, S, S): defect pixels,
     for the pixel AUROC of detectors that return heatmaps."""
     rows: list[dict[str, Any]] = []
+    # "flagged at <= 5% false alarms" needs at least 20 good queries to allow one false
+    # alarm at all (with 15, it would mean none): spare good images make up the count.
+    spare = max(0, math.ceil(1 / MAX_FALSE_ALARMS) - n_query)
     for n in goods:
         eps = [e for k, p in enumerate(pools or [None])  # type: ignore[list-item]
-               for e in episodes(labels, n, n_query, count, seed + 1000 * k + n, p)]
+               for e in episodes(labels, n, n_query, count, seed + 1000 * k + n, p,
+                                 n_spare=spare)]
         for name, det in detectors.items():
             aucs, bals, fars, tprs, pix = [], [], [], [], []
-            for good, query, defects in tqdm(eps, desc=f"{name}@{n}", leave=False):
-                out = det(good, query, defects, masks is not None)
+            for good, query, defects, extra in tqdm(eps, desc=f"{name}@{n}", leave=False):
+                out = det(good, np.concatenate([query, extra]), defects, masks is not None)
+                q = len(query)  # the spare good images count only towards the 5% column
                 y = labels[query]
-                aucs.append(auroc(out.scores, y))
-                tpr, fpr = out.flagged[y == 1].mean(), out.flagged[y == 0].mean()
+                scores, flagged = out.scores[:q], out.flagged[:q]
+                aucs.append(auroc(scores, y))
+                tpr, fpr = flagged[y == 1].mean(), flagged[y == 0].mean()
                 bals.append((tpr + 1 - fpr) / 2)
                 fars.append(fpr)
-                tprs.append(tpr_at_fpr(out.scores, y, 0.05))
+                tprs.append(tpr_at_fpr(out.scores, labels[np.concatenate([query, extra])],
+                                       MAX_FALSE_ALARMS))
                 if masks is not None and out.maps is not None:
                     bad = y == 1
-                    pix.append(auroc(out.maps[bad].astype(np.float32),
+                    pix.append(auroc(out.maps[:q][bad].astype(np.float32),
                                      masks[query[bad]].astype(np.int64)))
             row = {"good_images": n, "detector": name, "episodes": len(eps),
                    "auroc": round(float(np.mean(aucs)), 4), "auroc_ci95": _ci(aucs),

@@ -196,14 +196,44 @@ def test_evaluation_episodes_keep_defect_examples_apart() -> None:
 
     labels = np.array([0] * 40 + [1] * 25)
     eps = episodes(labels, 5, 10, 8, seed=3)
-    for good, query, defects in eps:
+    for good, query, defects, spare in eps:
         assert (labels[good] == 0).all() and (labels[defects] == 1).all()
         assert len(defects) == 5 and not set(defects) & set(query)
-        assert not set(good) & set(query)
-    # the good images and queries do not depend on how many defect images are drawn
+        assert not set(good) & set(query) and len(spare) == 0
+    # the good images and queries do not depend on how many defect images are drawn,
+    # nor on how many spare good images are
     fewer = episodes(labels, 5, 10, 8, seed=3, n_defect=2)
-    for a, b in zip(eps, fewer, strict=True):
+    spared = episodes(labels, 5, 10, 8, seed=3, n_spare=10)
+    for a, b, c in zip(eps, fewer, spared, strict=True):
         assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+        assert all((x == y).all() for x, y in zip(a[:3], c[:3], strict=True))
+        assert len(c[3]) == 10 and (labels[c[3]] == 0).all()
+        assert not set(c[3]) & (set(c[0]) | set(c[1]))
+
+
+def test_flagged_at_five_percent_allows_one_false_alarm_in_twenty() -> None:
+    """With 15 good queries "at most 5% false alarms" would allow none; the evaluation
+    adds spare good images so that one of 20 may be flagged, as the column says."""
+    from models.patchcore.evaluate import Outcome, evaluate, tpr_at_fpr
+
+    labels = np.array([0] * 40 + [1] * 20)
+    seen: list[int] = []
+
+    def det(good: np.ndarray, query: np.ndarray, defects: np.ndarray, maps: bool
+            ) -> Outcome:
+        seen.append(int((labels[query] == 0).sum()))
+        # one good image (the lowest index asked) scores above every defect
+        s = np.where(labels[query] == 1, 1.0, 0.0)
+        s[np.argmin(np.where(labels[query] == 0, query, 10**6))] = 2.0
+        return Outcome(s, s > 0.5)
+
+    rows = evaluate(labels, {"d": det}, (5,), n_query=15, count=3, seed=2)
+    assert seen == [20, 20, 20]  # 15 queries + 5 spare good images
+    assert rows[0]["flagged_at_5pct_false_alarms"] == 1.0  # the one outlier is allowed
+    # the other columns still read the 15 + 15 queries only
+    assert rows[0]["false_alarm_rate"] < 0.07  # at most the one outlier of 15
+    s = np.r_[np.zeros(14), 2.0, np.ones(15)]
+    assert tpr_at_fpr(s, np.r_[np.zeros(15), np.ones(15)]) == 0.0  # 15 good: none allowed
 
 
 def test_heatmap_png_keeps_aspect_and_absolute_levels() -> None:
