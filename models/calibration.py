@@ -48,11 +48,23 @@ def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
 # images). Each group instead gets the T that best predicts its own support set, left out
 # one image at a time (maximum likelihood): `probes` keeps, per class, a few support
 # vectors with their honest own-class distances; `fit_temperature` fits T on them against
-# every class's prototype.
+# every class's prototype, weighed against a prior (`prior_temperature`): a few held-out
+# images pin T down only loosely, and with none (1-shot classes) the prior is all there is.
 
 PROBES_PER_CLASS = 16  # held-out support images a class contributes (evenly spread)
 MAX_PROBES = 256  # per group: a temperature is one number; 256 samples pin it down
 TEMPERATURE_RANGE = (1e-3, 10.0)
+# The prior on a group's temperature: log T ~ Normal(log(PRIOR_SCALE * s), PRIOR_SIGMA^2),
+# s the median squared distance between the group's prototypes. It is scale-free (a line
+# whose parts lie twice as far apart gets a temperature four times as large), so it can
+# travel between lines. Both numbers were fitted on the meta-training sources' episodes
+# only (synthetic training defect types and Fashion-MNIST classes 0-4, 1/5/10 shots,
+# held-out query likelihood: models.evaluate.fit_score_prior, rerun by `fsdi evaluate
+# --scores`), never on evaluation or real images; models/MODEL_CARD.md, "Scores", shows
+# what they do there.
+PRIOR_SCALE = 0.37
+PRIOR_SIGMA = 1.0
+PRIOR_PROTOTYPES = 64  # the median distance is taken over at most this many prototypes
 
 
 def probes(support: np.ndarray, per_class: int = PROBES_PER_CLASS
@@ -83,39 +95,76 @@ def _nll(d2: np.ndarray, own: np.ndarray, temperature: float) -> float:
     return float(-log_p.mean())
 
 
+def prior_temperature(prototypes: np.ndarray, scale: float = PRIOR_SCALE,
+                      max_prototypes: int = PRIOR_PROTOTYPES) -> float | None:
+    """(C, D) prototypes -> the prior's centre, `scale` x the median squared distance
+    between them (at most `max_prototypes` of them, evenly spread: a median needs no
+    more), within TEMPERATURE_RANGE. None for fewer than two distinct prototypes."""
+    c = len(prototypes)
+    if c < 2:
+        return None
+    pick = np.unique(np.linspace(0, c - 1, min(c, max_prototypes)).round().astype(int))
+    p = prototypes[pick].astype(np.float64)
+    sq = (p * p).sum(axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None] - 2.0 * p @ p.T, 0.0)[np.triu_indices(len(p), 1)]
+    s = float(np.median(d2))
+    if s <= 0.0:
+        return None
+    return float(np.clip(scale * s, *TEMPERATURE_RANGE))
+
+
 def fit_temperature(d2: np.ndarray, own: np.ndarray, fallback: float,
-                    iters: int = 40) -> float:
-    """The maximum-likelihood temperature for held-out squared distances d2 (H, C) whose
-    true classes are `own` (H,). The log-likelihood is concave in 1/T, so a golden-section
-    search over log T finds its one optimum. With no samples or one class: `fallback`."""
+                    iters: int = 40, prior: float | None = None,
+                    prior_sigma: float = PRIOR_SIGMA) -> float:
+    """The temperature for held-out squared distances d2 (H, C) whose true classes are
+    `own` (H,): maximum likelihood, or with `prior` (a temperature) the maximum a
+    posteriori under log T ~ Normal(log prior, prior_sigma^2). A coarse grid over log T
+    brackets the optimum and a golden-section search refines it. With no samples or one
+    class: the prior, or `fallback` without one."""
     if d2.shape[0] == 0 or d2.shape[1] < 2:
-        return fallback
+        return fallback if prior is None else prior
+    h = d2.shape[0]
+
+    def cost(log_t: float) -> float:
+        c = h * _nll(d2, own, float(np.exp(log_t)))
+        if prior is not None:
+            c += (log_t - np.log(prior)) ** 2 / (2.0 * prior_sigma ** 2)
+        return c
+
     lo, hi = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    grid = np.linspace(lo, hi, 41)
+    k = int(np.argmin([cost(float(x)) for x in grid]))
+    lo, hi = grid[max(0, k - 1)], grid[min(len(grid) - 1, k + 1)]
     g = (np.sqrt(5.0) - 1.0) / 2.0
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = _nll(d2, own, float(np.exp(a))), _nll(d2, own, float(np.exp(b)))
+    fa, fb = cost(a), cost(b)
     for _ in range(iters):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
-            fa = _nll(d2, own, float(np.exp(a)))
+            fa = cost(a)
         else:
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
-            fb = _nll(d2, own, float(np.exp(b)))
+            fb = cost(b)
     return float(np.exp((lo + hi) / 2.0))
 
 
 def group_temperature(class_probes: list[tuple[np.ndarray, np.ndarray]],
                       prototypes: np.ndarray, fallback: float,
-                      max_probes: int = MAX_PROBES) -> tuple[float, int]:
-    """One temperature for a group, and how many held-out images it rests on (0: the
-    fallback). Per class (in prototype order) its `probes`, and the prototypes (C, D) they
-    are scored against. At most `max_probes` held-out images are used, spread evenly over
-    the classes."""
+                      max_probes: int = MAX_PROBES, prior: bool = True) -> tuple[float, int]:
+    """One temperature for a group, and how many held-out images it rests on. Per class
+    (in prototype order) its `probes`, and the prototypes (C, D) they are scored against.
+    At most `max_probes` held-out images are used, spread evenly over the classes. With
+    `prior`, the fit is weighed against `prior_temperature(prototypes)`, and a group with
+    nothing to hold out (1-shot classes) takes that prior; without, or for a single class,
+    `fallback` (0 held out)."""
     rows = [(c, j) for c, (x, _) in enumerate(class_probes) for j in range(len(x))]
-    if len(prototypes) < 2 or not rows:
+    if len(prototypes) < 2:
         return fallback, 0
+    centre = prior_temperature(prototypes) if prior else None
+    if not rows:
+        return (fallback if centre is None else centre), 0
     if len(rows) > max_probes:
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_probes).round().astype(int)]
     own = np.array([c for c, _ in rows], np.int64)
@@ -123,7 +172,7 @@ def group_temperature(class_probes: list[tuple[np.ndarray, np.ndarray]],
     p = prototypes.astype(np.float32)
     d2 = np.maximum((x * x).sum(1)[:, None] + (p * p).sum(1)[None] - 2.0 * x @ p.T, 0.0)
     d2[np.arange(len(rows)), own] = [class_probes[c][1][j] for c, j in rows]
-    return fit_temperature(d2, own, fallback), len(rows)
+    return fit_temperature(d2, own, fallback, prior=centre), len(rows)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,

@@ -298,6 +298,77 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     return reporting.write(out / "real", rows, table, plot=("benchmark", "embedding"))
 
 
+def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = (1, 5, 10),
+                    episodes: int = 150, q_query: int = 15, seed: int = 100,
+                    cache_dir: Path = Path("runs/cache/onnx"),
+                    scales: tuple[float, ...] = tuple(np.exp(np.linspace(np.log(0.05),
+                                                                         np.log(2.0), 25))),
+                    widths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
+                    synth_per_class: int = 25, fmnist_per_class: int = 100
+                    ) -> tuple[float, float]:
+    """How `models.calibration.PRIOR_SCALE` and `PRIOR_SIGMA` were chosen, on the
+    meta-training sources only (synthetic training defect types within one surface, and
+    Fashion-MNIST classes 0-4 when installed; 5-way): for each (scale, width) on the grid,
+    every episode's group takes its maximum a posteriori temperature (its held-out support
+    images against the prior, as served, on a fine grid of temperatures), and the pair
+    whose temperatures give the held-out queries the highest likelihood wins."""
+    from models.calibration import TEMPERATURE_RANGE, _nll, prior_temperature
+    from models.data import synthetic
+    from models.data.sources import FMNIST_DIR, FMNIST_TRAIN, fashion_mnist
+    from models.inference import EmbeddingLayout
+    from models.openset import episode_index
+    from models.patchcore.evaluate import served_features
+
+    sets: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    x, y, g = synthetic.make_surface_set(synthetic.TRAIN_TYPES, synth_per_class, seed)
+    sets.append((x, y, g))
+    if (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        fx, fy, _ = fashion_mnist(FMNIST_TRAIN, fmnist_per_class, seed + 2)
+        sets.append((fx, fy, None))
+    log_t = np.linspace(np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1]), 240)
+    # per episode: the held-out images' negative log-likelihood at each grid temperature,
+    # the prior's length scale s, and the queries' negative log-likelihood at each
+    curves: list[tuple[np.ndarray, float, np.ndarray]] = []
+    for images, labels, groups in sets:
+        f = served_features(images, backbone, cache_dir, desc="training source")
+        layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(), CalibrationConfig(),
+                                 "appearance")
+        for k in shots:
+            sampler = EpisodeSampler(labels, 5, k, q_query, seed + k, groups)
+            for _ in tqdm(range(episodes), desc=f"prior fit {k}-shot", leave=False):
+                ep = sampler.sample()
+                index = episode_index(f.embeddings[ep.support], ep.support_labels, 5, layout)
+                protos = index.app_prototypes
+                assert protos is not None
+                scale = prior_temperature(protos, scale=1.0)
+                if scale is None:
+                    continue
+                held = [e.app_probes for e in index.entries if e.app_probes is not None]
+                own = np.concatenate([np.full(len(h[0]), c) for c, h in enumerate(held)]
+                                     ).astype(np.int64)
+                support_nll = np.zeros_like(log_t)
+                if len(own):
+                    xs = np.concatenate([h[0] for h in held]).astype(np.float32)
+                    d2 = ((xs[:, None] - protos[None]) ** 2).sum(-1)
+                    d2[np.arange(len(own)), own] = np.concatenate([h[1] for h in held])
+                    support_nll = np.array([len(own) * _nll(d2, own, float(np.exp(t)))
+                                            for t in log_t])
+                q = f.embeddings[ep.query][:, f.metric_dim:]
+                dq = ((q[:, None] - protos[None]) ** 2).sum(-1)
+                query_nll = np.array([len(q) * _nll(dq, ep.query_labels.astype(np.int64),
+                                                    float(np.exp(t))) for t in log_t])
+                curves.append((support_nll, scale, query_nll))
+
+    def total(c: float, w: float) -> float:
+        out = 0.0
+        for support_nll, scale, query_nll in curves:
+            post = support_nll + (log_t - np.log(c * scale)) ** 2 / (2.0 * w ** 2)
+            out += float(query_nll[int(np.argmin(post))])
+        return out
+    best = min(((c, w) for c in scales for w in widths), key=lambda cw: total(*cw))
+    return round(float(best[0]), 2), float(best[1])
+
+
 def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = (1, 5, 10),
                   episodes: int = 200, q_query: int = 15, seed: int = 0,
                   cache_dir: Path = Path("runs/cache/onnx"), rank_by: str = "appearance",
@@ -309,7 +380,13 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     Fashion-MNIST (if the Debian data is installed) and the ELPV mono development set (if
     its package is). Writes scores.{json,md,png}; the PNG is the reliability plot at 5
     shots (or the middle shot count)."""
-    from models.calibration import CalibrationConfig, expected_calibration_error, reliability
+    from models.calibration import (
+        CalibrationConfig,
+        expected_calibration_error,
+        group_temperature,
+        probes,
+        reliability,
+    )
     from models.data import elpv, synthetic
     from models.data.sources import FMNIST_DIR, fashion_mnist
     from models.inference import EmbeddingLayout, GroupIndex
@@ -339,7 +416,9 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
         for k in shots:
             sampler = EpisodeSampler(labels, n_way, k, q_query, seed + k, groups)
             got: dict[str, tuple[list[float], list[bool]]] = {
-                "fixed temperature 0.05": ([], []), "fitted per group (served)": ([], [])}
+                "fixed temperature 0.05": ([], []),
+                "fitted per group, maximum likelihood (no prior)": ([], []),
+                "fitted per group against the prior (served)": ([], [])}
             for _ in tqdm(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
                           leave=False):
                 ep = sampler.sample()
@@ -347,8 +426,18 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
                                        layout)
                 fixed = GroupIndex.build("eval", fitted.entries, f.metric_dim,
                                          rank_by=layout.rank_by, calibrate=False)
+                ranked = fitted.app_prototypes if layout.rank_by == "appearance" and \
+                    fitted.app_prototypes is not None else fitted.prototypes
+                t_ml, _ = group_temperature(
+                    [e.app_probes if ranked is fitted.app_prototypes and e.app_probes is not
+                     None else probes(e.support) for e in fitted.entries], ranked,
+                    fixed.temperature, prior=False)
+                no_prior = GroupIndex.build("eval", fitted.entries, f.metric_dim, t_ml,
+                                            rank_by=layout.rank_by, calibrate=False)
                 for mode, index in (("fixed temperature 0.05", fixed),
-                                    ("fitted per group (served)", fitted)):
+                                    ("fitted per group, maximum likelihood (no prior)",
+                                     no_prior),
+                                    ("fitted per group against the prior (served)", fitted)):
                     for d, truth in zip(index.decide(f.embeddings[ep.query], top_k=1),
                                         ep.query_labels, strict=True):
                         got[mode][0].append(d.best.score)
@@ -366,6 +455,11 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
         ["set", "shots", "scores", "accuracy", "mean score", "ECE (15 bins)"],
         [[str(r["set"]), str(r["shots"]), str(r["scores"]), reporting.pct(r, "accuracy"),
           reporting.pct(r, "mean_score"), f"{r['ece']:.3f}"] for r in rows])
+    from models.calibration import PRIOR_SCALE, PRIOR_SIGMA
+
+    scale, width = fit_score_prior(backbone, cache_dir=cache_dir)
+    table += (f"\nThe temperature's prior, fitted again on the meta-training sources: scale "
+              f"{scale}, width {width} (served: {PRIOR_SCALE}, {PRIOR_SIGMA}).\n")
     reporting.write(out / "scores", rows, table)
     reporting.reliability_plot(curves, out / "scores.png", f"{plot_k}-shot")
     return table

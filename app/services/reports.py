@@ -65,8 +65,9 @@ def scores_report(index: GroupIndex) -> ScoresReport:
         warning = ("one class to choose from: every accepted image scores 1.0, so the score "
                    "says nothing until a second class is enrolled")
     elif not fitted and index.calibrate:
-        warning = ("no class has two images, so nothing can be held out: scores use the fixed "
-                   f"temperature {index.fallback_temperature} and are not calibrated (enrol a "
-                   "second image per class)")
+        warning = ("no class has two images, so nothing can be held out: the temperature is "
+                   "set from how far apart the classes lie (a prior, not this group's own "
+                   "evidence), so scores are only roughly calibrated (enrol a second image "
+                   "per class)")
     return ScoresReport(temperature=round(index.temperature, 6), fitted=fitted,
                         calibrated_on=index.calibrated_on, warning=warning)

@@ -413,7 +413,7 @@ function showReport(report) {
   if (sc) {
     lines.push(el("div", { class: "scores" }, sc.fitted
       ? `Scores: calibrated on ${sc.calibrated_on} held-out image(s) of this group`
-      : "Scores: not calibrated (fixed temperature)"));
+      : "Scores: only roughly calibrated (nothing held out yet)"));
   }
   for (const w of report.warnings) lines.push(el("div", { class: "warn" }, `⚠ ${w}`));
   box.replaceChildren(...lines);

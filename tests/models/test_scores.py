@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from models.calibration import (
+    PRIOR_SCALE,
     CalibrationConfig,
     expected_calibration_error,
     fit_temperature,
     group_temperature,
+    prior_temperature,
     probes,
     reliability,
 )
@@ -64,8 +66,41 @@ def test_group_temperature_caps_its_probes_and_needs_two_classes() -> None:
     t, used = group_temperature(cls, protos, fallback=9.0, max_probes=10)
     assert t != 9.0 and 1e-3 <= t <= 10.0 and used == 10
     assert group_temperature(cls[:1], protos[:1], fallback=9.0) == (9.0, 0)
+    # 1-shot classes hold nothing out: the prior's centre, or the fallback without a prior
     one_shot = [probes(protos[c:c + 1]) for c in range(3)]
-    assert group_temperature(one_shot, protos, fallback=9.0) == (9.0, 0)
+    assert group_temperature(one_shot, protos, fallback=9.0) == (prior_temperature(protos), 0)
+    assert group_temperature(one_shot, protos, fallback=9.0, prior=False) == (9.0, 0)
+
+
+def test_the_prior_is_scale_free_and_set_by_how_far_apart_the_classes_lie() -> None:
+    rng = np.random.default_rng(3)
+    protos = 0.3 * rng.normal(size=(5, 8))  # unit-scale vectors, as served
+    d2 = ((protos[:, None] - protos[None]) ** 2).sum(-1)[np.triu_indices(5, 1)]
+    assert prior_temperature(protos) == pytest.approx(PRIOR_SCALE * np.median(d2))
+    # parts twice as far apart: a temperature four times as large, the same scores
+    base = prior_temperature(protos)
+    assert base is not None and prior_temperature(2 * protos) == pytest.approx(4 * base)
+    assert prior_temperature(protos[:1]) is None
+    assert prior_temperature(np.ones((3, 8))) is None  # no distance to be a fraction of
+    # thousands of classes: the median over an even spread of 64, not all pairs
+    many = rng.normal(size=(5000, 8))
+    assert prior_temperature(many) == pytest.approx(prior_temperature(many[::79][:64]),
+                                                    rel=0.3)
+
+
+def test_a_few_held_out_images_are_weighed_against_the_prior_and_many_outweigh_it() -> None:
+    rng = np.random.default_rng(4)
+    true_t, prior = 0.2, 2.0
+    d2 = rng.uniform(0.0, 4.0 * true_t, size=(4000, 3))
+    own = np.array([rng.choice(3, p=row) for row in softmax(-d2 / true_t)])
+    few = fit_temperature(d2[:4], own[:4], fallback=1.0, prior=prior)
+    alone = fit_temperature(d2[:4], own[:4], fallback=1.0)
+    # with 4 samples the estimate lies between its own evidence and the prior
+    assert min(alone, prior) < few < max(alone, prior)
+    # with thousands the prior no longer matters
+    assert fit_temperature(d2, own, fallback=1.0, prior=prior) == pytest.approx(true_t,
+                                                                                 rel=0.15)
+    assert fit_temperature(d2[:0], own[:0], fallback=1.0, prior=prior) == prior
 
 
 def overlapping_group(rng: np.random.Generator, calibrate: bool, scale: float, spread: float
