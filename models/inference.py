@@ -13,6 +13,7 @@ Shapes: embeddings (Q, D_full) -> Q decisions; support (n, D_metric) per class.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -282,12 +283,19 @@ class GoodParts:
     # threshold)), the two classes' scores taken as Gaussians of one pooled variance
     # (linear discriminant, equal priors, so P = 1/2 at the threshold). None otherwise.
     slope: float | None = None
+    # The slope's relative sampling variance (`discriminant`): the logit is moderated by it
+    # (MacKay's probit approximation), so a slope estimated from a few scores never claims
+    # near-certainty, and one from many is used as it is.
+    slope_uncertainty: float | None = None
 
     def defect_probability(self, score: float) -> float | None:
         """P(the part is defective | its anomaly score), where the group can say it."""
         if self.slope is None:
             return None
-        return float(0.5 * (1.0 + np.tanh(0.5 * self.slope * (score - self.threshold))))
+        z = self.slope * (score - self.threshold)
+        if self.slope_uncertainty:
+            z /= math.sqrt(1.0 + math.pi * z * z * self.slope_uncertainty / 8.0)
+        return float(0.5 * (1.0 + np.tanh(0.5 * z)))
 
     @classmethod
     def build(cls, patches: np.ndarray, image_ids: Sequence[int], false_alarm_rate: float,
@@ -329,21 +337,26 @@ class GoodParts:
                 else:
                     warning = (f"{warning}; the defect images score no higher than good "
                                "parts, so they cannot place the threshold either")
-        slope = discriminant_slope(good_side, bad) if used == "balanced" else None
+        slope, spread = (discriminant(good_side, bad) if used == "balanced" else None) \
+            or (None, None)
         return cls(memory, tuple(image_ids), false_alarm_rate, thr, len(loo), warning, used,
-                   len(bad), int((bad > thr).sum()), loo, own_region, slope)
+                   len(bad), int((bad > thr).sum()), loo, own_region, slope, spread)
 
 
-def discriminant_slope(good: np.ndarray, bad: np.ndarray) -> float | None:
+def discriminant(good: np.ndarray, bad: np.ndarray) -> tuple[float, float] | None:
     """(mean(bad) - mean(good)) / pooled variance: the logit's slope in the score when both
-    are Gaussians of one variance. None without a degree of freedom or a spread."""
+    are Gaussians of one variance; and that slope's relative sampling variance, from the
+    pooled variance's (2 / dof) and the gap's (variance (1/n_good + 1/n_bad) / gap^2).
+    None without a degree of freedom, a spread or a gap."""
     dof = len(good) + len(bad) - 2
     if dof < 1:
         return None
     ss = float(((good - good.mean()) ** 2).sum() + ((bad - bad.mean()) ** 2).sum())
-    if ss <= 0:
+    gap = float(bad.mean() - good.mean())
+    if ss <= 0 or gap <= 0:
         return None
-    return float((bad.mean() - good.mean()) / (ss / dof))
+    var = ss / dof
+    return gap / var, 2.0 / dof + var * (1.0 / len(good) + 1.0 / len(bad)) / gap ** 2
 
 
 def fuse_region(vectors: np.ndarray, regions: np.ndarray, metric_dim: int) -> np.ndarray:

@@ -322,8 +322,14 @@ def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach()
     assert both.defect_probability(both.threshold) == pytest.approx(0.5)
     got = [both.defect_probability(float(x)) for x in (0.0, both.threshold, 1.0, 2.0)]
     p = [x for x in got if x is not None]
-    assert len(p) == 4 and p[0] < 0.5 < p[2] <= p[3] and p[3] > 0.99
+    assert len(p) == 4 and p[0] < 0.5 < p[2] <= p[3] and p[3] > 0.9
+    # 6 + 3 scores pin the slope down only so far: the logit is moderated by its sampling
+    # variance, so even a far-off score claims no near-certainty
+    assert both.slope_uncertainty is not None and both.slope_uncertainty > 2 / 7
+    cap = 1 / (1 + np.exp(-np.sqrt(8 / (np.pi * both.slope_uncertainty))))
+    assert p[3] < cap < 0.99 and both.defect_probability(100.0) == pytest.approx(cap, abs=1e-3)
     assert fa.slope is None and fa.defect_probability(1.0) is None
+
     # a rate six good images can resolve, or the rule switched off: the rate decides
     for kept in (GoodParts.build(good, range(6), 0.3, bad),
                  GoodParts.build(good, range(6), 0.02, bad, rule="false_alarm_rate")):
@@ -350,6 +356,19 @@ def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach()
     assert one.threshold == pytest.approx((own + one_bad.mean()) / 2)
     assert "regions left out" in str(one.warning)
     assert GoodParts.build(good[:1], [0], 0.02).threshold == 2.0  # alone: nothing flagged
+
+
+def test_the_verdict_probability_is_moderated_less_as_scores_accumulate() -> None:
+    from models.inference import discriminant
+
+    rng = np.random.default_rng(8)
+    assert discriminant(np.zeros(1), np.ones(1)) is None  # no degree of freedom
+    assert discriminant(rng.normal(1, 0.1, 5), rng.normal(0, 0.1, 5)) is None  # no gap
+    few = discriminant(rng.normal(0, 0.1, 5), rng.normal(0.4, 0.1, 5))
+    many = discriminant(rng.normal(0, 0.1, 500), rng.normal(0.4, 0.1, 500))
+    assert few is not None and many is not None
+    assert many[0] == pytest.approx(0.4 / 0.01, rel=0.15)  # gap / variance
+    assert many[1] < 0.01 < few[1]  # 2 / dof and the gap's share, both shrinking
 
 
 def test_leave_region_out_scores_a_part_against_its_own_other_regions() -> None:
