@@ -114,7 +114,7 @@ def prior_temperature(prototypes: np.ndarray, scale: float = PRIOR_SCALE,
 
 
 def fit_temperature(d2: np.ndarray, own: np.ndarray, fallback: float,
-                    iters: int = 40, prior: float | None = None,
+                    iters: int = 30, prior: float | None = None,
                     prior_sigma: float = PRIOR_SIGMA) -> float:
     """The temperature for held-out squared distances d2 (H, C) whose true classes are
     `own` (H,): maximum likelihood, or with `prior` (a temperature) the maximum a
@@ -132,7 +132,7 @@ def fit_temperature(d2: np.ndarray, own: np.ndarray, fallback: float,
         return c
 
     lo, hi = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
-    grid = np.linspace(lo, hi, 41)
+    grid = np.linspace(lo, hi, 13)  # e-fold steps: each cost is one pass over d2
     k = int(np.argmin([cost(float(x)) for x in grid]))
     lo, hi = grid[max(0, k - 1)], grid[min(len(grid) - 1, k + 1)]
     g = (np.sqrt(5.0) - 1.0) / 2.0
