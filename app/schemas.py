@@ -141,7 +141,8 @@ class ScoresReport(BaseModel):
     classes that name a defect (all classes in a group without good images)."""
 
     temperature: float
-    fitted: bool  # fitted on the group's own held-out support images, or the fallback
+    fitted: bool  # fitted on the group's own held-out support images; else the prior's
+    # centre (1-shot classes) or the fallback (one class)
     calibrated_on: int  # held-out support images behind it
     warning: str | None
 

@@ -142,9 +142,9 @@ class GroupIndex:
               temperature: float = 0.05, runtime: str = "onnxruntime",
               rank_by: str = "metric", calibrate: bool = True) -> GroupIndex:
         """`temperature` is ProtoNet's score temperature; with `calibrate` it is only the
-        fallback, and the group's own is fitted on its classes' held-out probes
-        (models.calibration.group_temperature; a group of one class, or of 1-shot
-        classes only, keeps the fallback)."""
+        fallback, and the group's own is fitted on its classes' held-out probes against a
+        scale-free prior (models.calibration.group_temperature; a group of 1-shot classes
+        takes the prior's centre, a group of one class keeps the fallback)."""
         ordered = tuple(entries)
         if not ordered:
             raise ValueError("a group index needs at least one class")
