@@ -150,6 +150,26 @@ def fit_temperature(d2: np.ndarray, own: np.ndarray, fallback: float,
     return float(np.exp((lo + hi) / 2.0))
 
 
+def held_out_distances(class_probes: list[tuple[np.ndarray, np.ndarray]],
+                       prototypes: np.ndarray, max_probes: int | None = MAX_PROBES
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The classes' held-out images (`probes`, in prototype order; at most `max_probes`,
+    spread evenly over the classes) against the prototypes (C, D): squared distances
+    (H, C), each own-class entry the distance a new image would see, and the own classes
+    (H,)."""
+    rows = [(c, j) for c, (x, _) in enumerate(class_probes) for j in range(len(x))]
+    if max_probes is not None and len(rows) > max_probes:
+        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_probes).round().astype(int)]
+    own = np.array([c for c, _ in rows], np.int64)
+    if not rows:
+        return np.zeros((0, len(prototypes)), np.float32), own
+    x = np.stack([class_probes[c][0][j] for c, j in rows]).astype(np.float32)
+    p = prototypes.astype(np.float32)
+    d2 = np.maximum((x * x).sum(1)[:, None] + (p * p).sum(1)[None] - 2.0 * x @ p.T, 0.0)
+    d2[np.arange(len(rows)), own] = [class_probes[c][1][j] for c, j in rows]
+    return d2, own
+
+
 def group_temperature(class_probes: list[tuple[np.ndarray, np.ndarray]],
                       prototypes: np.ndarray, fallback: float,
                       max_probes: int = MAX_PROBES, prior: bool = True) -> tuple[float, int]:
@@ -159,20 +179,13 @@ def group_temperature(class_probes: list[tuple[np.ndarray, np.ndarray]],
     `prior`, the fit is weighed against `prior_temperature(prototypes)`, and a group with
     nothing to hold out (1-shot classes) takes that prior; without, or for a single class,
     `fallback` (0 held out)."""
-    rows = [(c, j) for c, (x, _) in enumerate(class_probes) for j in range(len(x))]
     if len(prototypes) < 2:
         return fallback, 0
     centre = prior_temperature(prototypes) if prior else None
-    if not rows:
+    d2, own = held_out_distances(class_probes, prototypes, max_probes)
+    if not len(own):
         return (fallback if centre is None else centre), 0
-    if len(rows) > max_probes:
-        rows = [rows[i] for i in np.linspace(0, len(rows) - 1, max_probes).round().astype(int)]
-    own = np.array([c for c, _ in rows], np.int64)
-    x = np.stack([class_probes[c][0][j] for c, j in rows]).astype(np.float32)
-    p = prototypes.astype(np.float32)
-    d2 = np.maximum((x * x).sum(1)[:, None] + (p * p).sum(1)[None] - 2.0 * x @ p.T, 0.0)
-    d2[np.arange(len(rows)), own] = [class_probes[c][1][j] for c, j in rows]
-    return fit_temperature(d2, own, fallback, prior=centre), len(rows)
+    return fit_temperature(d2, own, fallback, prior=centre), len(own)
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,

@@ -312,7 +312,12 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
     every episode's group takes its maximum a posteriori temperature (its held-out support
     images against the prior, as served, on a fine grid of temperatures), and the pair
     whose temperatures give the held-out queries the highest likelihood wins."""
-    from models.calibration import TEMPERATURE_RANGE, _nll, prior_temperature
+    from models.calibration import (
+        TEMPERATURE_RANGE,
+        _nll,
+        held_out_distances,
+        prior_temperature,
+    )
     from models.data import synthetic
     from models.data.sources import FMNIST_DIR, FMNIST_TRAIN, fashion_mnist
     from models.inference import EmbeddingLayout
@@ -344,13 +349,11 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
                 if scale is None:
                     continue
                 held = [e.app_probes for e in index.entries if e.app_probes is not None]
-                own = np.concatenate([np.full(len(h[0]), c) for c, h in enumerate(held)]
-                                     ).astype(np.int64)
+                if len(held) != len(index.entries):
+                    continue
+                d2, own = held_out_distances(held, protos, None)
                 support_nll = np.zeros_like(log_t)
                 if len(own):
-                    xs = np.concatenate([h[0] for h in held]).astype(np.float32)
-                    d2 = ((xs[:, None] - protos[None]) ** 2).sum(-1)
-                    d2[np.arange(len(own)), own] = np.concatenate([h[1] for h in held])
                     support_nll = np.array([len(own) * _nll(d2, own, float(np.exp(t)))
                                             for t in log_t])
                 q = f.embeddings[ep.query][:, f.metric_dim:]
@@ -380,13 +383,7 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     Fashion-MNIST (if the Debian data is installed) and the ELPV mono development set (if
     its package is). Writes scores.{json,md,png}; the PNG is the reliability plot at 5
     shots (or the middle shot count)."""
-    from models.calibration import (
-        CalibrationConfig,
-        expected_calibration_error,
-        group_temperature,
-        probes,
-        reliability,
-    )
+    from models.calibration import CalibrationConfig, expected_calibration_error, reliability
     from models.data import elpv, synthetic
     from models.data.sources import FMNIST_DIR, fashion_mnist
     from models.inference import EmbeddingLayout, GroupIndex
@@ -426,14 +423,8 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
                                        layout)
                 fixed = GroupIndex.build("eval", fitted.entries, f.metric_dim,
                                          rank_by=layout.rank_by, calibrate=False)
-                ranked = fitted.app_prototypes if layout.rank_by == "appearance" and \
-                    fitted.app_prototypes is not None else fitted.prototypes
-                t_ml, _ = group_temperature(
-                    [e.app_probes if ranked is fitted.app_prototypes and e.app_probes is not
-                     None else probes(e.support) for e in fitted.entries], ranked,
-                    fixed.temperature, prior=False)
-                no_prior = GroupIndex.build("eval", fitted.entries, f.metric_dim, t_ml,
-                                            rank_by=layout.rank_by, calibrate=False)
+                no_prior = GroupIndex.build("eval", fitted.entries, f.metric_dim,
+                                            rank_by=layout.rank_by, prior=False)
                 for mode, index in (("fixed temperature 0.05", fixed),
                                     ("fitted per group, maximum likelihood (no prior)",
                                      no_prior),

@@ -140,11 +140,13 @@ class GroupIndex:
     @classmethod
     def build(cls, group: str, entries: Iterable[ClassEntry], metric_dim: int,
               temperature: float = 0.05, runtime: str = "onnxruntime",
-              rank_by: str = "metric", calibrate: bool = True) -> GroupIndex:
+              rank_by: str = "metric", calibrate: bool = True, prior: bool = True
+              ) -> GroupIndex:
         """`temperature` is ProtoNet's score temperature; with `calibrate` it is only the
         fallback, and the group's own is fitted on its classes' held-out probes against a
         scale-free prior (models.calibration.group_temperature; a group of 1-shot classes
-        takes the prior's centre, a group of one class keeps the fallback)."""
+        takes the prior's centre, a group of one class keeps the fallback; `prior` False
+        fits by maximum likelihood alone, for comparison)."""
         ordered = tuple(entries)
         if not ordered:
             raise ValueError("a group index needs at least one class")
@@ -164,7 +166,8 @@ class GroupIndex:
             ranked = app if rank_by == "appearance" and app is not None else protos
             fitted, held_out = group_temperature(
                 [e.app_probes if ranked is app and e.app_probes is not None
-                 else probes(e.support) for e in ordered], ranked, temperature)
+                 else probes(e.support) for e in ordered], ranked, temperature,
+                prior=prior)
         return cls(group, ordered, metric_dim, protos, thresholds, sq, app, app_thr,
                    fitted, runtime, rank_by, app_sq, temperature, calibrate, held_out)
 

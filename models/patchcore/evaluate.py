@@ -190,7 +190,8 @@ def evaluate(labels: np.ndarray, detectors: dict[str, Detector], goods: tuple[in
         for name, det in detectors.items():
             aucs, bals, fars, tprs, pix = [], [], [], [], []
             for good, query, defects, extra in tqdm(eps, desc=f"{name}@{n}", leave=False):
-                out = det(good, np.concatenate([query, extra]), defects, masks is not None)
+                asked = np.concatenate([query, extra])
+                out = det(good, asked, defects, masks is not None)
                 q = len(query)  # the spare good images count only towards the 5% column
                 y = labels[query]
                 scores, flagged = out.scores[:q], out.flagged[:q]
@@ -198,8 +199,7 @@ def evaluate(labels: np.ndarray, detectors: dict[str, Detector], goods: tuple[in
                 tpr, fpr = flagged[y == 1].mean(), flagged[y == 0].mean()
                 bals.append((tpr + 1 - fpr) / 2)
                 fars.append(fpr)
-                tprs.append(tpr_at_fpr(out.scores, labels[np.concatenate([query, extra])],
-                                       MAX_FALSE_ALARMS))
+                tprs.append(tpr_at_fpr(out.scores, labels[asked], MAX_FALSE_ALARMS))
                 if masks is not None and out.maps is not None:
                     bad = y == 1
                     pix.append(auroc(out.maps[:q][bad].astype(np.float32),
