@@ -220,6 +220,42 @@ def evaluate(
 
 
 @cli.command()
+def check(
+    images: Path = typer.Argument(..., help="a folder with one sub-folder of images per "
+                                  "class, named as the class"),
+    url: str = typer.Option("http://127.0.0.1:8000", help="the running service"),
+    key: str = typer.Option(..., envvar="FSDI_CHECK_KEY",
+                            help="an admin key (the check enrols and deletes classes)"),
+    good: str = typer.Option("good", help="the sub-folder holding good parts, enrolled "
+                             "as a good class (if there is one)"),
+    shots: str = "1,5,10", episodes: int = 100, queries: int = 15, seed: int = 0,
+    out: Path = typer.Option(Path("runs/check"), help="JSON, Markdown and PNG go here"),
+    timeout: float = typer.Option(120.0, help="seconds per request"),
+) -> None:
+    """Measure a running service on your own labelled images, through its REST API only.
+
+    Each episode enrols K images per class into a fresh group, classifies Q more per
+    class, and deletes the group's classes again; the table gives the label's and the
+    OK/NG verdict's accuracy (95% CIs over episodes) and the score's calibration error.
+    """
+    import httpx
+
+    from app.check import CheckError, LabelledFolder, Service, report, run_check
+
+    try:
+        folder = LabelledFolder.read(images, good)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                          timeout=timeout) as client:
+            results = run_check(Service(client), folder,
+                                tuple(int(s) for s in shots.split(",")), episodes,
+                                queries, seed)
+    except (CheckError, httpx.HTTPError) as exc:
+        typer.echo(f"check failed: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report(results, folder, images, out))
+
+
+@cli.command()
 def reembed(batch: int = 32, prune: bool = typer.Option(
         False, help="drop embeddings of other versions once every image has the new one")
             ) -> None:
