@@ -151,6 +151,12 @@ def run_check(service: Service, folder: LabelledFolder, shots: Sequence[int] = (
               batch: int = 32) -> list[ShotResult]:
     """Every episode enrols, classifies and cleans up through `service`; a failure in an
     episode still deletes what that episode enrolled before it is raised."""
+    counts = np.bincount(folder.labels, minlength=len(folder.names))
+    need = max(shots) + queries
+    short = [f"{n} ({c})" for n, c in zip(folder.names, counts, strict=True) if c < need]
+    if short:
+        raise CheckError(f"{max(shots)} shots and {queries} queries need {need} images in "
+                         f"every class; too few in: {', '.join(short)}")
     prefix = prefix or f"fsdi-check-{secrets.token_hex(3)}"
     results = []
     for k in shots:

@@ -90,6 +90,20 @@ def test_a_refused_step_names_the_cause_and_leaves_nothing_enrolled(
     assert not any(g.startswith("chk-bad") for g in groups)
 
 
+def test_too_few_images_are_named_before_anything_is_enrolled(tmp_path: Path) -> None:
+    folder = LabelledFolder.read(make_folder(tmp_path / "f", per_class=7))
+
+    class Untouchable(Service):
+        def __init__(self) -> None:
+            pass
+
+        def create_class(self, name: str, group: str, kind: str) -> int:
+            raise AssertionError("nothing may be enrolled")
+
+    with pytest.raises(CheckError, match=r"need 8 images .* good \(7\), gravel \(7\)"):
+        run_check(Untouchable(), folder, shots=(1, 5), count=1, queries=3)
+
+
 def test_cli_reports_an_unreachable_service(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f")
     r = CliRunner().invoke(cli, ["check", str(root), "--url", "http://127.0.0.1:9",
