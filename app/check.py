@@ -118,10 +118,12 @@ class Service:
                                                       "kind": kind})
         return int(self._ok(r, f"creating class {name!r}").json()["id"])
 
-    def enrol(self, class_id: int, paths: Sequence[Path]) -> None:
-        self._ok(self.client.post(f"/api/v1/classes/{class_id}/images",
-                                  files=[("files", (p.name, p.read_bytes())) for p in paths]),
-                 f"enrolling {len(paths)} images")
+    def enrol(self, class_id: int, paths: Sequence[Path], batch: int) -> None:
+        for i in range(0, len(paths), batch):
+            chunk = paths[i:i + batch]
+            self._ok(self.client.post(f"/api/v1/classes/{class_id}/images", files=[
+                ("files", (p.name, p.read_bytes())) for p in chunk]),
+                f"enrolling {len(chunk)} images")
 
     def classify(self, group: str, paths: Sequence[Path], batch: int) -> list[dict]:
         out: list[dict] = []
@@ -149,8 +151,9 @@ def episodes(folder: LabelledFolder, shots: int, queries: int, count: int, seed:
 def run_check(service: Service, folder: LabelledFolder, shots: Sequence[int] = (1, 5, 10),
               count: int = 100, queries: int = 15, seed: int = 0, prefix: str | None = None,
               batch: int = 32) -> list[ShotResult]:
-    """Every episode enrols, classifies and cleans up through `service`; a failure in an
-    episode still deletes what that episode enrolled before it is raised."""
+    """Every episode enrols, classifies and cleans up through `service`, `batch` files per
+    request at most; a failure in an episode still deletes what that episode enrolled
+    before it is raised."""
     counts = np.bincount(folder.labels, minlength=len(folder.names))
     need = max(shots) + queries
     short = [f"{n} ({c})" for n, c in zip(folder.names, counts, strict=True) if c < need]
@@ -176,7 +179,7 @@ def run_check(service: Service, folder: LabelledFolder, shots: Sequence[int] = (
                     cid = service.create_class(name, group,
                                                "good" if name == folder.good else "defect")
                     created.append(cid)
-                    service.enrol(cid, [folder.paths[i] for i in ids])
+                    service.enrol(cid, [folder.paths[i] for i in ids], batch)
                 got = service.classify(group, [folder.paths[i] for i in query], batch)
             finally:
                 for cid in created:
