@@ -164,39 +164,41 @@ def run_check(service: Service, folder: LabelledFolder, shots: Sequence[int] = (
     results = []
     for k in shots:
         res = ShotResult(k)
-        for e, (support, query) in enumerate(tqdm(
-                list(episodes(folder, k, queries, count, seed)), desc=f"{k}-shot",
-                unit="episode", leave=False)):
-            group = f"{prefix}-{k}shot-{e}"
-            created: list[int] = []
-            try:
-                # Good classes first: the group's threshold then has both sides at once.
-                order = sorted(range(len(folder.names)),
-                               key=lambda c: folder.names[c] != folder.good)
-                for c in order:
-                    name = folder.names[c]
-                    ids = support[folder.labels[support] == c]
-                    cid = service.create_class(name, group,
-                                               "good" if name == folder.good else "defect")
-                    created.append(cid)
-                    service.enrol(cid, [folder.paths[i] for i in ids], batch)
-                got = service.classify(group, [folder.paths[i] for i in query], batch)
-            finally:
-                for cid in created:
-                    service.delete_class(cid)
-            truth = [folder.names[c] for c in folder.labels[query]]
-            right = [r["label"] == t and not r["unknown"] for r, t in
-                     zip(got, truth, strict=True)]
-            res.label.append(float(np.mean(right)))
-            res.unknown.append(float(np.mean([bool(r["unknown"]) for r in got])))
-            res.scores += [float(r["score"]) for r in got]
-            res.right += right
-            if folder.good is not None:
-                res.verdict.append(float(np.mean([
-                    (r.get("verdict") == "defect") == (t != folder.good)
-                    for r, t in zip(got, truth, strict=True)])))
+        # closed (and cleared) on the way out, also when a step fails
+        with tqdm(list(episodes(folder, k, queries, count, seed)), desc=f"{k}-shot",
+                  unit="episode", leave=False) as bar:
+            for e, (support, query) in enumerate(bar):
+                _episode(service, folder, res, f"{prefix}-{k}shot-{e}", support, query,
+                         batch)
         results.append(res)
     return results
+
+
+def _episode(service: Service, folder: LabelledFolder, res: ShotResult, group: str,
+             support: np.ndarray, query: np.ndarray, batch: int) -> None:
+    """One episode into `res`: enrol into `group`, classify, delete what was enrolled."""
+    created: list[int] = []
+    try:
+        # Good classes first: the group's threshold then has both sides at once.
+        for c in sorted(range(len(folder.names)), key=lambda c: folder.names[c] != folder.good):
+            name = folder.names[c]
+            cid = service.create_class(name, group, "good" if name == folder.good else "defect")
+            created.append(cid)
+            service.enrol(cid, [folder.paths[i] for i in support[folder.labels[support] == c]],
+                          batch)
+        got = service.classify(group, [folder.paths[i] for i in query], batch)
+    finally:
+        for cid in created:
+            service.delete_class(cid)
+    truth = [folder.names[c] for c in folder.labels[query]]
+    right = [r["label"] == t and not r["unknown"] for r, t in zip(got, truth, strict=True)]
+    res.label.append(float(np.mean(right)))
+    res.unknown.append(float(np.mean([bool(r["unknown"]) for r in got])))
+    res.scores += [float(r["score"]) for r in got]
+    res.right += right
+    if folder.good is not None:
+        res.verdict.append(float(np.mean([(r.get("verdict") == "defect") == (t != folder.good)
+                                          for r, t in zip(got, truth, strict=True)])))
 
 
 def report(results: Sequence[ShotResult], folder: LabelledFolder, root: Path,

@@ -221,8 +221,8 @@ def evaluate(
 
 @cli.command()
 def check(
-    images: Path = typer.Argument(..., help="a folder with one sub-folder of images per "
-                                  "class, named as the class"),
+    images: Path = typer.Argument(..., metavar="FOLDER", help="a folder with one sub-folder "
+                                  "of images per class, named as the class"),
     url: str = typer.Option("http://127.0.0.1:8000", help="the running service"),
     key: str = typer.Option(..., envvar="FSDI_CHECK_KEY",
                             help="an admin key (the check enrols and deletes classes)"),
@@ -231,6 +231,8 @@ def check(
     shots: str = "1,5,10", episodes: int = 100, queries: int = 15, seed: int = 0,
     out: Path = typer.Option(Path("runs/check"), help="JSON, Markdown and PNG go here"),
     timeout: float = typer.Option(120.0, help="seconds per request"),
+    batch: int = typer.Option(32, min=1, help="files per request at most (the service's "
+                              "FSDI_MAX_FILES_PER_REQUEST is 64 by default)"),
 ) -> None:
     """Measure a running service on your own labelled images, through its REST API only.
 
@@ -248,7 +250,7 @@ def check(
                           timeout=timeout) as client:
             results = run_check(Service(client), folder,
                                 tuple(int(s) for s in shots.split(",")), episodes,
-                                queries, seed)
+                                queries, seed, batch=batch)
     except (CheckError, httpx.HTTPError) as exc:
         typer.echo(f"check failed: {exc}", err=True)
         raise typer.Exit(2) from exc

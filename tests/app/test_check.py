@@ -109,5 +109,5 @@ def test_cli_reports_an_unreachable_service(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f")
     r = CliRunner().invoke(cli, ["check", str(root), "--url", "http://127.0.0.1:9",
                                  "--key", "k" * 24, "--episodes", "1", "--shots", "1",
-                                 "--queries", "2", "--timeout", "5"])
+                                 "--queries", "2", "--timeout", "5", "--batch", "2"])
     assert r.exit_code == 2 and "check failed" in r.output
