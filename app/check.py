@@ -18,7 +18,6 @@ named `<prefix>-<K>shot-<episode>` so they are easy to tell apart there.
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -84,18 +83,12 @@ class ShotResult:
         for what, accs in (("label", self.label), ("OK/NG verdict", self.verdict)):
             if not accs:
                 continue
-            m, ci = mean_ci(accs)
+            m, ci = reporting.mean_ci(accs)
             out.append({"benchmark": folder, "answer": what, "shots": self.shots,
                         "n_way": n_way, "episodes": len(accs), "accuracy": round(m, 4),
                         "ci95": round(ci, 4), "ece": ece if what == "label" else "–",
                         "unknown": round(float(np.mean(self.unknown)), 4)})
         return out
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, np.float64)
-    ci = 1.96 * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else 0.0
-    return float(a.mean()), float(ci)
 
 
 class Service:

@@ -19,6 +19,7 @@ from models.backbones import Backbone
 from models.calibration import CalibrationConfig
 from models.data.episodes import EpisodeSampler
 from models.meta import ProjectionHead, global_pool
+from models.reporting import mean_ci
 
 Embed = Callable[[np.ndarray], np.ndarray]
 
@@ -37,10 +38,6 @@ def episode_accuracy(z: np.ndarray, sampler: EpisodeSampler, episodes: int) -> n
         d = ((qry[:, None, :] - protos[None]) ** 2).sum(-1)
         accs[e] = (d.argmin(1) == ep.query_labels).mean()
     return accs
-
-
-def mean_ci(accs: np.ndarray) -> tuple[float, float]:
-    return float(accs.mean()), float(1.96 * accs.std(ddof=1) / np.sqrt(len(accs)))
 
 
 def head_embed(path: Path) -> Embed:

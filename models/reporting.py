@@ -8,7 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 Row = dict[str, Any]
+
+
+def mean_ci(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The mean over episodes and its 95% confidence interval's half-width (normal
+    approximation; 0 for a single episode)."""
+    a = np.asarray(values, np.float64)
+    ci = 1.96 * a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+    return float(a.mean()), float(ci)
 
 
 def pct(row: Row, key: str) -> str:

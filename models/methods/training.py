@@ -13,10 +13,10 @@ from tqdm import trange
 
 from models import reporting
 from models.data.episodes import EpisodeSampler
-from models.evaluate import mean_ci
 from models.methods.base import FewShotMethod
 from models.methods.meta_base import MetaMethod
 from models.methods.registry import create_method
+from models.reporting import mean_ci
 
 
 def t(x: np.ndarray) -> torch.Tensor:

@@ -11,7 +11,8 @@ import pytest
 from models.data import synthetic
 from models.data.episodes import EpisodeSampler
 from models.data.sources import FMNIST_EVAL, FMNIST_TRAIN, fashion_mnist
-from models.evaluate import episode_accuracy, evaluate, head_embed, mean_ci, write_reports
+from models.evaluate import episode_accuracy, evaluate, head_embed, write_reports
+from models.reporting import mean_ci
 
 
 def test_class_splits_are_disjoint() -> None:
@@ -61,6 +62,7 @@ def test_evaluation_gives_known_accuracy_on_toy_sets() -> None:
     assert tie.mean() == pytest.approx(0.2)
     m, ci = mean_ci(np.array([0.5, 0.7, 0.6, 0.6]))
     assert m == pytest.approx(0.6) and ci == pytest.approx(1.96 * 0.08165 / 2, rel=1e-3)
+    assert mean_ci([0.75]) == (0.75, 0.0)  # one episode: no spread to give a CI
 
 
 @pytest.mark.slow
