@@ -78,6 +78,18 @@ def test_check_through_the_api_measures_and_cleans_up(client: TestClient,
     assert (tmp_path / "out" / "check_reliability.png").stat().st_size > 0
 
 
+def test_without_a_good_folder_every_class_is_a_defect_class(client: TestClient,
+                                                              tmp_path: Path) -> None:
+    folder = LabelledFolder.read(make_folder(tmp_path / "f"), good="none")
+    (res,) = run_check(Service(client), folder, shots=(2,), count=2, queries=3, seed=0,
+                       prefix="chk-plain", batch=10)
+    assert res.verdict == [] and len(res.label) == 2  # no good parts: no verdict
+    rows = res.rows("f", 2)
+    assert [r["answer"] for r in rows] == ["label"]
+    hist = client.get("/api/v1/results", params={"group": "chk-plain-2shot-0"}).json()["items"]
+    assert len(hist) == 6 and not any("verdict" in h for h in hist)
+
+
 def test_a_refused_step_names_the_cause_and_leaves_nothing_enrolled(
         client: TestClient, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "f")
