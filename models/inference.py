@@ -282,6 +282,9 @@ class GoodParts:
     defect_flagged: int = 0  # of those, how many score above `threshold`
     loo: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), compare=False)
     own_region: float | None = None  # one good image: its leave-region-out score
+    # ... and the same scored block by block (`PatchMemory.region_scores`): the good side's
+    # spread for the verdict's probability when one defect image cannot give one either.
+    own_parts: np.ndarray | None = field(default=None, compare=False)
     # With a balanced threshold: the slope of P(defect | score) = sigmoid(slope * (score -
     # threshold)), the two classes' scores taken as Gaussians of one pooled variance
     # (linear discriminant, equal priors, so P = 1/2 at the threshold). None otherwise.
@@ -315,6 +318,7 @@ class GoodParts:
         memory = reuse.memory if reuse else PatchMemory(patches)
         loo = reuse.loo if reuse else memory.leave_one_out(patches)
         own_region = reuse.own_region if reuse else None
+        own_parts = reuse.own_parts if reuse else None
         thr, warning = calibrate_threshold(loo, false_alarm_rate)
         used = "false_alarm_rate"
         bad = np.zeros(0, np.float32)
@@ -325,6 +329,7 @@ class GoodParts:
             # stand in for it (optimistic, so only as the good side of the balance).
             if not len(loo) and own_region is None:
                 own_region = memory.leave_region_out(patches[0])
+                own_parts = memory.region_scores(patches[0])
             if not len(loo):
                 good_side = np.asarray([own_region], np.float32)
             mid = balanced_threshold(good_side, bad)
@@ -340,10 +345,14 @@ class GoodParts:
                 else:
                     warning = (f"{warning}; the defect images score no higher than good "
                                "parts, so they cannot place the threshold either")
-        slope, spread = (discriminant(good_side, bad) if used == "balanced" else None) \
-            or (None, None)
+        # The probability's spread: the scores either side. One good and one defect image
+        # have none between them; the good image's blocks, each against the rest of it,
+        # give one (too little spread where more defect images can give theirs: measured).
+        spread_side = own_parts if not len(loo) and len(bad) == 1 else good_side
+        slope, spread = (discriminant(np.asarray(spread_side), bad) if used == "balanced"
+                         else None) or (None, None)
         return cls(memory, tuple(image_ids), false_alarm_rate, thr, len(loo), warning, used,
-                   len(bad), int((bad > thr).sum()), loo, own_region, slope, spread)
+                   len(bad), int((bad > thr).sum()), loo, own_region, own_parts, slope, spread)
 
 
 def discriminant(good: np.ndarray, bad: np.ndarray) -> tuple[float, float] | None:

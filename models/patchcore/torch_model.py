@@ -30,6 +30,10 @@ MAX_HELD_OUT = 64
 # With a single good image, each patch is scored against the image's own patches beyond
 # this many cells (its 3 x 3 neighbourhood left out: neighbours overlap in what they see).
 SELF_RADIUS = 1
+# ... and, for the spread of good scores that one image cannot otherwise give, its grid is
+# scored in 2 x 2 blocks (`region_scores`; 3 x 3 blocks were measured too, in
+# models/MODEL_CARD.md).
+REGION_PARTS = 2
 
 
 class PatchMemory:
@@ -101,6 +105,24 @@ class PatchMemory:
         within a single image, for a memory of one good image. Optimistic (a part's
         regions resemble each other more than another part's), so only ever one side of
         a balanced threshold."""
+        dist = self._self_distances(image, radius)
+        return float(self.image_scores(dist[None])[0])
+
+    def region_scores(self, image: np.ndarray, parts: int = REGION_PARTS,
+                      radius: int = SELF_RADIUS) -> np.ndarray:
+        """(h, w, C) one image's patches -> (parts²,) the same leave-region-out distances
+        scored block by block (a `parts` x `parts` split of the grid, each block's top
+        `top_fraction`): samples of how good material scores against good material, whose
+        spread a single good image can give where nothing else can."""
+        dist = self._self_distances(image, radius)
+        rows = np.array_split(np.arange(dist.shape[0]), parts)
+        cols = np.array_split(np.arange(dist.shape[1]), parts)
+        return np.array([self.image_scores(dist[np.ix_(r, c)][None])[0]
+                         for r in rows for c in cols], np.float32)
+
+    def _self_distances(self, image: np.ndarray, radius: int) -> np.ndarray:
+        """(h, w, C) -> (h, w) each patch's cosine distance to the nearest patch of the
+        same image farther than `radius` cells away."""
         h, w, c = image.shape
         q = np.ascontiguousarray(image, dtype=np.float32).reshape(h * w, c)
         if self.projection is not None:
@@ -111,8 +133,7 @@ class PatchMemory:
             (np.abs(xx[:, None] - xx[None]) <= radius)
         sim[near] = -np.inf
         best = sim.max(axis=1)
-        dist = np.clip(1.0 - np.where(np.isfinite(best), best, -1.0), 0.0, 2.0)
-        return float(self.image_scores(dist.reshape(1, h, w))[0])
+        return np.clip(1.0 - np.where(np.isfinite(best), best, -1.0), 0.0, 2.0).reshape(h, w)
 
     def leave_one_out(self, good: np.ndarray, max_held_out: int | None = MAX_HELD_OUT
                       ) -> np.ndarray:

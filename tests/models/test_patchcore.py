@@ -356,6 +356,24 @@ def test_defect_images_place_the_threshold_only_while_the_rate_is_out_of_reach()
     assert one.threshold == pytest.approx((own + one_bad.mean()) / 2)
     assert "regions left out" in str(one.warning)
     assert GoodParts.build(good[:1], [0], 0.02).threshold == 2.0  # alone: nothing flagged
+    # its probability: the three defect images' scores give the spread beside it ...
+    from models.inference import discriminant
+
+    with_defects = discriminant(np.array([own]), one_bad)
+    assert with_defects is not None and one.slope == pytest.approx(with_defects[0])
+    # ... while one good and one defect image have none between them: the good image's
+    # 2 x 2 blocks, each against the rest of it, give it; never a sure answer from two images
+    pair = GoodParts.build(good[:1], [0], 0.02, bad[:1])
+    blocks = pair.memory.region_scores(good[0])
+    assert pair.own_parts is not None and np.allclose(pair.own_parts, blocks)
+    assert len(blocks) == 4 and pair.rule == "balanced"
+    from_blocks = discriminant(blocks, one_bad[:1])
+    assert from_blocks is not None and pair.slope == pytest.approx(from_blocks[0])
+    assert pair.defect_probability(pair.threshold) == pytest.approx(0.5)
+    near, far = (pair.defect_probability(pair.threshold + x) for x in (0.1, 100.0))
+    assert near is not None and far is not None and 0.5 < near < far < 0.95
+    again = GoodParts.build(good[:1], [0], 0.02, bad[1:2], previous=pair)
+    assert again.own_parts is pair.own_parts  # the same good image: nothing re-read
 
 
 def test_the_verdict_probability_is_moderated_less_as_scores_accumulate() -> None:
@@ -385,6 +403,11 @@ def test_leave_region_out_scores_a_part_against_its_own_other_regions() -> None:
     pair = part.copy()
     pair[4, 4] = pair[4, 5] = unit(rng.normal(size=16), 0)
     assert mem.leave_region_out(pair, radius=0) < 0.01 < mem.leave_region_out(pair, radius=1)
+    # block by block: the odd region lifts only its own block (rows and columns 4-7)
+    blocks = mem.region_scores(odd)
+    assert blocks.shape == (4,) and blocks[3] == pytest.approx(mem.leave_region_out(odd))
+    assert blocks[:3].max() < 0.01
+    assert mem.region_scores(odd, parts=1)[0] == pytest.approx(mem.leave_region_out(odd))
 
 
 def test_regions_describe_where_a_part_differs_from_the_good_ones() -> None:
