@@ -112,24 +112,31 @@ class Service:
         return int(self._ok(r, f"creating class {name!r}").json()["id"])
 
     def enrol(self, class_id: int, paths: Sequence[Path], batch: int) -> None:
-        for i in range(0, len(paths), batch):
-            chunk = paths[i:i + batch]
-            self._ok(self.client.post(f"/api/v1/classes/{class_id}/images", files=[
-                ("files", (p.name, p.read_bytes())) for p in chunk]),
-                f"enrolling {len(chunk)} images")
+        for chunk in _chunks(paths, batch):
+            self._ok(self.client.post(f"/api/v1/classes/{class_id}/images",
+                                      files=_files(chunk)), f"enrolling {len(chunk)} images")
 
     def classify(self, group: str, paths: Sequence[Path], batch: int) -> list[dict]:
         out: list[dict] = []
-        for i in range(0, len(paths), batch):
-            chunk = paths[i:i + batch]
+        for chunk in _chunks(paths, batch):
             r = self.client.post("/api/v1/classify", params={"group": group, "top_k": 1},
-                                 files=[("files", (p.name, p.read_bytes())) for p in chunk])
+                                 files=_files(chunk))
             out += self._ok(r, f"classifying in group {group!r}").json()["results"]
         return out
 
     def delete_class(self, class_id: int) -> None:
         self._ok(self.client.delete(f"/api/v1/classes/{class_id}"),
                  f"deleting class {class_id}")
+
+
+def _chunks(paths: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for i in range(0, len(paths), size):
+        yield paths[i:i + size]
+
+
+def _files(paths: Sequence[Path]) -> list[tuple[str, tuple[str, bytes]]]:
+    """Multipart parts named `files`, as the contract's uploads take them."""
+    return [("files", (p.name, p.read_bytes())) for p in paths]
 
 
 def episodes(folder: LabelledFolder, shots: int, queries: int, count: int, seed: int

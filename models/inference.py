@@ -328,8 +328,7 @@ class GoodParts:
             # One good image has no leave-one-out score: its regions left out in turn
             # stand in for it (optimistic, so only as the good side of the balance).
             if not len(loo) and own_region is None:
-                own_region = memory.leave_region_out(patches[0])
-                own_parts = memory.region_scores(patches[0])
+                own_region, own_parts = memory.own_scores(patches[0])
             if not len(loo):
                 good_side = np.asarray([own_region], np.float32)
             mid = balanced_threshold(good_side, bad)

@@ -105,8 +105,7 @@ class PatchMemory:
         within a single image, for a memory of one good image. Optimistic (a part's
         regions resemble each other more than another part's), so only ever one side of
         a balanced threshold."""
-        dist = self._self_distances(image, radius)
-        return float(self.image_scores(dist[None])[0])
+        return self.own_scores(image, radius=radius)[0]
 
     def region_scores(self, image: np.ndarray, parts: int = REGION_PARTS,
                       radius: int = SELF_RADIUS) -> np.ndarray:
@@ -114,11 +113,17 @@ class PatchMemory:
         scored block by block (a `parts` x `parts` split of the grid, each block's top
         `top_fraction`): samples of how good material scores against good material, whose
         spread a single good image can give where nothing else can."""
+        return self.own_scores(image, parts, radius)[1]
+
+    def own_scores(self, image: np.ndarray, parts: int = REGION_PARTS,
+                   radius: int = SELF_RADIUS) -> tuple[float, np.ndarray]:
+        """`leave_region_out` and `region_scores` of one image from one pass over it."""
         dist = self._self_distances(image, radius)
         rows = np.array_split(np.arange(dist.shape[0]), parts)
         cols = np.array_split(np.arange(dist.shape[1]), parts)
-        return np.array([self.image_scores(dist[np.ix_(r, c)][None])[0]
-                         for r in rows for c in cols], np.float32)
+        blocks = np.array([self.image_scores(dist[np.ix_(r, c)][None])[0]
+                           for r in rows for c in cols], np.float32)
+        return float(self.image_scores(dist[None])[0]), blocks
 
     def _self_distances(self, image: np.ndarray, radius: int) -> np.ndarray:
         """(h, w, C) -> (h, w) each patch's cosine distance to the nearest patch of the
