@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from storage.objects import StoreUnavailable
+
 log = logging.getLogger("fsdi")
 
 
@@ -62,6 +64,10 @@ class NotReady(ApiError):
     status, code = 503, "not_ready"
 
 
+class StoreDown(ApiError):
+    status, code = 503, "blob_store_unavailable"
+
+
 def envelope(status: int, code: str, message: str,
              headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
@@ -77,6 +83,13 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
         return envelope(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        # The message names the store (never a credential) and what failed.
+        log.warning("image store unavailable: %s", exc)
+        return envelope(503, StoreDown.code, f"image storage is unavailable ({exc}); "
+                        f"retry shortly", {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=4096, ge=16)  # also capped by the open-file limit
     max_in_flight: int = Field(default=256, ge=1)  # requests at once; past it 503
 
+    # Where image bytes live (README, "Many hosts"): unset, under data_dir on this host;
+    # s3://BUCKET/PREFIX, an S3-compatible object store that replicas on other hosts share
+    # (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, never from here).
+    blob_url: str | None = None
+    s3_endpoint_url: str | None = None  # a non-AWS S3 server, e.g. http://127.0.0.1:8333
+
     # Keep classified images (appended to pack files under data_dir/query-images, not
     # fsynced) so an operator's correction can be promoted into the support set in one
     # call. Best effort: when the disk refuses, classification goes on without keeping.

@@ -1,94 +1,119 @@
-"""Content-addressed image store: one file per distinct sha256, written atomically."""
+"""Content-addressed image store: one object per distinct sha256, on local disk or in an
+S3-compatible object store (storage/objects.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from storage.objects import LocalObjects, ObjectStore, StoreUnavailable
+
+PREFIX = "blobs/"
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def blob_key(digest: str) -> str:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("not a sha256 hex digest")
+    return f"{PREFIX}{digest[:2]}/{digest[2:4]}/{digest}"
+
+
+class NotAllStored(StoreUnavailable):
+    """`put_many` stored some blobs, not all; `created` are those it wrote new."""
+
+    def __init__(self, message: str, created: list[str]) -> None:
+        super().__init__(message)
+        self.created = created
+
+
 class BlobStore:
-    """Files live at `root/ab/cd/<sha256>`; the same bytes are stored once."""
+    """Objects live at `blobs/ab/cd/<sha256>`; the same bytes are stored once. Every
+    method may raise storage.objects.StoreUnavailable."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, digest: str) -> Path:
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError("not a sha256 hex digest")
-        return self.root / digest[:2] / digest[2:4] / digest
+    def __init__(self, objects: ObjectStore | Path) -> None:
+        # A path: the blobs directory itself (its parent is the store's root).
+        if isinstance(objects, Path):
+            if objects.name != PREFIX.rstrip("/"):
+                raise ValueError(f"a local blob store's directory is named "
+                                 f"{PREFIX.rstrip('/')!r}")
+            objects = LocalObjects(objects.parent)
+        self.objects = objects
 
     def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        return self.objects.exists(blob_key(digest))
 
     def put(self, data: bytes, digest: str | None = None) -> tuple[str, bool]:
         """Store `data`; return (sha256, created) where created is False for a duplicate.
-        `digest`, when the caller already hashed `data`, saves hashing it again.
-
-        Temp file + fsync + rename + directory fsync, so a crash leaves either the
-        whole file or nothing under the final name.
-        """
+        `digest`, when the caller already hashed `data`, saves hashing it again. A crash
+        leaves the whole object or nothing under its key."""
         digest = digest or sha256_hex(data)
-        target = self.path(digest)
-        if target.is_file():
+        key = blob_key(digest)
+        if self.objects.exists(key):
             return digest, False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self.objects.put(key, data)
         return digest, True
 
-    def get(self, digest: str) -> bytes:
-        return self.path(digest).read_bytes()
+    def put_many(self, items: list[tuple[bytes, str]], workers: int = 8) -> list[str]:
+        """Store each (data, sha256) at once (an object store answers each PUT in a
+        round trip); return the digests written new. When any fails, raises
+        NotAllStored, naming those written new, once every write has ended."""
+        if not items:
+            return []
+        with ThreadPoolExecutor(min(workers, len(items))) as pool:
+            futures = [pool.submit(self.put, data, digest) for data, digest in items]
+        created: list[str] = []
+        failed: BaseException | None = None
+        for f in futures:
+            try:
+                digest, new = f.result()
+            except Exception as exc:
+                failed = failed or exc
+                continue
+            if new:
+                created.append(digest)
+        if failed is not None:
+            raise NotAllStored(str(failed), created) from failed
+        return created
+
+    def get(self, digest: str) -> bytes | None:
+        """The bytes, or None when there is no such blob."""
+        return self.objects.get(blob_key(digest))
 
     def delete(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
+        self.objects.delete(blob_key(digest))
+
+    def listing(self) -> Iterator[tuple[str, float]]:
+        """(sha256, last written) of every blob."""
+        for o in self.objects.list(PREFIX):
+            name = o.key.rsplit("/", 1)[-1]
+            if len(name) == 64 and _hex(name) and o.key == blob_key(name):
+                yield name, o.mtime
 
     def all_digests(self) -> set[str]:
-        return {p.name for p in self.root.glob("??/??/*") if not p.name.startswith(".tmp-")}
+        return {d for d, _ in self.listing()}
 
     def sweep(self, referenced: Callable[[set[str]], set[str]], min_age_s: float = 0.0
               ) -> int:
-        """Remove temp leftovers and blobs no row refers to (crash orphans) that are older
-        than `min_age_s`: a replica sharing this store may be mid-enrolment, its blob
-        written and its row not yet committed. `referenced(digests)` says which of the
-        old blobs' digests rows still refer to."""
+        """Remove leftovers of interrupted writes and blobs no row refers to (crash
+        orphans) that are older than `min_age_s`: another replica sharing this store may
+        be mid-enrolment, its blob written and its row not yet committed. Replicas may
+        sweep at once: a delete of what another already deleted is no error.
+        `referenced(digests)` says which of the old blobs' digests rows still refer to."""
         cutoff = time.time() - min_age_s
-        removed = 0
-
-        def old(p: Path) -> bool:
-            try:
-                return p.stat().st_mtime <= cutoff
-            except FileNotFoundError:
-                return False
-
-        for p in self.root.glob("??/??/.tmp-*"):
-            if old(p):
-                p.unlink(missing_ok=True)
-                removed += 1
-        candidates = {d for d in self.all_digests() if old(self.path(d))}
+        removed = self.objects.remove_temp(cutoff)
+        candidates = {d for d, mtime in self.listing() if mtime <= cutoff}
         if candidates:
             for digest in candidates - referenced(candidates):
                 self.delete(digest)
                 removed += 1
         return removed
+
+
+def _hex(name: str) -> bool:
+    return all(c in "0123456789abcdef" for c in name)

@@ -25,7 +25,12 @@ import re
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
+
+from storage.objects import ObjectStore
+
+PREFIX = "query-images/"
 
 _NAME = re.compile(r"^[0-9]{19}-[0-9a-f]{12}\.pack$")
 
@@ -34,7 +39,42 @@ class PackUnavailable(OSError):
     """Appends are paused after a failed write; see PackStore.retry_s."""
 
 
-class PackStore:
+class QueryImages(ABC):
+    """Where classified images are kept; a reference per image names its bytes."""
+
+    retry_s: float
+
+    @abstractmethod
+    def keep(self, images: list[bytes]) -> list[str]:
+        """Store `images`; one reference each. Raises OSError when the store refuses,
+        and PackUnavailable for `retry_s` seconds after that."""
+
+    @abstractmethod
+    def read(self, ref: str) -> bytes | None:
+        """The bytes behind `ref`, or None when they are gone. May raise
+        storage.objects.StoreUnavailable when the store cannot be asked."""
+
+    @abstractmethod
+    def prune(self, older_than_s: float) -> int:
+        """Remove packs last written more than `older_than_s` seconds ago."""
+
+    def close(self) -> None:  # noqa: B027  (nothing to release unless a store holds files)
+        """Release what the store holds open."""
+
+
+def parse_ref(ref: str) -> tuple[str, int, int] | None:
+    """`<pack name>:<offset>:<length>` -> its parts; None for anything else."""
+    try:
+        name, offset, length = ref.split(":")
+        start, n = int(offset), int(length)
+    except ValueError:
+        return None
+    if not _NAME.match(name) or start < 0 or n < 0:
+        return None
+    return name, start, n
+
+
+class PackStore(QueryImages):
     def __init__(self, root: Path, max_bytes: int = 256 * 1024 * 1024,
                  retry_s: float = 10.0) -> None:
         self.root = root
@@ -46,6 +86,9 @@ class PackStore:
         self._name = ""
         self._size = 0
         self._paused_until = 0.0
+
+    def keep(self, images: list[bytes]) -> list[str]:
+        return [self.append(data) for data in images]
 
     def append(self, data: bytes) -> str:
         """Write `data` at the end of this process's current pack; return its reference.
@@ -90,13 +133,10 @@ class PackStore:
 
     def read(self, ref: str) -> bytes | None:
         """The bytes behind `ref`, or None when the pack or that stretch of it is gone."""
-        try:
-            name, offset, length = ref.split(":")
-            start, n = int(offset), int(length)
-        except ValueError:
+        parsed = parse_ref(ref)
+        if parsed is None:
             return None
-        if not _NAME.match(name) or start < 0 or n < 0:
-            return None
+        name, start, n = parsed
         try:
             with open(self.root / name, "rb") as fh:
                 fh.seek(start)
@@ -122,3 +162,54 @@ class PackStore:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class ObjectPacks(QueryImages):
+    """Packs as objects under `query-images/`: one object per `keep` call, never
+    appended to. Names sort by creation time, as on disk, so retention reads a pack's age
+    from its name and several replicas may prune at once."""
+
+    def __init__(self, objects: ObjectStore, retry_s: float = 10.0) -> None:
+        self.objects = objects
+        self.retry_s = retry_s
+        self._token = secrets.token_hex(6)
+        self._lock = threading.Lock()
+        self._last_ns = 0
+        self._paused_until = 0.0
+
+    def _next_name(self) -> str:
+        with self._lock:
+            self._last_ns = max(time.time_ns(), self._last_ns + 1)
+            return f"{self._last_ns:019d}-{self._token}.pack"
+
+    def keep(self, images: list[bytes]) -> list[str]:
+        if time.monotonic() < self._paused_until:
+            raise PackUnavailable("query-image packs paused after a failed write")
+        name = self._next_name()
+        refs, offset = [], 0
+        for data in images:
+            refs.append(f"{name}:{offset}:{len(data)}")
+            offset += len(data)
+        try:
+            self.objects.put(PREFIX + name, b"".join(images))
+        except OSError:
+            self._paused_until = time.monotonic() + self.retry_s
+            raise
+        return refs
+
+    def read(self, ref: str) -> bytes | None:
+        parsed = parse_ref(ref)
+        if parsed is None:
+            return None
+        name, start, n = parsed
+        return self.objects.get_range(PREFIX + name, start, n)
+
+    def prune(self, older_than_s: float) -> int:
+        cutoff_ns = time.time_ns() - int(older_than_s * 1e9)
+        removed = 0
+        for o in self.objects.list(PREFIX):
+            name = o.key[len(PREFIX):]
+            if _NAME.match(name) and int(name[:19]) < cutoff_ns:
+                self.objects.delete(o.key)
+                removed += 1
+        return removed

@@ -36,9 +36,11 @@ async def thumbnail(rt: Runtime, image_id: int, size: int) -> bytes:
     """A support image as a JPEG no larger than size x size, decoded off the event loop."""
     with rt.sessions() as s:
         img = s.get(SupportImage, image_id)
-        if img is None or not rt.blobs.exists(img.sha256):
+        if img is None:
             raise NotFound(f"image {image_id} not found")
         digest = img.sha256
     data = await asyncio.to_thread(rt.blobs.get, digest)
+    if data is None:
+        raise NotFound(f"image {image_id} not found")
     return await asyncio.get_running_loop().run_in_executor(
         rt.decode_pool, jpeg_thumbnail, data, size, rt.settings.max_image_pixels)

@@ -5,18 +5,23 @@ created and leaves no row."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
 from fastapi import UploadFile
 from sqlalchemy.exc import IntegrityError
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, StoreDown
 from app.schemas import ClassCreate, ClassPublic, ImagePublic
 from app.services.keys import Principal
 from app.services.runtime import Runtime
 from app.services.uploads import decode_all, read_parts
 from storage import repositories as repo
+from storage.blobs import NotAllStored
+from storage.objects import StoreUnavailable
 from storage.tables import DefectClass, SupportImage
+
+log = logging.getLogger("fsdi")
 
 
 def class_public(c: DefectClass, count: int) -> ClassPublic:
@@ -95,12 +100,14 @@ async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, byte
     # Every image keeps its patch features: good images form the patch memory, defect
     # images can place its threshold (README, "Good parts").
     vectors, patches = rt.unpack(await rt.batcher.embed(np.stack([u.tensor for u in uploads])))
-    created: list[str] = []
     try:
-        for u in uploads:
-            digest, new = await asyncio.to_thread(rt.blobs.put, u.data, u.sha256)
-            if new:
-                created.append(digest)
+        created = await asyncio.to_thread(rt.blobs.put_many,
+                                          [(u.data, u.sha256) for u in uploads])
+    except NotAllStored as exc:
+        await asyncio.to_thread(_remove_unreferenced, rt, exc.created)
+        raise StoreDown(f"image storage is unavailable ({exc}); nothing of this request "
+                        f"was stored, retry shortly", headers={"Retry-After": "5"}) from None
+    try:
         images = _commit_images(rt, class_id, uploads, vectors, patches, who)
     except BaseException:
         await asyncio.to_thread(_remove_unreferenced, rt, created)
@@ -149,12 +156,17 @@ def _commit_images(rt: Runtime, class_id: int, uploads: list, vectors: np.ndarra
 
 
 def _remove_unreferenced(rt: Runtime, digests: list[str]) -> None:
+    """Delete the blobs no row refers to; those the store cannot delete now are left to
+    the orphan sweep (no row names them, so nothing is half-stored)."""
     if not digests:
         return
     with rt.sessions() as s:
         for d in digests:
             if not repo.sha_referenced(s, d):
-                rt.blobs.delete(d)
+                try:
+                    rt.blobs.delete(d)
+                except StoreUnavailable as exc:
+                    log.warning("blob %s left for the orphan sweep: %s", d[:12], exc)
 
 
 async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:

@@ -76,7 +76,7 @@ def kept_image(rt: Runtime, sha: str, ref: str | None) -> bytes | None:
         data = rt.packs.read(ref)
         if data is not None and sha256_hex(data) == sha:
             return data
-    return rt.blobs.get(sha) if rt.blobs.exists(sha) else None
+    return rt.blobs.get(sha)
 
 
 def record(rt: Runtime, body: FeedbackCreate, who: Principal) -> FeedbackPublic:

@@ -34,7 +34,10 @@ class Metrics:
                                 registry=r)
         self.not_kept = Counter(
             "fsdi_query_images_not_kept_total",
-            "Classified images the query-image packs refused (disk full, I/O error)",
-            registry=r)
+            "Classified images the query-image store refused (disk full, I/O error, object "
+            "store unreachable)", registry=r)
+        self.dependency_up = Gauge(
+            "fsdi_dependency_up", "1 when the dependency answered its last check, else 0",
+            ["dependency"], registry=r)
         self.classes = Gauge("fsdi_classes_cached", "Classes in the prototype cache",
                              registry=r)

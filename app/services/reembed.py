@@ -25,6 +25,7 @@ from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.blobs import BlobStore
 from storage.migrate import open_migrated
+from storage.stores import open_stores
 from storage.tables import SupportImage
 
 Row = Any  # a storage row built for one image (an Embedding or a PatchFeatures)
@@ -39,7 +40,7 @@ def reembed(settings: Settings, batch: int = 32, prune: bool = False,
     bb = create_backbone(settings.backbone, settings.precision)
     embedder = make_embedder(bb, settings.runtime, settings.resolved_model_cache,
                              settings.threads)
-    blobs = BlobStore(settings.data_dir / "blobs")
+    blobs, _ = open_stores(settings.blob_url, settings.data_dir, settings.s3_endpoint_url)
 
     def rows(x: np.ndarray, ids: list[int], embeddings: bool = True) -> list[Row]:
         """From one forward pass: the embeddings (unless asked not to) and the patch
@@ -95,7 +96,7 @@ def _backfill(sessions: sessionmaker[Session], blobs: BlobStore, bb: Backbone, b
                 todo = [(i.id, i.sha256) for i in missing(s, batch)]
             if not todo:
                 break
-            x = np.stack([load_for_backbone(blobs.get(sha), bb.preprocess, 10**9)
+            x = np.stack([load_for_backbone(_stored(blobs, sha), bb.preprocess, 10**9)
                           for _, sha in todo])
             built = rows(x, [i for i, _ in todo])
             with sessions.begin() as s:
@@ -103,3 +104,11 @@ def _backfill(sessions: sessionmaker[Session], blobs: BlobStore, bb: Backbone, b
             done += len(todo)
             bar.update(len(todo))
     return done
+
+
+def _stored(blobs: BlobStore, digest: str) -> bytes:
+    data = blobs.get(digest)
+    if data is None:
+        raise FileNotFoundError(f"support image {digest} is missing from "
+                                f"{blobs.objects.describe()}")
+    return data

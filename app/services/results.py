@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
     from app.services.uploads import Upload
-    from storage.packs import PackStore
+    from storage.packs import QueryImages
 
 log = logging.getLogger("fsdi")
 T = TypeVar("T")
@@ -124,7 +124,7 @@ class ResultStore:
     packs; `not_kept` counts images the disk refused."""
 
     sessions: sessionmaker[Session]
-    packs: PackStore
+    packs: QueryImages
     keep: bool
     not_kept: Counter
 
@@ -134,10 +134,12 @@ def write_results(store: ResultStore, items: list[PendingResults]) -> list[list[
     not fsynced: a lost one only means its result cannot be promoted), then record each
     result, with where its image lies, and its audit event in one transaction. Returns
     each request's result ids."""
-    for it in items:
-        for u, row in zip(it.uploads, it.rows, strict=True):
-            if "image_ref" not in row:  # a retry alone (GroupCommit) keeps its first append
-                row["image_ref"] = keep_image(store, u.data) if store.keep else None
+    # A retry alone (GroupCommit) keeps its first keep's references.
+    todo = [(u, row) for it in items for u, row in zip(it.uploads, it.rows, strict=True)
+            if "image_ref" not in row]
+    refs = keep_images(store, [u.data for u, _ in todo]) if store.keep else [None] * len(todo)
+    for (_, row), ref in zip(todo, refs, strict=True):
+        row["image_ref"] = ref
     rows = [row for it in items for row in it.rows]
     with store.sessions.begin() as s:
         ids = repo.add_classifications(s, rows, [it.actor for it in items for _ in it.rows])
@@ -148,16 +150,19 @@ def write_results(store: ResultStore, items: list[PendingResults]) -> list[list[
     return out
 
 
-def keep_image(store: ResultStore, data: bytes) -> str | None:
-    """Append a classified image to the packs; None when the disk refuses it. Keeping is
-    best effort: a full disk must not stop classification. The failure is logged once,
-    then the packs pause (storage/packs.py) and each image refused meanwhile is counted."""
+def keep_images(store: ResultStore, images: list[bytes]) -> list[str | None]:
+    """Keep classified images (one pack write, or one object, for all of them); None
+    each when the store refuses. Keeping is best effort: a full disk or an unreachable
+    object store must not stop classification. The failure is logged once, then the
+    packs pause (storage/packs.py) and each image refused meanwhile is counted."""
+    if not images:
+        return []
     try:
-        return store.packs.append(data)
+        return list(store.packs.keep(images))
     except PackUnavailable:
         pass
     except OSError as exc:
         log.warning("query images are not kept for the next %.0f s: %s (%s)",
                     store.packs.retry_s, type(exc).__name__, exc.strerror or exc)
-    store.not_kept.inc()
-    return None
+    store.not_kept.inc(len(images))
+    return [None] * len(images)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import NotReady
@@ -29,9 +30,9 @@ from models.methods import available_methods, create_method
 from models.methods.siamese import Siamese
 from models.zoo import create_backbone
 from storage import repositories as repo
-from storage.blobs import BlobStore
 from storage.migrate import open_migrated
-from storage.packs import PackStore
+from storage.objects import StoreUnavailable
+from storage.stores import open_stores
 
 log = logging.getLogger("fsdi")
 
@@ -85,9 +86,12 @@ class Runtime:
         self.failed: str | None = None
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
-        self.blobs = BlobStore(settings.data_dir / "blobs")
-        self.packs = PackStore(settings.data_dir / "query-images")
+        self.blobs, self.packs = open_stores(settings.blob_url, settings.data_dir,
+                                             settings.s3_endpoint_url)
         self._loaded: Loaded | None = None
+        self._deps_lock = threading.Lock()
+        self._deps_at = -1e9
+        self._deps: dict[str, str] = {}
         self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
                                               thread_name_prefix="fsdi-decode",
                                               initializer=name_this_thread)
@@ -231,19 +235,59 @@ class Runtime:
         with self.sessions() as s:
             self.load_push_targets(s)
             self._seen_versions = repo.group_versions(s)  # before loading: never miss one
-            removed = self.blobs.sweep(lambda ds: repo.referenced_digests(s, ds),
-                                       min_age_s=s_.orphan_grace_s)
-            if removed:
-                log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
+            self.sweep_blobs(s)
             cache.load_all(s)
         return cache
+
+    def dependencies(self, max_age_s: float = 1.0) -> dict[str, str]:
+        """Each dependency's state, "up" or why it is down, asked at most every
+        `max_age_s` (load balancers probe /readyz often); also set as metrics."""
+        now = time.monotonic()
+        with self._deps_lock:
+            if now - self._deps_at < max_age_s:
+                return dict(self._deps)
+            self._deps_at = now
+        deps: dict[str, str] = {}
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            deps["database"] = "up"
+        except Exception as exc:
+            deps["database"] = f"down: {type(exc).__name__}"
+        try:
+            self.blobs.objects.check()
+            deps["blob_store"] = "up"
+        except StoreUnavailable as exc:
+            deps["blob_store"] = f"down: {exc}"
+        for name, state in deps.items():
+            self.metrics.dependency_up.labels(name).set(1 if state == "up" else 0)
+        with self._deps_lock:
+            self._deps = deps
+        return dict(deps)
+
+    def sweep_blobs(self, s: Session) -> int:
+        """Remove blobs no row refers to, older than the grace period (crash orphans).
+        A store that cannot be reached is swept next time: start-up goes on."""
+        try:
+            removed = self.blobs.sweep(lambda ds: repo.referenced_digests(s, ds),
+                                       min_age_s=self.settings.orphan_grace_s)
+        except StoreUnavailable as exc:
+            log.warning("orphaned blobs not swept: %s", exc)
+            return 0
+        if removed:
+            log.warning("swept %d orphaned blob(s) left by an interrupted write", removed)
+        return removed
 
     def prune_query_images(self) -> int:
         """Remove the query-image packs past QUERY_IMAGE_RETENTION_DAYS (0: keep all)."""
         days = self.settings.query_image_retention_days
         if days <= 0:
             return 0
-        removed = self.packs.prune(days * 86_400)
+        try:
+            removed = self.packs.prune(days * 86_400)
+        except StoreUnavailable as exc:
+            log.warning("query-image retention postponed: %s", exc)
+            return 0
         if removed:
             log.info("removed %d query-image pack(s) last written over %g day(s) ago",
                      removed, days)

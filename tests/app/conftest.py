@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, S3_ENDPOINT
 
 
 def make_settings(data_dir: Path, db_url: str, model_cache: Path, **kw: object) -> Settings:
@@ -33,9 +33,10 @@ def serving(app_settings: Settings) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def client(module_db_url: str, model_cache: Path,
+def client(module_db_url: str, module_blob_url: str | None, model_cache: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     with serving(make_settings(tmp_path_factory.mktemp("data"), module_db_url, model_cache,
+                               blob_url=module_blob_url, s3_endpoint_url=S3_ENDPOINT,
                                max_request_bytes=4 * 1024 * 1024,
                                max_file_bytes=2 * 1024 * 1024, max_files_per_request=12,
                                max_image_pixels=4_000_000)) as c:
@@ -43,12 +44,13 @@ def client(module_db_url: str, model_cache: Path,
 
 
 @pytest.fixture(scope="module")
-def quiet_client(module_db_url: str, model_cache: Path,
+def quiet_client(module_db_url: str, module_blob_url: str | None, model_cache: Path,
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A second app on the same database with its replica sync loop off, for tests that
     call `sync_once` (or a cache refresh) themselves: a background sync between two of
     their steps would make them race it."""
     with serving(make_settings(tmp_path_factory.mktemp("quiet"), module_db_url, model_cache,
+                               blob_url=module_blob_url, s3_endpoint_url=S3_ENDPOINT,
                                sync_interval_ms=0)) as c:
         yield c
 
