@@ -23,6 +23,9 @@ cli = typer.Typer(help="FSDI — few-shot defect inspection.", no_args_is_help=T
                   rich_markup_mode="markdown")  # markdown: a paragraph reflows as one
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode="markdown")
 cli.add_typer(keys_cli, name="keys")
+blobs_cli = typer.Typer(help="Image storage: where support and classified images live.",
+                        no_args_is_help=True, rich_markup_mode="markdown")
+cli.add_typer(blobs_cli, name="blobs")
 
 
 @cli.command()
@@ -269,6 +272,53 @@ def reembed(batch: int = 32, prune: bool = typer.Option(
 
     done, left = run(get_settings(), batch=batch, prune=prune)
     typer.echo(f"embedded {done} image(s); {left} still missing")
+
+
+@blobs_cli.command("migrate")
+def blobs_migrate(
+    to: str = typer.Option(..., help="s3://BUCKET/PREFIX (FSDI_S3_ENDPOINT_URL names a "
+                           "non-AWS server) or a local directory"),
+    workers: int = typer.Option(8, min=1, max=64, help="objects copied at once"),
+) -> None:
+    """Copy the configured store's image bytes (FSDI_BLOB_URL, unset: FSDI_DATA_DIR) to
+    another store; then point FSDI_BLOB_URL at it.
+
+    Each object is read back from the target and checked by sha256. Safe while the
+    service runs (the source is only read); resumable: run it again and only what is
+    missing or has grown is copied (README, "Many hosts").
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from storage.objects import StoreUnavailable, open_objects
+    from storage.transfer import copy_store
+
+    s = get_settings()
+    try:
+        src = open_objects(s.blob_url, s.data_dir, s.s3_endpoint_url)
+        dst = open_objects(to, s.data_dir, s.s3_endpoint_url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if src.describe() == dst.describe():
+        raise typer.BadParameter(f"{to} is the store already configured")
+    typer.echo(f"copying image bytes from {src.describe()} to {dst.describe()}")
+    with tqdm(unit="B", unit_scale=True, desc="objects", disable=not sys.stderr.isatty()
+              ) as bar:
+        try:
+            report = copy_store(src, dst, workers, progress=bar.update)
+        except StoreUnavailable as exc:
+            typer.echo(f"stopped: {exc}; run the command again to resume", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"copied {report.copied} object(s) ({report.copied_bytes / 1e6:.1f} MB), "
+               f"{report.already} already there, {report.gone} removed meanwhile")
+    for key in report.corrupt:
+        typer.echo(f"corrupt at the source (its bytes do not match its sha256): {key}",
+                   err=True)
+    for key in report.mismatched:
+        typer.echo(f"read back different from the target: {key}", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -16,8 +17,10 @@ from fastapi.testclient import TestClient
 
 from app.main import housekeeping_loop
 from app.services.keys import KeyCache, Principal, hash_key
+from app.services.runtime import Runtime
 from bench.imagegen import CLASSES, flat, sample
 from storage import repositories as repo
+from storage.packs import PREFIX as PACKS
 from storage.packs import PackStore
 from tests.app.conftest import as_files, make_settings, new_key, serving
 
@@ -442,6 +445,23 @@ def test_scores_report_says_when_nothing_can_be_held_out(client: TestClient) -> 
     assert any(w.startswith("scores: one class") for w in rep["warnings"])
 
 
+def read_pack(rt: Runtime, name: str) -> bytes:
+    """A query-image pack's bytes, on whichever store the app uses."""
+    if isinstance(rt.packs, PackStore):
+        return (rt.packs.root / name).read_bytes()
+    data = rt.packs.objects.get(PACKS + name)  # type: ignore[attr-defined]
+    assert data is not None
+    return bytes(data)
+
+
+def write_pack(rt: Runtime, name: str, data: bytes) -> None:
+    """Replace a pack's bytes (a crash's damage), on whichever store the app uses."""
+    if isinstance(rt.packs, PackStore):
+        (rt.packs.root / name).write_bytes(data)
+    else:
+        rt.packs.objects.put(PACKS + name, data)  # type: ignore[attr-defined]
+
+
 def test_kept_query_images_go_to_packs_and_a_lost_one_is_not_promoted(
         client: TestClient) -> None:
     """A kept image is appended to a pack (no file of its own); promotion reads it back
@@ -464,17 +484,15 @@ def test_kept_query_images_go_to_packs_and_a_lost_one_is_not_promoted(
     fb = [client.post("/api/v1/feedback", json={
         "result_id": r["id"], "correct": False, "class_id": ids["brick-scratch"]}).json()["id"]
         for r in res]
-    pack = rt.packs.root / refs[1].split(":")[0]
-    _, offset, length = refs[1].split(":")
-    with open(pack, "r+b") as fh:  # flip the middle image's bytes: lost in a crash
-        fh.seek(int(offset))
-        flipped = bytes(b ^ 0xFF for b in fh.read(int(length)))
-        fh.seek(int(offset))
-        fh.write(flipped)
+    name, offset, length = refs[1].split(":")
+    start, end = int(offset), int(offset) + int(length)
+    pack = bytearray(read_pack(rt, name))  # flip the middle image's bytes: lost in a crash
+    pack[start:end] = bytes(b ^ 0xFF for b in pack[start:end])
+    write_pack(rt, name, bytes(pack))
     lost = client.post(f"/api/v1/feedback/{fb[1]}/promote")
     assert lost.status_code == 409 and lost.json()["error"]["code"] == "image_not_kept"
-    with open(pack, "r+b") as fh:  # and a torn tail: the last image only half written
-        fh.truncate(int(refs[2].split(":")[1]) + 10)
+    # and a torn tail: the last image only half written
+    write_pack(rt, name, bytes(pack[:int(refs[2].split(":")[1]) + 10]))
     torn = client.post(f"/api/v1/feedback/{fb[2]}/promote")
     assert torn.status_code == 409 and torn.json()["error"]["code"] == "image_not_kept"
     ok = client.post(f"/api/v1/feedback/{fb[0]}/promote")
@@ -549,13 +567,17 @@ def test_query_image_packs_past_retention_are_removed(client: TestClient,
     assert rt.settings.query_image_retention_days == 30
 
     def pack(age_days: float) -> str:
-        other = PackStore(rt.packs.root)  # as another process (or an earlier run) left it
-        ref = other.append(b"old image")
-        other.close()
-        path = rt.packs.root / ref.split(":")[0]
+        """A pack as another process (or an earlier run) left it, last written then."""
         t = time.time() - age_days * 86_400
-        os.utime(path, (t, t))
-        return ref
+        if isinstance(rt.packs, PackStore):
+            other = PackStore(rt.packs.root)
+            ref = other.append(b"old image")
+            other.close()
+            os.utime(rt.packs.root / ref.split(":")[0], (t, t))
+            return ref
+        name = f"{int(t * 1e9):019d}-{secrets.token_hex(6)}.pack"  # its age is in its name
+        write_pack(rt, name, b"old image")
+        return f"{name}:0:9"
 
     old, young = pack(31), pack(29)
     assert rt.prune_query_images() == 1

@@ -14,7 +14,6 @@ from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from storage import repositories as repo
-from tests.conftest import S3_ENDPOINT
 from storage.blobs import BlobStore, blob_key, sha256_hex
 from storage.db import make_engine, make_sessionmaker
 from storage.migrate import upgrade
@@ -28,6 +27,7 @@ from storage.tables import (
     Embedding,
     SupportImage,
 )
+from tests.conftest import S3_ENDPOINT
 
 
 def test_blob_store_dedups_and_sweeps(tmp_path: Path, blob_url: str | None) -> None:
