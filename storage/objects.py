@@ -188,7 +188,7 @@ class S3Objects(ObjectStore):
     the caller decides (503, or carry on without the bytes)."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 connect_timeout_s: float = 2.0, read_timeout_s: float = 10.0,
+                 connect_timeout_s: float = 2.0, read_timeout_s: float = 5.0,
                  max_attempts: int = 2, pool: int = 32) -> None:
         import boto3
         from botocore.config import Config

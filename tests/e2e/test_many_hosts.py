@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bench.imagegen import sample
-from bench.seaweed import credentials_env
+from bench.seaweed import SECRET_KEY, Seaweed, credentials_env
 from bench.server import Server
 from tests.conftest import S3_ENDPOINT, fresh_pg_database, s3_prefix_url
 
@@ -160,3 +161,70 @@ def test_a_plant_moves_from_one_host_to_many_without_re_enrolling(
     finally:
         for h in hosts:
             h.stop()
+
+
+def metric_value(url: str, line_start: str) -> float:
+    """The first sample whose line starts with `line_start`; 0 when there is none yet."""
+    text = httpx.get(url + "/metrics").text
+    return next((float(x.split()[-1]) for x in text.splitlines() if x.startswith(line_start)),
+                0.0)
+
+
+def test_an_object_store_outage_stops_enrolment_cleanly_not_classification(
+        tmp_path: Path, model_cache: Path, pg_url: str) -> None:
+    """Store down (killed) or hung (paused): enrolment answers 503 and stores nothing,
+    classification goes on with its images counted as not kept, /readyz and a metric name
+    the store; when it is back everything resumes without a restart. No secret is logged."""
+    s3_prefix_url()
+    store = Seaweed(tmp_path / "seaweed").start()
+    env = {**host_env(pg_url, model_cache, "s3://fsdi/line"),
+           "FSDI_S3_ENDPOINT_URL": store.endpoint}
+    srv = Server(tmp_path / "host" / "data", env).start()
+    try:
+        ids = enrol_line(srv.url, "line")
+        cid = ids["scratch-class"][0]
+
+        def enrol(seed: int) -> httpx.Response:
+            return httpx.post(f"{srv.url}/api/v1/classes/{cid}/images", headers=H, timeout=60,
+                              files=[("files", (f"{seed}.png", sample("brick", "scratch", seed),
+                                                "image/png"))])
+
+        def classify(seed: int) -> httpx.Response:
+            return httpx.post(srv.url + "/api/v1/classify", params={"group": "line"},
+                              headers=H, timeout=60, files=[
+                                  ("files", ("q.png", sample("brick", None, seed), "image/png"))])
+
+        count = len(httpx.get(f"{srv.url}/api/v1/classes/{cid}/images", headers=H).json())
+        for outage, (down, up) in {"killed": (store.kill, store.start),
+                                   "hung": (store.pause, store.resume)}.items():
+            down()
+            not_kept = metric_value(srv.url, "fsdi_query_images_not_kept_total")
+            t0 = time.monotonic()
+            r = enrol(100 + len(outage))
+            assert r.status_code == 503, (outage, r.text)
+            assert r.json()["error"]["code"] == "blob_store_unavailable"
+            assert time.monotonic() - t0 < 30, outage
+            c = classify(200 + len(outage))
+            assert c.status_code == 200, (outage, c.text)
+            assert metric_value(srv.url, "fsdi_query_images_not_kept_total") == not_kept + 1
+            time.sleep(1.1)  # past /readyz's one-second memory
+            ready = httpx.get(srv.url + "/readyz", timeout=30)
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+            assert ready.json()["dependencies"]["blob_store"].startswith("down")
+            assert metric_value(srv.url, 'fsdi_dependency_up{dependency="blob_store"}') == 0
+            listed = httpx.get(f"{srv.url}/api/v1/classes/{cid}/images", headers=H).json()
+            assert len(listed) == count, "a refused enrolment left a row"
+            up()
+            deadline = time.monotonic() + 30
+            while (r := enrol(300 + len(outage))).status_code != 201:  # no restart
+                assert time.monotonic() < deadline, r.text
+                time.sleep(0.5)
+            count += 1
+            assert httpx.get(f"{srv.url}/api/v1/images/{r.json()['images'][0]['id']}",
+                             headers=H).status_code == 200
+            time.sleep(1.1)
+            assert httpx.get(srv.url + "/readyz").json()["status"] == "ready"
+        assert SECRET_KEY not in srv.log.read_text()
+    finally:
+        srv.stop()
+        store.stop()
