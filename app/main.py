@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,21 +29,38 @@ from app.errors import install_handlers
 from app.middleware import BodyLimit, InFlightLimit, KeyGate, RequestMetrics, SecurityHeaders
 from app.services.runtime import Runtime
 from app.settings import Settings, get_settings
+from storage.notify import ChangeListener
 
 STATIC = Path(__file__).parent / "static"
 
 
 async def sync_loop(runtime: Runtime) -> None:
-    """Keep this replica's prototype cache coherent with the others' writes."""
+    """Keep this replica's prototype cache, keys and push targets coherent with the other
+    replicas' writes: at once when PostgreSQL notifies a change (storage/notify.py), and
+    every FSDI_SYNC_INTERVAL_MS in any case (SQLite, or notifications lost)."""
     interval = runtime.settings.sync_interval_ms / 1000
     if interval <= 0:
         return
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await asyncio.to_thread(runtime.sync_once)
-        except Exception:  # a database hiccup must not end the loop
-            logging.getLogger("fsdi").exception("replica sync failed; retrying")
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    listener = None
+    if (runtime.settings.sync_notify
+            and runtime.settings.resolved_database_url.startswith("postgresql")):
+        listener = ChangeListener(runtime.settings.resolved_database_url,
+                                  lambda: loop.call_soon_threadsafe(wake.set))
+        listener.start()
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)
+            wake.clear()
+            try:
+                await asyncio.to_thread(runtime.sync_once)
+            except Exception:  # a database hiccup must not end the loop
+                logging.getLogger("fsdi").exception("replica sync failed; retrying")
+    finally:
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
 
 
 async def housekeeping_loop(runtime: Runtime, interval_s: float = 3600.0) -> None:

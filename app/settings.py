@@ -114,6 +114,9 @@ class Settings(BaseSettings):
 
     # Replicas sharing one database poll for each other's changes this often (0: off).
     sync_interval_ms: int = Field(default=500, ge=0)
+    # On PostgreSQL, also hear each change at once (LISTEN/NOTIFY). Off: the poll alone,
+    # e.g. behind a pooler in transaction mode (PgBouncer), where LISTEN does not work.
+    sync_notify: bool = True
     # A stored key, once verified, is trusted from memory for at most this long (0: every
     # request asks the database). A revocation on this replica ends it at once; one made
     # elsewhere (another replica, a direct database change) within sync_interval_ms (within

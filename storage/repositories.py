@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import ColumnElement, Table, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
+from storage.notify import notify_change
 from storage.tables import (
     ApiKey,
     AuditEvent,
@@ -323,6 +324,7 @@ def bump_group(s: Session, group: str) -> None:
         ins = sqlite_insert(GroupVersion).values(group_name=group, version=1)  # type: ignore[assignment]
     s.execute(ins.on_conflict_do_update(index_elements=["group_name"],
                                         set_={"version": GroupVersion.version + 1}))
+    notify_change(s)
 
 
 def group_versions(s: Session) -> dict[str, int]:
@@ -363,6 +365,7 @@ def count_active_admins(s: Session) -> int:
 def revoke_key(s: Session, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+        notify_change(s)
 
 
 # ---- results, feedback, audit ------------------------------------------------------------

@@ -9,6 +9,7 @@ from app.services.egress import EgressRefused, vet
 from app.services.keys import Principal
 from app.services.runtime import Runtime
 from storage import repositories as repo
+from storage.notify import notify_change
 from storage.tables import PushTarget
 
 
@@ -33,6 +34,7 @@ def configure(rt: Runtime, group: str, body: PushConfig, who: Principal) -> Push
         t.webhook_url, t.webhook_secret, t.mqtt_topic = (body.webhook_url, body.secret,
                                                          body.mqtt_topic)
         s.add(t)
+        notify_change(s)
         repo.audit(s, who.actor, "push.set", f"group={group} webhook={body.webhook_url} "
                    f"mqtt={body.mqtt_topic}")
         s.flush()
@@ -56,6 +58,7 @@ def remove(rt: Runtime, group: str, who: Principal) -> None:
         if t is None:
             raise NotFound(f"group {group!r} has no push target")
         s.delete(t)
+        notify_change(s)
         repo.audit(s, who.actor, "push.delete", f"group={group}")
     with rt.sessions() as s:
         rt.load_push_targets(s)

@@ -228,3 +228,22 @@ def test_an_object_store_outage_stops_enrolment_cleanly_not_classification(
     finally:
         srv.stop()
         store.stop()
+
+
+def test_a_change_reaches_the_other_replica_by_notification_not_only_by_poll(
+        tmp_path: Path, model_cache: Path, pg_url: str) -> None:
+    """With the poll a minute apart, replica B still holds A's new class within seconds:
+    PostgreSQL told it (LISTEN/NOTIFY). The lag itself is measured by bench/coherence.py."""
+    env = {**host_env(pg_url, model_cache, None), "FSDI_SYNC_INTERVAL_MS": "60000"}
+    a = Server(tmp_path / "a" / "data", env).start()
+    b = Server(tmp_path / "b" / "data", env).start()
+    try:
+        before = metric_value(b.url, "fsdi_classes_cached ")
+        enrol_line(a.url, "line")
+        deadline = time.monotonic() + 10
+        while metric_value(b.url, "fsdi_classes_cached ") < before + 3:
+            assert time.monotonic() < deadline, "replica B never heard of A's classes"
+            time.sleep(0.05)
+    finally:
+        a.stop()
+        b.stop()
