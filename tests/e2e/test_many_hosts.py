@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -195,8 +195,9 @@ def test_an_object_store_outage_stops_enrolment_cleanly_not_classification(
                                   ("files", ("q.png", sample("brick", None, seed), "image/png"))])
 
         count = len(httpx.get(f"{srv.url}/api/v1/classes/{cid}/images", headers=H).json())
-        for outage, (down, up) in {"killed": (store.kill, store.start),
-                                   "hung": (store.pause, store.resume)}.items():
+        outages: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
+            "killed": (store.kill, store.start), "hung": (store.pause, store.resume)}
+        for outage, (down, up) in outages.items():
             down()
             not_kept = metric_value(srv.url, "fsdi_query_images_not_kept_total")
             t0 = time.monotonic()
