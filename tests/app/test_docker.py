@@ -36,18 +36,29 @@ def test_dockerfile_runs_fsdi_serve_as_non_root_with_readiness_check() -> None:
         assert (DOCKER.parent / copied).exists(), copied
 
 
-def test_compose_passes_only_real_settings() -> None:
+def test_compose_runs_replicas_as_on_separate_hosts_behind_the_balancer() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     fields = {f"FSDI_{name.upper()}" for name in Settings.model_fields}
     services = compose["services"]
-    replicas = [s for n, s in services.items() if n.startswith("fsdi")]
+    replicas = {n: s for n, s in services.items() if n.startswith("fsdi")}
     assert len(replicas) >= 2
-    for svc in replicas:
+    volumes = set()
+    for svc in replicas.values():
         env = svc["environment"]
-        assert set(env) <= fields, set(env) - fields
+        assert set(env) - {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= fields, \
+            set(env) - fields
         assert env["FSDI_DATABASE_URL"].startswith("postgresql+psycopg://")
-        assert any(v.endswith(":/data") for v in svc["volumes"])
-    assert re.search(r":\d+", services["db"]["image"]), "pin the PostgreSQL image"
+        assert env["FSDI_BLOB_URL"].startswith("s3://")
+        assert env["FSDI_S3_ENDPOINT_URL"] == "http://s3:8333"
+        (volume,) = [v for v in svc["volumes"] if v.endswith(":/data")]
+        volumes.add(volume)
+    assert len(volumes) == len(replicas), "each replica has a data directory of its own"
+    lb = services["lb"]
+    assert {f"{n}:8000" for n in replicas} == {
+        v for k, v in lb["environment"].items() if k.startswith("FSDI_REPLICA_")}
+    assert any(v.startswith("./haproxy.cfg:") for v in lb["volumes"])
+    for name in ("db", "s3", "lb"):
+        assert re.search(r":\d+(\.\d+)*(-\w+)?$", services[name]["image"]), f"pin {name}"
 
 
 def test_admin_key_has_no_default_and_blank_means_unset() -> None:
