@@ -130,3 +130,37 @@ def test_a_dead_or_hung_store_fails_fast_names_no_secret_and_recovers(
     assert isinstance(packs, QueryImages)
     packs.retry_s = 0  # past the pause
     assert packs.read(packs.keep([b"q4"])[0]) == b"q4"
+
+
+@pytest.mark.s3
+def test_copy_store_both_ways_resumes_and_refuses_corrupt_bytes(tmp_path: Path) -> None:
+    """Disk -> S3 -> another disk: every owned object arrives checked; a rerun copies only
+    what grew; a blob whose bytes no longer match its name is reported, not copied; the
+    database and the ONNX cache stay where they are."""
+    from storage.transfer import copy_store
+
+    blobs, packs = open_stores(None, tmp_path / "one", S3_ENDPOINT)
+    digests = [blobs.put(bytes([i]) * 100)[0] for i in range(5)]
+    refs = packs.keep([b"query-1", b"query-2"])
+    (tmp_path / "one" / "fsdi.db").write_bytes(b"not an image")
+    (tmp_path / "one" / "onnx").mkdir()
+    (tmp_path / "one" / "onnx" / "net.onnx").write_bytes(b"a cache")
+    s3 = open_objects(s3_prefix_url(), tmp_path, S3_ENDPOINT)
+    first = copy_store(blobs.objects, s3)
+    assert (first.copied, first.already, first.ok) == (6, 0, True)
+    refs += packs.keep([b"query-3"])  # the running process's pack grows meanwhile
+    rotten = tmp_path / "one" / "blobs" / digests[0][:2] / digests[0][2:4] / digests[0]
+    again = copy_store(blobs.objects, s3)
+    assert (again.copied, again.already) == (1, 5)  # only the grown pack
+    back = open_objects(str(tmp_path / "two"), tmp_path)
+    rotten.write_bytes(b"bit rot")
+    reverse = copy_store(s3, back)
+    assert reverse.ok and reverse.copied == 6
+    two_blobs, two_packs = open_stores(None, tmp_path / "two")
+    assert [two_blobs.get(d) for d in digests] == [bytes([i]) * 100 for i in range(5)]
+    assert [two_packs.read(r) for r in refs] == [b"query-1", b"query-2", b"query-3"]
+    assert not (tmp_path / "two" / "fsdi.db").exists()
+    assert not (tmp_path / "two" / "onnx").exists()
+    rotten_copy = copy_store(blobs.objects, open_objects(str(tmp_path / "three"), tmp_path))
+    assert rotten_copy.corrupt == [f"blobs/{digests[0][:2]}/{digests[0][2:4]}/{digests[0]}"]
+    assert not rotten_copy.ok
