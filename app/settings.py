@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.calibration import CalibrationConfig
+from models.patchcore.torch_model import MEMORY_PATCHES
 
 
 class Settings(BaseSettings):
@@ -64,6 +65,10 @@ class Settings(BaseSettings):
     # threshold sits midway between its good and defect images' scores (where it has
     # defect images); "false_alarm_rate": always from the good images alone.
     anomaly_threshold_rule: Literal["auto", "false_alarm_rate"] = "auto"
+    # The good-parts patch memory holds at most this many patches (0: every patch): past
+    # it a group's cost per image stops growing with its good images (README, "Good
+    # parts"; default chosen in bench/README.md).
+    anomaly_memory_patches: int = Field(default=MEMORY_PATCHES, ge=0)
 
     # Limits: checked before work, every one a 4xx.
     max_request_bytes: int = 64 * 1024 * 1024

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,9 +28,12 @@ from models.patchcore.torch_model import (
     PatchMemory,
     balanced_threshold,
     calibrate_threshold,
+    held_out,
 )
 
 EVIDENCE_PER_CLASS = 3
+# positions (k,) in a group's good-image sequence -> their patch features (k, h, w, C)
+PatchSource = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -304,19 +307,40 @@ class GoodParts:
         return float(0.5 * (1.0 + np.tanh(0.5 * z)))
 
     @classmethod
-    def build(cls, patches: np.ndarray, image_ids: Sequence[int], false_alarm_rate: float,
-              defect_patches: np.ndarray | None = None, rule: str = "auto",
-              previous: GoodParts | None = None) -> GoodParts:
-        """(n, h, w, C) unit patch features of the group's good images; `defect_patches`
-        (m, h, w, C) of up to MAX_HELD_OUT of its defect images, if any. `previous`: the
-        group's last build; when it holds the same good images, its memory and
-        leave-one-out scores are reused (a defect or rate change costs no rebuild)."""
+    def build(cls, patches: np.ndarray | PatchSource, image_ids: Sequence[int],
+              false_alarm_rate: float, defect_patches: np.ndarray | None = None,
+              rule: str = "auto", previous: GoodParts | None = None,
+              memory_patches: int | None = None) -> GoodParts:
+        """`patches`: (n, h, w, C) unit patch features of the group's good images, in the
+        order of `image_ids`, or a function giving those at given positions (so that only
+        the images needed are read); `defect_patches` (m, h, w, C) of up to MAX_HELD_OUT
+        of its defect images, if any. `memory_patches`: the patch memory's cap
+        (models.patchcore.PatchMemory; None: every patch). `previous`: the group's last
+        build; when it holds the same good images, its memory and leave-one-out scores are
+        reused (a defect or rate change costs no rebuild); when the good images only
+        grew, its memory is extended with the new ones alone."""
         if rule not in THRESHOLD_RULES:
             raise ValueError(f"unknown threshold rule {rule!r}; one of {THRESHOLD_RULES}")
-        reuse = previous if previous is not None and \
-            previous.image_ids == tuple(image_ids) else None
-        memory = reuse.memory if reuse else PatchMemory(patches)
-        loo = reuse.loo if reuse else memory.leave_one_out(patches)
+        source: PatchSource = (patches if callable(patches)
+                               else lambda positions: patches[positions])
+        ids = tuple(image_ids)
+        reuse = previous if previous is not None and previous.image_ids == ids else None
+        grown = (previous is not None and reuse is None and memory_patches is not None
+                 and previous.memory.cap == memory_patches
+                 and ids[:len(previous.image_ids)] == previous.image_ids)
+        if reuse:
+            memory = reuse.memory
+        elif grown:
+            assert previous is not None
+            memory = previous.memory.extend(source(np.arange(len(previous.image_ids),
+                                                             len(ids))))
+        else:
+            memory = PatchMemory(source(np.arange(len(ids))), cap=memory_patches)
+        if reuse:
+            loo = reuse.loo
+        else:
+            held = held_out(len(ids))
+            loo = memory.scores_without(source(held), held)
         own_region = reuse.own_region if reuse else None
         own_parts = reuse.own_parts if reuse else None
         thr, warning = calibrate_threshold(loo, false_alarm_rate)
@@ -328,7 +352,7 @@ class GoodParts:
             # One good image has no leave-one-out score: its regions left out in turn
             # stand in for it (optimistic, so only as the good side of the balance).
             if not len(loo) and own_region is None:
-                own_region, own_parts = memory.own_scores(patches[0])
+                own_region, own_parts = memory.own_scores(source(np.arange(1))[0])
             if not len(loo):
                 good_side = np.asarray([own_region], np.float32)
             mid = balanced_threshold(good_side, bad)

@@ -79,6 +79,20 @@ def patches_for(s: Session, patch_version: str, class_ids: Sequence[int],
     return _stored(s, q.order_by(SupportImage.id.desc()).limit(latest))[::-1]
 
 
+def patch_image_ids(s: Session, patch_version: str, class_ids: Sequence[int]
+                    ) -> list[tuple[int, int]]:
+    """(image id, class id) of these classes' images that have patch features under one
+    patch version, in enrolment order, without reading the features."""
+    if not class_ids:
+        return []
+    q = (select(SupportImage.id, SupportImage.class_id)
+         .join(PatchFeatures, PatchFeatures.image_id == SupportImage.id)
+         .where(PatchFeatures.model_version == patch_version,
+                SupportImage.class_id.in_(list(class_ids)))
+         .order_by(SupportImage.id))
+    return [(int(i), int(c)) for i, c in s.execute(q)]
+
+
 def patches_for_images(s: Session, patch_version: str, image_ids: Sequence[int]
                        ) -> list[StoredPatches]:
     """The stored patch features of these images under one patch version (those that

@@ -93,11 +93,15 @@ class MicroBatcher:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
-        """`first` plus whatever arrives within max_wait, up to max_batch images.
-        Returns the jobs and whether a stop sentinel was met."""
+        """`first` plus whatever arrives within max_wait, up to max_batch images; no wait
+        at all while no other image is queued or in a forward pass (one camera alone
+        never waits for company that is not coming). Returns the jobs and whether a stop
+        sentinel was met."""
         jobs = [first]
         size = first.batch.shape[0]
-        deadline = time.monotonic() + self.max_wait
+        with self._lock:
+            alone = self.queued_images <= size
+        deadline = time.monotonic() + (0.0 if alone else self.max_wait)
         while size < self.max_batch:
             remaining = deadline - time.monotonic()
             try:

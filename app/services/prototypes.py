@@ -9,6 +9,7 @@ module only reads rows, swaps and locks: every decision is models.inference's.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -37,7 +38,7 @@ class PrototypeCache:
     def __init__(self, model_version: str, layout: EmbeddingLayout, temperature: float = 0.05,
                  runtime: str = "onnxruntime", patch_version: str | None = None,
                  false_alarm_rate: float = 0.02, calibrate_scores: bool = True,
-                 threshold_rule: str = "auto") -> None:
+                 threshold_rule: str = "auto", memory_patches: int | None = None) -> None:
         self.model_version = model_version
         self.layout = layout
         self.temperature = temperature  # the fallback where a group cannot fit its own
@@ -47,6 +48,7 @@ class PrototypeCache:
         self.patch_version = patch_version
         self.false_alarm_rate = false_alarm_rate
         self.threshold_rule = threshold_rule  # models.inference.THRESHOLD_RULES
+        self.memory_patches = memory_patches  # the patch memory's cap (None: every patch)
         self._groups: dict[str, ServedGroup] = {}
         self._entries: dict[str, dict[int, ClassEntry]] = {}
         self._good: dict[str, GoodParts] = {}
@@ -95,9 +97,9 @@ class PrototypeCache:
         goods = [c.id for c in classes.values() if c.kind == "good"]
         if self.patch_version is None or not goods:
             return {}, {}
-        rows: dict[str, list[repo.StoredPatches]] = {}
-        for p in repo.patches_for(s, self.patch_version, goods):
-            rows.setdefault(classes[p.class_id].group_name, []).append(p)
+        rows: dict[str, list[int]] = {}
+        for image_id, class_id in repo.patch_image_ids(s, self.patch_version, goods):
+            rows.setdefault(classes[class_id].group_name, []).append(image_id)
         own = repo.anomaly_overrides(s, group)
         defects_of: dict[str, list[int]] = {}
         for c in classes.values():
@@ -105,16 +107,17 @@ class PrototypeCache:
                 defects_of.setdefault(c.group_name, []).append(c.id)
         built: dict[str, GoodParts] = {}
         fused: dict[str, list[ClassEntry]] = {}
-        for g, ps in rows.items():
+        for g, good_list in rows.items():
             defects = defects_of.get(g, [])
             latest = repo.patches_for(s, self.patch_version, defects, latest=MAX_HELD_OUT)
-            good_ids = tuple(p.image_id for p in ps)
+            good_ids = tuple(good_list)
             o = own.get(g, repo.AnomalyOverrides())
             gp = built[g] = GoodParts.build(
-                np.stack([p.patches for p in ps]), good_ids,
+                self._patch_source(s, good_ids), good_ids,
                 o.false_alarm_rate or self.false_alarm_rate,
                 np.stack([p.patches for p in latest]) if latest else None,
-                o.threshold_rule or self.threshold_rule, self._good.get(g))
+                o.threshold_rule or self.threshold_rule, self._good.get(g),
+                self.memory_patches)
             vectors = {i: v for cid in defects for i, v in zip(*by_class.get(cid, ([], [])),
                                                                 strict=True)}
             regions = self._regions_of(s, g, gp, good_ids, list(vectors))
@@ -122,6 +125,22 @@ class PrototypeCache:
             if fused_g is not None:
                 fused[g] = fused_g
         return built, fused
+
+    def _patch_source(self, s: Session, image_ids: tuple[int, ...]
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+        """Positions in `image_ids` -> those images' patch features, read when asked (a
+        memory that only grows reads its new images and its held-out sample, never the
+        whole group), each image at most once per build."""
+        read: dict[int, np.ndarray] = {}
+
+        def get(positions: np.ndarray) -> np.ndarray:
+            wanted = [image_ids[int(i)] for i in positions]
+            todo = [i for i in wanted if i not in read]
+            for p in repo.patches_for_images(s, self.patch_version or "", todo):
+                read[p.image_id] = p.patches
+            return np.stack([read[i] for i in wanted])
+
+        return get
 
     def _regions_of(self, s: Session, group: str, gp: GoodParts, good_ids: tuple[int, ...],
                     image_ids: list[int]) -> dict[int, np.ndarray]:

@@ -231,7 +231,8 @@ class Runtime:
                                s_.runtime,
                                backbone.patch_version if backbone.patch_layers else None,
                                s_.anomaly_false_alarm_rate,
-                               s_.score_calibration == "group", s_.anomaly_threshold_rule)
+                               s_.score_calibration == "group", s_.anomaly_threshold_rule,
+                               s_.anomaly_memory_patches or None)
         with self.sessions() as s:
             self.load_push_targets(s)
             self._seen_versions = repo.group_versions(s)  # before loading: never miss one

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from models.calibration import CalibrationConfig
 from models.patchcore.anomaly_map import heatmap_png
-from models.patchcore.torch_model import calibrate_threshold
+from models.patchcore.torch_model import MEMORY_PATCHES, calibrate_threshold
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -99,10 +99,12 @@ MAX_FALSE_ALARMS = 0.05  # the false-alarm rate of the "flagged at" column
 
 
 def served_detector(f: Features, false_alarm_rate: float = 0.02,
-                    with_defects: bool = False) -> Detector:
+                    with_defects: bool = False,
+                    memory_patches: int | None = MEMORY_PATCHES) -> Detector:
     """What the service answers: a group with one good class holding the good images (and,
     `with_defects`, a defect class holding the episode's defect images, which can place
-    the threshold: models.inference.GoodParts), asked about each query."""
+    the threshold: models.inference.GoodParts), asked about each query; its patch memory
+    capped at `memory_patches` as served (None: every patch)."""
     from models.inference import EmbeddingLayout, GoodParts, GroupIndex, ServedGroup, make_entry
 
     layout = EmbeddingLayout(f.metric_dim, CalibrationConfig())
@@ -116,8 +118,8 @@ def served_detector(f: Features, false_alarm_rate: float = 0.02,
             entries.append(make_entry(2, "defect", "eval", [int(i) for i in defects],
                                       f.embeddings[defects], layout))
         index = GroupIndex.build("eval", entries, f.metric_dim)
-        served = ServedGroup.build(index, GoodParts.build(f.patches[good], ids,
-                                                          false_alarm_rate, bad))
+        served = ServedGroup.build(index, GoodParts.build(
+            f.patches[good], ids, false_alarm_rate, bad, memory_patches=memory_patches))
         got = served.inspect(f.embeddings[query], f.patches[query], top_k=1)
         anomalies = [i.anomaly for i in got if i.anomaly is not None]
         maps = None

@@ -30,3 +30,44 @@ class KCenterGreedy:
             d = sq + sq[picked[j]] - 2.0 * bank @ bank[picked[j]]
             np.minimum(nearest, d, out=nearest)
         return picked
+
+
+def greedy_net(points: np.ndarray, radius: float, order: np.ndarray | None = None,
+               block: int = 256) -> np.ndarray:
+    """(M, C) unit vectors -> indices of a `radius`-net taken greedily in `order` (default:
+    all, in index order): a point is kept unless a kept point before it lies within
+    cosine distance `radius`. Deterministic; every point ends within `radius` of a kept
+    one. A block of points is settled among itself, then its kept points cover every
+    later point in one matrix product."""
+    idx = np.arange(len(points)) if order is None else np.asarray(order)
+    if len(idx) == 0:
+        return idx.astype(np.int64)
+    cand = np.ascontiguousarray(points[idx])
+    covered = np.zeros(len(idx), dtype=bool)
+    kept: list[int] = []
+    limit = 1.0 - radius
+    for start in range(0, len(idx), block):
+        end = min(start + block, len(idx))
+        inner = cand[start:end] @ cand[start:end].T >= limit  # (b, b)
+        mine = []
+        for j in range(end - start):
+            if covered[start + j]:
+                continue
+            mine.append(j)
+            covered[start:end] |= inner[j]
+        kept.extend(start + j for j in mine)
+        if end < len(idx) and mine:
+            later = cand[start:end][mine] @ cand[end:].T >= limit  # (k, rest)
+            covered[end:] |= later.any(axis=0)
+    return idx[np.asarray(kept, dtype=np.int64)]
+
+
+def nearest_other(points: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """(M, C) unit vectors -> (M,) each one's cosine distance to its nearest other point."""
+    out = np.empty(len(points), np.float32)
+    for start in range(0, len(points), chunk):
+        sims = points[start:start + chunk] @ points.T
+        rows = np.arange(sims.shape[0])
+        sims[rows, start + rows] = -np.inf
+        out[start:start + chunk] = 1.0 - sims.max(axis=1)
+    return np.clip(out, 0.0, 2.0)

@@ -9,11 +9,12 @@ distance to the nearest good patch) -> image scores (N,) = the mean of the map's
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 
-from models.patchcore.sampler import KCenterGreedy
+from models.patchcore.sampler import KCenterGreedy, greedy_net, nearest_other
 
 TOP_FRACTION = 0.01
 # The largest cosine distance between unit vectors: a threshold here flags nothing.
@@ -36,28 +37,136 @@ SELF_RADIUS = 1
 REGION_PARTS = 2
 
 
+# The bank holds at most this many patches by default (FSDI_ANOMALY_MEMORY_PATCHES): about
+# 83 good images' worth at 14 x 14, so smaller groups keep every patch (exact), and a
+# group of thousands costs what one of ~83 does (why this value: bench/README.md).
+MEMORY_PATCHES = 16_384
+# When a capped bank overflows, it is thinned to between these shares of its cap: room for
+# the next images' new patches without thinning again at once, and most of the cap used.
+THIN_TO = (0.6, 0.8)
+
+
 class PatchMemory:
+    """The good images' patches, searched for each query patch's nearest neighbour.
+
+    With `cap` None, or while the good images' patches fit under it, the bank is every
+    patch (exact). Past it the bank is a cover of every patch seen (the streaming form of
+    PatchCore's k-center coreset: Charikar et al., STOC 1997): a new patch joins only if
+    it is farther than `radius` from every bank patch, and when the bank overflows,
+    `radius` grows and the bank is thinned to a `radius`-net of itself, kept in order.
+    Every patch seen stays within about 2 x `radius` of a bank patch, so a query's
+    distance is at most that far above the exact one. Images are taken strictly in order,
+    one at a time, so the bank depends only on the sequence of good images, not on how
+    it arrived: `extend` after `PatchMemory(a)` gives what `PatchMemory(a + b)` gives,
+    and replicas that saw the same enrolments in different batches agree.
+
+    The projection (`PROJECTION_DIMS`) is fitted on the images that fit under the cap
+    (all of them while it is not reached) and then kept.
+    """
+
     def __init__(self, good: np.ndarray, sampler: KCenterGreedy | None = None,
                  top_fraction: float = TOP_FRACTION, chunk: int = 256,
-                 dims: int | None = PROJECTION_DIMS) -> None:
+                 dims: int | None = PROJECTION_DIMS, cap: int | None = None) -> None:
         n, h, w, c = good.shape
-        flat = np.ascontiguousarray(good, dtype=np.float32).reshape(n * h * w, c)
-        owner = np.repeat(np.arange(n), h * w)
+        self.grid = (h, w)
+        self.top_fraction = top_fraction
+        self.chunk = chunk
+        self.dims = dims
+        self.cap = cap
+        self.radius = 0.0  # 0: the bank holds every patch seen (exact)
+        per = h * w
+        first = n if cap is None or n * per <= cap else max(1, cap // per)
+        flat = np.ascontiguousarray(good, dtype=np.float32).reshape(n * per, c)
+        head = flat[:first * per]
         # (C, k) onto the good patches' top-k right singular vectors (uncentred: cosine
         # geometry is kept), or None to search the full features.
         self.projection: np.ndarray | None = None
         if dims is not None and dims < c:
-            _, vecs = np.linalg.eigh(flat.T @ flat)  # ascending eigenvalues
+            _, vecs = np.linalg.eigh(head.T @ head)  # ascending eigenvalues
             self.projection = np.ascontiguousarray(vecs[:, ::-1][:, :dims], np.float32)
-            flat = flat @ self.projection
-        keep = sampler.select(flat) if sampler is not None else np.arange(len(flat))
-        self.bank = np.ascontiguousarray(flat[keep])  # (M, C or k)
+        projected = self._project(head)
+        keep = sampler.select(projected) if sampler is not None else np.arange(len(head))
+        self.bank = np.ascontiguousarray(projected[keep])  # (M, C or k)
+        self.owner = np.repeat(np.arange(first), per)[keep]  # (M,) each patch's image
+        # The bank's full features while it is exact and still fitting its projection, so
+        # that an extension that stays under the cap refits it exactly as a fresh build.
+        self._full: np.ndarray | None = head if sampler is None and cap is not None else None
+        self.n_good = first
         self.bank.setflags(write=False)
-        self.owner = owner[keep]  # (M,) which good image each bank patch came from
-        self.n_good = n
-        self.grid = (h, w)
-        self.top_fraction = top_fraction
-        self.chunk = chunk
+        if first < n:
+            self._admit(flat[first * per:].reshape(n - first, per, c))
+
+    def _project(self, flat: np.ndarray) -> np.ndarray:
+        return flat if self.projection is None else flat @ self.projection
+
+    def extend(self, more: np.ndarray) -> PatchMemory:
+        """A new memory with the good images `more` (n, h, w, C) after this one's: what a
+        fresh build of all of them gives, at the cost of the new images alone (while the
+        bank is exact and under its cap, the cost of refitting its projection)."""
+        n, h, w, c = more.shape
+        if (h, w) != self.grid:
+            raise ValueError(f"patch grid {(h, w)} is not the memory's {self.grid}")
+        per = h * w
+        if self._full is not None:  # exact so far: exactly a fresh build
+            old = self._full.reshape(self.n_good, h, w, c)
+            return PatchMemory(np.concatenate([old, np.asarray(more, np.float32)]),
+                               top_fraction=self.top_fraction, chunk=self.chunk,
+                               dims=self.dims, cap=self.cap)
+        if self.cap is None:
+            raise ValueError("only a memory with a cap can be extended")
+        new = copy.copy(self)
+        new._admit(np.ascontiguousarray(more, np.float32).reshape(n, per, c))
+        return new
+
+    def _admit(self, images: np.ndarray) -> None:
+        """Take (n, h*w, C) images in order: each patch farther than `radius` from every
+        bank patch (and from those of its image admitted before it) joins; an overflow
+        thins the bank."""
+        assert self.cap is not None
+        self._full = None
+        bank, owner = self.bank, self.owner
+        for img in images:
+            q = self._project(img)
+            if self.radius == 0.0 and len(bank) + len(q) <= self.cap:
+                take = np.arange(len(q))
+            else:
+                near = np.max(q @ bank.T, axis=1) if len(bank) else np.full(len(q), -1.0)
+                take = greedy_net(q, self.radius, order=np.flatnonzero(
+                    1.0 - near > self.radius))
+            bank = np.concatenate([bank, q[take]])
+            owner = np.concatenate([owner, np.full(len(take), self.n_good)])
+            self.n_good += 1
+            if len(bank) > self.cap:
+                bank, owner = self._thin(bank, owner)
+        self.bank = np.ascontiguousarray(bank, np.float32)
+        self.bank.setflags(write=False)
+        self.owner = owner
+
+    def _thin(self, bank: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest radius found (by bisection, never below the current one) whose
+        `radius`-net of the bank, in order, holds at most THIN_TO[1] of the cap, stopping
+        once it holds at least THIN_TO[0]; the bank becomes that net."""
+        assert self.cap is not None
+        low, high = (int(f * self.cap) for f in THIN_TO)
+        lo = self.radius  # a net at `lo` keeps too many
+        if lo == 0.0:  # where most patches have a neighbour: a first guess from below
+            nn = nearest_other(bank, self.chunk)
+            lo = float(np.quantile(nn, 1.0 - high / len(bank))) / 2
+        hi = max(2.0 * lo, 1e-3)
+        while len(greedy_net(bank, hi)) > high:  # find a radius that keeps few enough
+            lo, hi = hi, 2.0 * hi
+        keep = greedy_net(bank, hi)
+        for _ in range(12):
+            if len(keep) >= low:
+                break
+            mid = (lo + hi) / 2
+            trial = greedy_net(bank, mid)
+            if len(trial) > high:
+                lo = mid
+            else:
+                hi, keep = mid, trial
+        self.radius = hi
+        return bank[keep], owner[keep]
 
     @property
     def nbytes(self) -> int:
@@ -145,13 +254,26 @@ class PatchMemory:
         """(n, h, w, C) the bank's own good images -> the scores of up to `max_held_out`
         of them (evenly spread), each against the bank without its own patches: honest
         samples of how a good part scores."""
+        held = held_out(len(good), max_held_out)
+        return self.scores_without(good[held], held)
+
+    def scores_without(self, images: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """(k, h, w, C) good images of this memory, at these positions in its sequence ->
+        each one's score against the bank without its own patches. In a capped bank,
+        patches of other images that one of its patches stood in for are missing too, so
+        the score errs high: the threshold errs towards fewer false alarms."""
         if self.n_good < 2:
             return np.zeros(0, np.float32)
-        n = len(good)
-        held = (np.arange(n) if max_held_out is None or n <= max_held_out
-                else np.unique(np.linspace(0, n - 1, max_held_out).round().astype(int)))
-        return np.array([self.image_scores(self.distances(good[i:i + 1], exclude=int(i)))[0]
-                         for i in held], np.float32)
+        return np.array([self.image_scores(self.distances(img[None], exclude=int(i)))[0]
+                         for img, i in zip(images, positions, strict=True)], np.float32)
+
+
+def held_out(n: int, max_held_out: int | None = MAX_HELD_OUT) -> np.ndarray:
+    """Which of n good images (positions in enrolment order) leave-one-out scores: all of
+    them, or `max_held_out` spread evenly."""
+    if max_held_out is None or n <= max_held_out:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_held_out).round().astype(int))
 
 
 def calibrate_threshold(loo: np.ndarray, false_alarm_rate: float) -> tuple[float, str | None]:

@@ -249,3 +249,29 @@ def test_group_commit_writes_what_was_submitted_before_stop() -> None:
 
     run(main())
     assert written == list(range(5))
+
+
+def test_a_request_alone_never_waits_for_company_and_a_crowd_still_shares() -> None:
+    """One camera: nothing else queued, so no max_wait; several requests: they wait for
+    each other and share forward passes as before."""
+    sizes: list[int] = []
+
+    async def alone() -> float:
+        async with running(lambda x: x, max_batch=4, max_wait_ms=200, max_queue_images=100,
+                           on_batch=sizes.append) as b:
+            t0 = time.perf_counter()
+            for t in range(3):
+                await b.embed(tagged(1, t))
+            return time.perf_counter() - t0
+
+    assert run(alone()) < 0.2  # three requests, not one 200 ms wait each
+    assert sizes == [1, 1, 1]
+    sizes.clear()
+
+    async def crowd() -> None:
+        async with running(lambda x: x, max_batch=4, max_wait_ms=200, max_queue_images=100,
+                           on_batch=sizes.append) as b:
+            await asyncio.gather(*(b.embed(tagged(1, t)) for t in range(4)))
+
+    run(crowd())
+    assert max(sizes) > 1

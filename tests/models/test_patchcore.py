@@ -495,3 +495,70 @@ def test_region_fusion_tells_defects_apart_that_the_global_look_cannot() -> None
     assert v.shape == (1, 4 + 8 + 16) and np.allclose(v[0, :4], q_v[0, :4])
     # a defect image without patch features (an older database): no fusion
     assert region_entries(index.entries, by_id_v, {10: regions[10]}, layout) is None
+
+
+def varied(rng: np.random.Generator, n: int, c: int = 16, h: int = 6) -> np.ndarray:
+    """n good images whose patches spread over many patterns (a bank worth capping)."""
+    patterns = unit(np.random.default_rng(5).normal(size=(60, c)), 1)
+    pick = rng.integers(0, len(patterns), (n, h, h))
+    return unit(patterns[pick] + 0.15 * rng.normal(size=(n, h, h, c)), 3)
+
+
+def test_a_capped_memory_stays_under_its_cap_and_covers_every_patch_seen() -> None:
+    rng = np.random.default_rng(3)
+    good = varied(rng, 40)  # 40 x 36 = 1,440 patches
+    cap = 300
+    mem = PatchMemory(good, cap=cap, dims=None)
+    assert len(mem.bank) <= cap and mem.radius > 0 and mem.n_good == 40
+    exact = PatchMemory(good, dims=None)
+    assert len(exact.bank) == 40 * 36
+    # Every patch seen lies within the cover's reach of the bank (twice the radius: one
+    # step at admission, one at a thinning), so a query's distance is at most that high.
+    seen = mem.distances(good)
+    assert seen.max() <= 2 * mem.radius + 1e-5
+    query = varied(rng, 5)
+    diff = mem.distances(query) - exact.distances(query)
+    assert diff.min() >= -1e-5 and diff.max() <= 2 * mem.radius + 1e-5
+    # Under the cap nothing changes: the same bank and projection as an exact build.
+    small = good[:8]
+    a, b = PatchMemory(small, cap=cap), PatchMemory(small)
+    assert a.projection is not None and b.projection is not None
+    assert np.array_equal(a.bank, b.bank) and np.array_equal(a.projection, b.projection)
+
+
+def test_extending_a_capped_memory_is_a_fresh_build_however_the_images_arrived() -> None:
+    rng = np.random.default_rng(4)
+    good = varied(rng, 36)
+    fresh = PatchMemory(good, cap=250)
+    for cuts in ((5,), (9, 10, 30), (1, 2, 3, 4, 20)):  # under the cap, across it, past it
+        mem = PatchMemory(good[:cuts[0]], cap=250)
+        for lo, hi in itertools.pairwise((*cuts, len(good))):
+            mem = mem.extend(good[lo:hi])
+        assert np.array_equal(mem.bank, fresh.bank) and np.array_equal(mem.owner, fresh.owner)
+        assert mem.radius == fresh.radius and mem.n_good == fresh.n_good
+    with pytest.raises(ValueError):
+        PatchMemory(good).extend(good[:1])  # no cap: it would hold every patch twice over
+
+
+def test_a_grown_group_reads_only_its_new_images_and_its_held_out_sample() -> None:
+    from models.inference import MAX_HELD_OUT, GoodParts
+
+    rng = np.random.default_rng(6)
+    good = varied(rng, 120)
+    asked: list[int] = []
+
+    def source(positions: np.ndarray) -> np.ndarray:
+        asked.extend(int(i) for i in positions)
+        return good[positions]
+
+    first = GoodParts.build(source, range(100), 0.02, memory_patches=400)
+    asked.clear()
+    grown = GoodParts.build(source, range(120), 0.02, previous=first, memory_patches=400)
+    fresh = GoodParts.build(good, range(120), 0.02, memory_patches=400)
+    new = set(range(100, 120))
+    assert new <= set(asked) and len(set(asked) - new) <= MAX_HELD_OUT
+    assert np.array_equal(grown.memory.bank, fresh.memory.bank)
+    assert grown.threshold == fresh.threshold and np.array_equal(grown.loo, fresh.loo)
+    asked.clear()
+    GoodParts.build(source, range(120), 0.03, previous=grown, memory_patches=400)
+    assert asked == []  # the same good images: nothing read at all
