@@ -134,6 +134,11 @@ class GoodPartsReport(BaseModel):
     defect_examples: int  # the group's (latest, at most 64) defect images scored
     defect_examples_flagged: int  # of those, how many the threshold flags
     warning: str | None
+    # The patch memory: patches searched per query patch, and how far (cosine distance)
+    # a good patch may lie from its stand-in once the memory is at its cap (0: exact,
+    # every patch kept; FSDI_ANOMALY_MEMORY_PATCHES).
+    memory_patches: int = 0
+    memory_radius: float = 0.0
 
 
 class ScoresReport(BaseModel):

@@ -178,8 +178,7 @@ async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
         digests = repo.delete_class(s, c)
         repo.bump_group(s, group)
         repo.audit(s, who.actor, "class.delete", f"id={class_id} group={group}")
-    await asyncio.to_thread(_refresh, rt, class_id, group)
-    rt.metrics.classes.set(rt.cache.class_count())
+    await _refresh_after_delete(rt, class_id, group)
     await asyncio.to_thread(_remove_unreferenced, rt, digests)
 
 
@@ -194,6 +193,29 @@ async def delete_image(rt: Runtime, class_id: int, image_id: int, who: Principal
         repo.bump_group(s, group)
         repo.audit(s, who.actor, "image.delete",
                    f"class={class_id} image={image_id} sha256={digest}")
-    await asyncio.to_thread(_refresh, rt, class_id, group)
-    rt.metrics.classes.set(rt.cache.class_count())
+    await _refresh_after_delete(rt, class_id, group)
     await asyncio.to_thread(_remove_unreferenced, rt, [digest])
+
+
+async def _refresh_after_delete(rt: Runtime, class_id: int, group: str) -> None:
+    """A deletion from a group whose patch memory is at its cap rebuilds that memory from
+    every remaining good image (a cover cannot forget one image's patches): that runs in
+    the background while the old memory keeps serving, and the request returns once the
+    deletion is committed. Anything else is refreshed before the request returns."""
+    served = rt.cache.served(group)
+    good = served.good_parts if served is not None else None
+    if good is None or good.memory.radius == 0.0:
+        await asyncio.to_thread(_refresh, rt, class_id, group)
+        rt.metrics.classes.set(rt.cache.class_count())
+        return
+
+    async def rebuild() -> None:
+        try:
+            await asyncio.to_thread(_refresh, rt, class_id, group)
+            rt.metrics.classes.set(rt.cache.class_count())
+        except Exception:  # the next change or replica sync reads the group again
+            log.exception("rebuilding group %s's memory after a deletion failed", group)
+
+    task = asyncio.create_task(rebuild(), name=f"fsdi-rebuild-{group}")
+    rt.background.add(task)
+    task.add_done_callback(rt.background.discard)

@@ -210,10 +210,18 @@ class PrototypeCache:
 
     def refresh_good(self, s: Session, group: str) -> None:
         """Re-read the whole group with its good parts (a class or the group's
-        false-alarm rate changed)."""
-        entries, good, fused = self._read_group(s, group)
-        with self._lock:
-            self._publish(group, entries.get(group, {}), good.get(group), fused.get(group))
+        false-alarm rate changed). A read that another publication of the group overtook
+        (a slow rebuild, a quick enrolment meanwhile) is read again, never published
+        over the newer state."""
+        while True:
+            seen = self._published.get(group, 0)
+            entries, good, fused = self._read_group(s, group)
+            with self._lock:
+                if self._published.get(group, 0) == seen:
+                    self._publish(group, entries.get(group, {}), good.get(group),
+                                  fused.get(group))
+                    return
+            s.rollback()  # end the read: the next one sees what was committed meanwhile
 
     def _read_group(self, s: Session, group: str) -> Read:
         return self._read(s, {c.id: c for c in repo.list_classes(s, group)}, group)

@@ -43,7 +43,8 @@ def report_for(rt: Runtime, group: str) -> GroupReportPublic:
             good_images=gp.memory.n_good, false_alarm_rate=gp.false_alarm_rate,
             threshold=round(gp.threshold, 6), calibrated_on=gp.held_out, rule=gp.rule,
             defect_examples=gp.defect_examples, defect_examples_flagged=gp.defect_flagged,
-            warning=gp.warning)
+            warning=gp.warning, memory_patches=len(gp.memory.bank),
+            memory_radius=round(gp.memory.radius, 6))
         if gp.warning:
             warnings.append(f"good parts: {gp.warning}")
     scores = None

@@ -3,6 +3,7 @@ migrations -> weights loaded safely -> prototype cache built -> ready."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -89,6 +90,9 @@ class Runtime:
         self.blobs, self.packs = open_stores(settings.blob_url, settings.data_dir,
                                              settings.s3_endpoint_url)
         self._loaded: Loaded | None = None
+        # Work that outlives the request that started it (a capped memory's rebuild after
+        # a deletion): held here so that it is not collected before it ends.
+        self.background: set[asyncio.Future[None]] = set()
         self._deps_lock = threading.Lock()
         self._deps_at = -1e9
         self._deps: dict[str, str] = {}

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from bench.imagegen import draw_defect, png_bytes, sample, surface
-from tests.app.conftest import as_files
+from storage import repositories as repo
+from tests.app.conftest import as_files, make_settings, serving
 
 
 def wide(surface_name: str, defect: str | None, seed: int) -> bytes:
@@ -304,3 +307,40 @@ def test_defect_classes_are_told_apart_by_where_the_part_differs(client: TestCli
     assert len(named) >= 6
     right = sum(label == {"h": "hole", "s": "scratch"}[f] for f, label in named)
     assert right >= len(named) - 1
+
+
+def test_a_capped_memory_grows_by_its_new_images_and_rebuilds_after_a_deletion_in_the_background(
+        model_cache: Path, tmp_path: Path) -> None:
+    """With the cap at two images' patches, a good class of six is a cover (radius > 0);
+    adding images extends it as a fresh build would; deleting one answers at once, the
+    old memory serves meanwhile, and the rebuilt one replaces it."""
+    from models.patchcore import PatchMemory
+
+    settings = make_settings(tmp_path / "data", f"sqlite:///{tmp_path / 'f.db'}", model_cache,
+                             anomaly_memory_patches=400)
+    with serving(settings) as c:
+        gid = c.post("/api/v1/classes", json={"name": "ok", "group": "g", "kind": "good"}
+                     ).json()["id"]
+        imgs = [sample(("brick", "gravel")[j % 2], None, 3000 + j) for j in range(6)]
+        for part in (imgs[:3], imgs[3:]):
+            r = c.post(f"/api/v1/classes/{gid}/images",
+                       files=as_files([(f"{i}.png", b) for i, b in enumerate(part)]))
+            assert r.status_code == 201, r.text
+        rt = c.app.state.runtime  # type: ignore[attr-defined]
+        memory = rt.cache.served("g").good_parts.memory
+        with rt.sessions() as s:
+            stored = repo.patches_for(s, rt.backbone.patch_version, [gid])
+        fresh = PatchMemory(np.stack([p.patches for p in stored]), cap=400)
+        assert 0 < len(memory.bank) <= 400 and memory.radius > 0
+        assert np.array_equal(memory.bank, fresh.bank)
+        report = c.get("/api/v1/groups/g/report").json()["good_parts"]
+        assert report["memory_patches"] == len(memory.bank) and report["memory_radius"] > 0
+        image_id = r.json()["images"][0]["id"]
+        assert c.delete(f"/api/v1/classes/{gid}/images/{image_id}").status_code == 204
+        q = as_files([("q.png", sample("brick", None, 3999))])
+        assert "verdict" in c.post("/api/v1/classify", params={"group": "g"},
+                                   files=q).json()["results"][0]  # served meanwhile
+        deadline = time.monotonic() + 60
+        while c.get("/api/v1/groups/g/report").json()["good_parts"]["good_images"] != 5:
+            assert time.monotonic() < deadline, "the memory was never rebuilt"
+            time.sleep(0.05)
