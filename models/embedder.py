@@ -11,7 +11,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,9 +27,10 @@ class Embedder(Protocol):
         """(N, S, S, C) uint8 -> (N, D) float32 unit vectors."""
         ...
 
-    def embed_packed(self, batch: np.ndarray) -> np.ndarray:
+    def embed_packed(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
         """(N, S, S, C) uint8 -> (N, D + h*w*C) float32: the embedding, then the patch
-        features (models.patchcore) of the same forward pass, flattened (`unpack`)."""
+        features (models.patchcore) of the same forward pass, flattened (`unpack`).
+        `wide`: on every core the embedder was given for a pass that runs alone."""
         ...
 
 
@@ -66,7 +67,7 @@ class TorchEmbedder:
         return out.numpy().astype(np.float32, copy=False)  # type: ignore[union-attr]
 
     @torch.inference_mode()
-    def embed_packed(self, batch: np.ndarray) -> np.ndarray:
+    def embed_packed(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
         if self.net_patches is None:
             raise ValueError(f"{self.backbone.name} serves no patch features")
         emb, patches = self.net_patches(torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
@@ -114,32 +115,38 @@ def _has_outputs(session: object, backbone: Backbone) -> bool:
 class OrtEmbedder:
     runtime = "onnxruntime"
 
-    def __init__(self, backbone: Backbone, cache_dir: Path, threads: int) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, backbone: Backbone, cache_dir: Path, threads: int,
+                 wide_threads: int | None = None) -> None:
+        """`threads` per pass; `wide_threads`, when more, for a pass that runs alone
+        (`embed_packed(wide=True)`): one camera's image gets every core, while concurrent
+        passes keep their narrower sessions (a second session of the same file)."""
         self.backbone = backbone
         self.path = cache_dir / f"{backbone.version.replace('@', '-')}.onnx"
         if not self.path.is_file():
             self._build()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning intra-op threads burn the cores that decode the next request's images.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = self._session(threads)
             if not _has_outputs(self.session, backbone):
                 raise ValueError("a cached export from before the patch output")
         except Exception:
             # A damaged or outdated cache file: rebuild it once from the torch weights.
             self._build()
-            self.session = ort.InferenceSession(
-                str(self.path), opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = self._session(threads)
+        self.wide = (self._session(wide_threads)
+                     if wide_threads is not None and wide_threads > threads else self.session)
+
+    def _session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning intra-op threads burn the cores that decode the next request's images
+        # (and, after a pass alone, the cores its patch search runs on: measured).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     def _build(self) -> None:
         """Export the served file; for INT8, export fp32 beside it and quantise that."""
@@ -160,15 +167,17 @@ class OrtEmbedder:
         (out,) = self.session.run(["embeddings"], {"images": x})
         return np.asarray(out, dtype=np.float32)
 
-    def embed_packed(self, batch: np.ndarray) -> np.ndarray:
+    def embed_packed(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
         if not self.backbone.patch_layers:
             raise ValueError(f"{self.backbone.name} serves no patch features")
         x = np.ascontiguousarray(batch, dtype=np.uint8)
-        emb, patches = self.session.run(["embeddings", "patches"], {"images": x})
+        session = self.wide if wide else self.session
+        emb, patches = session.run(["embeddings", "patches"], {"images": x})
         return _pack(emb, patches)
 
 
-def make_embedder(backbone: Backbone, runtime: str, cache_dir: Path, threads: int) -> Embedder:
+def make_embedder(backbone: Backbone, runtime: str, cache_dir: Path, threads: int,
+                  wide_threads: int | None = None) -> Embedder:
     pin_threads(threads)
     if runtime == "torch":
         if backbone.precision != "fp32":
@@ -176,5 +185,5 @@ def make_embedder(backbone: Backbone, runtime: str, cache_dir: Path, threads: in
                              f"the torch runtime serves fp32")
         return TorchEmbedder(backbone)
     if runtime == "onnxruntime":
-        return OrtEmbedder(backbone, cache_dir, threads)
+        return OrtEmbedder(backbone, cache_dir, threads, wide_threads)
     raise ValueError(f"unknown runtime {runtime!r}; use 'onnxruntime' or 'torch'")

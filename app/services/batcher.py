@@ -44,8 +44,12 @@ class MicroBatcher:
         max_queue_images: int,
         on_batch: Callable[[int], None] | None = None,
         streams: int = 1,
+        embed_alone: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
+        """`embed_alone`, if given, runs a batch that nothing else waits beside (one
+        camera alone): it may use every core where `embed` uses one stream's share."""
         self._embed = embed
+        self._embed_alone = embed_alone or embed
         self.max_batch = max(1, max_batch)
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_images = max_queue_images
@@ -92,11 +96,11 @@ class MicroBatcher:
         parts = await asyncio.gather(*futures)
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
-    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool, bool]:
         """`first` plus whatever arrives within max_wait, up to max_batch images; no wait
         at all while no other image is queued or in a forward pass (one camera alone
         never waits for company that is not coming). Returns the jobs and whether a stop
-        sentinel was met."""
+        sentinel was met, and whether nothing else was queued or running."""
         jobs = [first]
         size = first.batch.shape[0]
         with self._lock:
@@ -110,10 +114,10 @@ class MicroBatcher:
             except queue.Empty:
                 break
             if job is None:
-                return jobs, True
+                return jobs, True, False
             jobs.append(job)
             size += job.batch.shape[0]
-        return jobs, False
+        return jobs, False, alone and len(jobs) == 1
 
     def _run(self) -> None:
         name_this_thread()
@@ -121,13 +125,14 @@ class MicroBatcher:
             first = self._queue.get()
             if first is None:
                 return
-            jobs, stopping = self._collect(first)
+            jobs, stopping, alone = self._collect(first)
+            embed = self._embed_alone if alone else self._embed
             batch = (jobs[0].batch if len(jobs) == 1
                      else np.concatenate([j.batch for j in jobs], axis=0))
             size = int(batch.shape[0])
             out: np.ndarray | BaseException
             try:
-                out = np.concatenate([self._embed(batch[i:i + self.max_batch])
+                out = np.concatenate([embed(batch[i:i + self.max_batch])
                                       for i in range(0, size, self.max_batch)], axis=0)
             except Exception as exc:  # hand the failure to every waiting request
                 out = exc

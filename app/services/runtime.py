@@ -29,6 +29,7 @@ from models.embedder import Embedder, make_embedder, unpack
 from models.inference import EmbeddingLayout
 from models.methods import available_methods, create_method
 from models.methods.siamese import Siamese
+from models.patchcore.torch_model import set_search_threads
 from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.migrate import open_migrated
@@ -110,7 +111,8 @@ class Runtime:
         # (models.embedder.unpack), so a group with good parts costs no second pass.
         self.batcher = MicroBatcher(self._forward, s.batch_max_size,
                                     s.batch_max_wait_ms, s.queue_max_images,
-                                    self.metrics.batch_size.observe, streams=s.streams)
+                                    self.metrics.batch_size.observe, streams=s.streams,
+                                    embed_alone=self._forward_alone)
         self._push_lock = threading.Lock()
         self._push_generation = 0
         if settings.default_method not in self.methods:
@@ -147,9 +149,13 @@ class Runtime:
         """The Siamese verifier; None when this backbone has no Siamese weights."""
         return self.loaded.siamese
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
         e = self.embedder
-        return e.embed_packed(batch) if e.backbone.patch_layers else e.embed(batch)
+        return e.embed_packed(batch, wide) if e.backbone.patch_layers else e.embed(batch)
+
+    def _forward_alone(self, batch: np.ndarray) -> np.ndarray:
+        """A pass nothing else runs beside: on every inference core (FSDI_THREADS)."""
+        return self._forward(batch, wide=True)
 
     def unpack(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The batcher's rows -> embeddings (N, D) and patch features (N, h, w, C) or None."""
@@ -181,6 +187,7 @@ class Runtime:
                 self.failed = f"{missing} for {backbone.version}; run `fsdi reembed`"
                 log.error(self.failed)
                 return
+            set_search_threads(self.settings.threads)
             cache = self._build_cache(backbone)
             self.prune_query_images()
             self._loaded = Loaded(backbone, embedder, cache, siamese)
@@ -206,7 +213,8 @@ class Runtime:
         """The backbone, its serving runtime, and the methods that have weights for it."""
         s = self.settings
         backbone = create_backbone(s.backbone, s.precision)
-        embedder = make_embedder(backbone, s.runtime, s.resolved_model_cache, s.stream_threads)
+        embedder = make_embedder(backbone, s.runtime, s.resolved_model_cache, s.stream_threads,
+                                 wide_threads=s.threads)
         self.methods = usable_methods(backbone.metric_dim)
         if s.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={s.default_method!r} has no weights "

@@ -256,13 +256,16 @@ def report(out_dir: Path, goods: tuple[int, ...] = (1, 5, 20, 50), count: int = 
     def run(set_name: str, images: np.ndarray, labels: np.ndarray, n: int,
             masks: np.ndarray | None = None, pools: list[np.ndarray] | None = None) -> None:
         f = served_features(images, backbone, cache_dir, desc=set_name)
-        got = evaluate(labels, {"service (good-parts patch memory)":
-                                served_detector(f, false_alarm_rate),
-                                f"service, {DEFECT_EXAMPLES} defect images enrolled too":
-                                served_detector(f, false_alarm_rate, with_defects=True),
-                                "baseline: ImageNet global pool, distance to good mean":
-                                global_detector(f, false_alarm_rate)},
-                       goods, count=n, seed=seed, masks=masks, pools=pools)
+        detectors = {"service (good-parts patch memory)": served_detector(f, false_alarm_rate),
+                     f"service, {DEFECT_EXAMPLES} defect images enrolled too":
+                     served_detector(f, false_alarm_rate, with_defects=True),
+                     "baseline: ImageNet global pool, distance to good mean":
+                     global_detector(f, false_alarm_rate)}
+        per_image = f.patches.shape[1] * f.patches.shape[2]
+        if max(goods) * per_image > MEMORY_PATCHES:  # the cap is reached: beside it, exact
+            detectors["service with every patch kept (no memory cap)"] = served_detector(
+                f, false_alarm_rate, memory_patches=None)
+        got = evaluate(labels, detectors, goods, count=n, seed=seed, masks=masks, pools=pools)
         rows.extend({"set": set_name, **r} for r in got)
 
     if synthetic:

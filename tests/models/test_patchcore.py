@@ -521,7 +521,7 @@ def test_a_capped_memory_stays_under_its_cap_and_covers_every_patch_seen() -> No
     assert diff.min() >= -1e-5 and diff.max() <= 2 * mem.radius + 1e-5
     # Under the cap nothing changes: the same bank and projection as an exact build.
     small = good[:8]
-    a, b = PatchMemory(small, cap=cap), PatchMemory(small)
+    a, b = PatchMemory(small, cap=cap, dims=8), PatchMemory(small, dims=8)
     assert a.projection is not None and b.projection is not None
     assert np.array_equal(a.bank, b.bank) and np.array_equal(a.projection, b.projection)
 
