@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.classify import DEFECTS, KEY, enrol_ten, frame, load
+from bench.classify import DEFECTS, KEY, enrol_good, enrol_ten, frame, load
 from bench.imagegen import SURFACES
 from bench.server import Server
 
@@ -92,13 +92,7 @@ def end_to_end(a: argparse.Namespace) -> None:
                               timeout=120) as c:
                 enrol_ten(c, "bench")
                 enrol_ten(c, "benchgood")
-                gid = c.post("/api/v1/classes", json={"name": "ok", "group": "benchgood",
-                                                      "kind": "good"}).json()["id"]
-                for start in range(0, 50, 10):
-                    c.post(f"/api/v1/classes/{gid}/images", files=[
-                        ("files", (f"g{j}.jpg", frame(60_000 + j, None, SURFACES[j % 3]),
-                                   "image/jpeg")) for j in range(start, start + 10)]
-                    ).raise_for_status()
+                enrol_good(c, "benchgood")
                 key = c.post("/api/v1/keys", json={"role": "machine"}).json()["key"]
             load(srv.url, a.clients, a.per_request, 3, key, "benchgood")  # warm-up
             rates: dict[str, list[float]] = {"bench": [], "benchgood": []}

@@ -84,6 +84,16 @@ def enrol_ten(c: httpx.Client, group: str) -> None:
             n += 1
 
 
+def enrol_good(c: httpx.Client, group: str, n: int = 50) -> None:
+    """A good class of n 640x480 frames (the surfaces in turn), ten per request."""
+    gid = c.post("/api/v1/classes", json={"name": "ok", "group": group, "kind": "good"}
+                 ).json()["id"]
+    for start in range(0, n, 10):
+        c.post(f"/api/v1/classes/{gid}/images", files=[
+            ("files", (f"g{j}.jpg", frame(60_000 + j, None, SURFACES[j % 3]), "image/jpeg"))
+            for j in range(start, min(n, start + 10))]).raise_for_status()
+
+
 def tagged(jpeg: bytes, tag: str) -> bytes:
     """The same JPEG with a comment segment (COM) after its start marker: other bytes,
     the same pixels, so the service stores and hashes it as a new file."""

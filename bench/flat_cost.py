@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,8 +28,7 @@ import numpy as np
 
 from bench.classify import multipart, pct
 from bench.imagegen import SURFACES, sample
-from bench.many_hosts import REPO, worktree
-from bench.server import Server
+from bench.server import Server, checkout, remove_checkout
 
 KEY = "flat-cost-bench-key-0123456789"
 GROUPS = (50, 200, 1000, 2000)
@@ -131,11 +128,9 @@ def main() -> None:
     servers = {"now": Server(tmp / "now" / "data", env)}
     tree = None
     if a.before:
-        tree = worktree(a.before, tmp / "before")
-        code = (f"import sys; sys.path.insert(0, {str(tree)!r}); "
-                f"from app.cli import main; main()")
+        tree = tmp / "before"
         servers[f"before ({a.before})"] = Server(tmp / "before-data" / "data", env,
-                                                 fsdi=[sys.executable, "-c", code])
+                                                 fsdi=checkout(a.before, tree))
     asked = queries()
     try:
         enrol_s: dict[str, float] = {}
@@ -161,8 +156,7 @@ def main() -> None:
         for srv in servers.values():
             srv.stop()
         if tree is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                            str(tree)], capture_output=True)
+            remove_checkout(tree)
     print(f"good-parts path, {a.clients} clients x 1 image/request (224 px PNG), "
           f"{a.rounds} rounds of {a.seconds:g} s taking turns:")
     for name in servers:

@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 
-from bench.classify import SURFACES, enrol_ten, frame, load, pct
+from bench.classify import enrol_good, enrol_ten, load, pct
 from bench.objects import cpu_of
 from bench.seaweed import Seaweed, credentials_env
-from bench.server import Server
+from bench.server import Server, checkout, remove_checkout
 
 KEY = "many-hosts-bench-key-0123456789"
 REPO = Path(__file__).resolve().parents[1]
@@ -38,20 +36,8 @@ def prepare(srv: Server) -> str:
     with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY}"},
                       timeout=120) as c:
         enrol_ten(c, "line")
-        gid = c.post("/api/v1/classes", json={"name": "ok", "group": "line",
-                                              "kind": "good"}).json()["id"]
-        for start in range(0, 50, 10):
-            c.post(f"/api/v1/classes/{gid}/images", files=[
-                ("files", (f"g{j}.jpg", frame(60_000 + j, None, SURFACES[j % 3]),
-                           "image/jpeg")) for j in range(start, start + 10)]
-            ).raise_for_status()
+        enrol_good(c, "line")
         return str(c.post("/api/v1/keys", json={"role": "machine"}).json()["key"])
-
-
-def worktree(rev: str, where: Path) -> Path:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), rev],
-                   check=True, capture_output=True)
-    return where
 
 
 def main() -> None:
@@ -69,11 +55,9 @@ def main() -> None:
     tree = None
     try:
         if a.before:
-            tree = worktree(a.before, tmp / "before")
-            code = (f"import sys; sys.path.insert(0, {str(tree)!r}); "
-                    f"from app.cli import main; main()")
+            tree = tmp / "before"
             servers[f"before ({a.before}, disk)"] = Server(
-                tmp / "b" / "data", env, fsdi=[sys.executable, "-c", code])
+                tmp / "b" / "data", env, fsdi=checkout(a.before, tree))
         servers["now, disk"] = Server(tmp / "l" / "data", env)
         servers["now, S3"] = Server(tmp / "s" / "data", {
             **env, "FSDI_BLOB_URL": "s3://bench/line", "FSDI_S3_ENDPOINT_URL": s3.endpoint})
@@ -99,8 +83,7 @@ def main() -> None:
             srv.stop()
         s3.stop()
         if tree is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                            str(tree)], capture_output=True)
+            remove_checkout(tree)
     base = statistics.median(rates["now, disk"])
     print(f"{a.clients} clients x 1 image/request, {a.rounds} rounds of {a.seconds:g} s, "
           f"taking turns (10 defect classes + 50 good images, every image kept):")

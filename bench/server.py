@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -78,3 +82,31 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def checkout(rev: str, where: Path) -> list[str]:
+    """REV of this repository in a temporary git worktree at `where`; returns the command
+    that runs its `fsdi` CLI with this interpreter (for Server(fsdi=...)). Remove it with
+    remove_checkout."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), rev],
+                   check=True, capture_output=True)
+    return [sys.executable, "-c",
+            f"import sys; sys.path.insert(0, {str(where)!r}); from app.cli import main; main()"]
+
+
+def remove_checkout(where: Path) -> None:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)],
+                   capture_output=True)
+
+
+@contextlib.contextmanager
+def running(*servers: Server) -> Iterator[tuple[Server, ...]]:
+    """Start each server in turn; stop every one started, whatever happens."""
+    started: list[Server] = []
+    try:
+        for srv in servers:
+            started.append(srv.start())
+        yield servers
+    finally:
+        for srv in reversed(started):
+            srv.stop()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NotRequired, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
 from sqlalchemy import ColumnElement, Table, delete, func, insert, or_, select
@@ -479,9 +479,37 @@ def results_page(s: Session, f: ResultFilter, before_id: int | None, limit: int
                  ) -> list[HistoryRow]:
     """Newest first (by id, which only grows), at most `limit`, ids below `before_id`
     (keyset paging: a page costs the same at any depth)."""
+    q = _history(select(ClassificationResult, Feedback.correct, Feedback.class_id), f,
+                 before_id).limit(limit)
+    return [HistoryRow(r, c, k) for r, c, k in s.execute(q).tuples()]
+
+
+# The columns of `stream_results`' rows, in order.
+EXPORT_COLUMNS = ("id", "created_at", "group_name", "filename", "label", "class_id",
+                  "unknown", "score", "method", "feedback_correct", "feedback_class_id",
+                  "verdict", "anomaly_score", "anomaly_threshold")
+
+
+def stream_results(s: Session, f: ResultFilter, before_id: int | None = None,
+                   batch: int = 5000) -> Iterator[Sequence[tuple[Any, ...]]]:
+    """Every matching result, newest first, as plain tuples (EXPORT_COLUMNS), `batch` at
+    a time from one server-side cursor (PostgreSQL; SQLite steps its own): flat memory
+    and one query, however many rows."""
+    r = ClassificationResult
+    q = _history(select(r.id, r.created_at, r.group_name, r.filename, r.label, r.class_id,
+                        r.unknown, r.score, r.method, Feedback.correct, Feedback.class_id,
+                        r.verdict, r.anomaly_score, r.anomaly_threshold), f, before_id)
+    result = s.execute(q.execution_options(stream_results=True, yield_per=batch))
+    for part in result.partitions(batch):
+        yield [tuple(row) for row in part]
+
+
+def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
+    """`q` (over results, with their latest feedback's columns) filtered by `f`, below
+    `before_id`, newest first."""
     latest = (select(Feedback.result_id, func.max(Feedback.id).label("fid"))
               .group_by(Feedback.result_id).subquery())
-    q = (select(ClassificationResult, Feedback.correct, Feedback.class_id)
+    q = (q.select_from(ClassificationResult)
          .outerjoin(latest, latest.c.result_id == ClassificationResult.id)
          .outerjoin(Feedback, Feedback.id == latest.c.fid))
     if f.group is not None:
@@ -504,5 +532,4 @@ def results_page(s: Session, f: ResultFilter, before_id: int | None, limit: int
         q = q.where(ClassificationResult.verdict == f.verdict)
     if before_id is not None:
         q = q.where(ClassificationResult.id < before_id)
-    q = q.order_by(ClassificationResult.id.desc()).limit(limit)
-    return [HistoryRow(r, c, k) for r, c, k in s.execute(q).tuples()]
+    return q.order_by(ClassificationResult.id.desc())

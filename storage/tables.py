@@ -149,13 +149,28 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
+# Ids of the tables that grow with traffic: 64-bit on PostgreSQL (2^31 results is eight
+# months at 100 img/s); SQLite's INTEGER PRIMARY KEY is 64-bit already and must stay
+# the rowid.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
 class ClassificationResult(Base):
     """One classified image; its id is what operators give feedback on."""
 
     __tablename__ = "classification_results"
+    # History pages are newest first (by id) within a group, filtered: each filter has an
+    # index that reaches its first page, or its absence, without scanning the group.
+    __table_args__ = (
+        Index("ix_results_group_id", "group_name", "id"),
+        Index("ix_results_group_verdict_id", "group_name", "verdict", "id"),
+        Index("ix_results_group_unknown_id", "group_name", "unknown", "id"),
+        Index("ix_results_group_label_id", "group_name", "label", "id"),
+        Index("ix_results_created_at", "created_at"),
+    )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    group_name: Mapped[str] = mapped_column(String(64), index=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(64))
     filename: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64))
     # Where the kept image lies in the query-image packs (storage/packs.py); None when
@@ -180,9 +195,9 @@ class ClassificationResult(Base):
 class Feedback(Base):
     __tablename__ = "feedback"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     result_id: Mapped[int] = mapped_column(
-        ForeignKey("classification_results.id", ondelete="CASCADE"), index=True
+        BigId, ForeignKey("classification_results.id", ondelete="CASCADE"), index=True
     )
     correct: Mapped[bool] = mapped_column(Boolean)
     class_id: Mapped[int | None] = mapped_column(
@@ -229,7 +244,7 @@ class AuditEvent(Base):
 
     __tablename__ = "audit_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))

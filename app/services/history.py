@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 from collections.abc import Iterator
+from typing import Any
 
 from app.errors import NotFound, Unprocessable
 from app.schemas import AnomalyPublic, HistoryItem, HistoryPage, ResultFeedback
@@ -18,7 +19,6 @@ from storage.repositories import HistoryRow, ResultFilter
 CSV_COLUMNS = ("id", "created_at", "group", "filename", "label", "class_id", "unknown",
                "score", "method", "feedback_correct", "feedback_class_id", "verdict",
                "anomaly_score", "anomaly_threshold")
-CSV_PAGE = 1000
 
 
 def cursor_of(result_id: int) -> str:
@@ -58,35 +58,29 @@ def page(rt: Runtime, f: ResultFilter, cursor: str | None, limit: int) -> Histor
 
 
 def csv_lines(rt: Runtime, f: ResultFilter, cursor: str | None = None) -> Iterator[str]:
-    """The header, then one CSV line per result, newest first, read CSV_PAGE at a time
-    (each page in its own short session: nothing holds a transaction while a slow client
-    reads)."""
+    """The header, then the matching results, newest first, from one streaming query
+    (storage.repositories.stream_results): each chunk is thousands of lines, so the
+    response's thread hops and writes are per chunk, not per line."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    yield buf.getvalue()
+    with rt.sessions() as s:
+        for rows in repo.stream_results(s, f, parse_cursor(cursor)):
+            buf.seek(0)
+            buf.truncate()
+            writer.writerows(_csv_row(r) for r in rows)
+            yield buf.getvalue()
 
-    def line(values: tuple[object, ...]) -> str:
-        buf.seek(0)
-        buf.truncate()
-        writer.writerow(values)
-        return buf.getvalue()
 
-    yield line(CSV_COLUMNS)
-    before = parse_cursor(cursor)
-    while True:
-        with rt.sessions() as s:
-            rows = repo.results_page(s, f, before, CSV_PAGE)
-        for h in rows:
-            r = h.result
-            yield line((r.id, r.created_at.isoformat(), r.group_name, r.filename,
-                        r.label or "", "" if r.class_id is None else r.class_id,
-                        str(r.unknown).lower(), r.score, r.method,
-                        "" if h.feedback_correct is None else str(h.feedback_correct).lower(),
-                        "" if h.feedback_class_id is None else h.feedback_class_id,
-                        r.verdict or "", "" if r.anomaly_score is None else r.anomaly_score,
-                        "" if r.anomaly_threshold is None else r.anomaly_threshold))
-        if len(rows) < CSV_PAGE:
-            return
-        before = rows[-1].result.id
+def _csv_row(r: tuple[Any, ...]) -> tuple[object, ...]:
+    (rid, at, group, filename, label, class_id, unknown, score, method, fb_correct,
+     fb_class, verdict, a_score, a_thr) = r
+    return (rid, at.isoformat(), group, filename, label or "",
+            "" if class_id is None else class_id, "true" if unknown else "false", score,
+            method, "" if fb_correct is None else ("true" if fb_correct else "false"),
+            "" if fb_class is None else fb_class, verdict or "",
+            "" if a_score is None else a_score, "" if a_thr is None else a_thr)
 
 
 def _kept(rt: Runtime, result_id: int) -> tuple[bytes, str]:

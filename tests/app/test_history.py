@@ -111,9 +111,9 @@ def test_csv_of_100000_results_streams_with_flat_memory(client: TestClient) -> N
     tracemalloc.start()
     try:
         n, size = 0, 0
-        for line in history.csv_lines(rt, ResultFilter(group=grp)):
-            n += 1
-            size += len(line)
+        for chunk in history.csv_lines(rt, ResultFilter(group=grp)):
+            n += chunk.count("\n")
+            size += len(chunk)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

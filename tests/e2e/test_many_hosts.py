@@ -19,7 +19,7 @@ from PIL import Image
 
 from bench.imagegen import sample
 from bench.seaweed import SECRET_KEY, Seaweed, credentials_env
-from bench.server import Server
+from bench.server import Server, running
 from tests.conftest import S3_ENDPOINT, fresh_pg_database, s3_prefix_url
 
 KEY = "many-hosts-admin-key-0123456789"
@@ -45,15 +45,9 @@ def host_env(pg_url: str, model_cache: Path, blob_url: str | None) -> dict[str, 
 @pytest.fixture
 def two_hosts(tmp_path: Path, model_cache: Path, pg_url: str) -> Iterator[tuple[Server, Server]]:
     env = host_env(pg_url, model_cache, s3_prefix_url())
-    a = Server(tmp_path / "host-a" / "data", env).start()
-    try:
-        b = Server(tmp_path / "host-b" / "data", env).start()
-        try:
-            yield a, b
-        finally:
-            b.stop()
-    finally:
-        a.stop()
+    with running(Server(tmp_path / "host-a" / "data", env),
+                 Server(tmp_path / "host-b" / "data", env)) as (a, b):
+        yield a, b
 
 
 def same_picture(jpeg: bytes, png: bytes) -> bool:

@@ -1,0 +1,173 @@
+"""Years of results: history pages, CSV export and the 64-bit migration at millions of rows
+on PostgreSQL, the schema before (revision 0008) and after (head) in the same run.
+
+    python -m bench.history --before REV [--rows 5000000] [--pg postgresql+psycopg://…/db]
+
+1. Migrates a fresh database to 0008 and writes N results straight into it with COPY: 10
+   groups, 30 days, newest last; about 5% unknown and 5% defect verdicts, group g9 with no
+   good parts (no verdicts at all), feedback on one result in a thousand.
+2. Starts REV's `fsdi serve` (whose schema is 0008) on it and times, through HTTP, the
+   first page (100) of: a group's newest, label, unknown=true, verdict=defect,
+   verdict=defect on g9 (matches nothing), a one-day window 15 days back, feedback=wrong;
+   then `results.csv` of one group's defects (rows/s). Each query's best of 3.
+3. Stops it, times the upgrade to head (64-bit ids, the new indexes), and does 2 again
+   with this code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from bench.server import Server, checkout, remove_checkout
+
+KEY = "history-bench-key-0123456789"
+GROUPS = 10
+DAYS = 30
+LABELS = ("scratch", "stain", "hole", "ok")
+
+
+def fresh_database(admin_url: str) -> str:
+    import psycopg
+
+    name = f"fsdi_history_{os.getpid()}"
+    plain = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def migrate_to(url: str, revision: str) -> float:
+    from alembic import command
+    from alembic.config import Config
+
+    from storage.db import make_engine
+    from storage.migrate import MIGRATIONS
+
+    engine = make_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    engine.dispose()
+    return time.perf_counter() - t0
+
+
+def fill(url: str, rows: int) -> float:
+    """N results (and feedback on one in a thousand) by COPY; returns seconds."""
+    import psycopg
+
+    plain = url.replace("postgresql+psycopg://", "postgresql://")
+    start = datetime.now(UTC) - timedelta(days=DAYS)
+    step = timedelta(days=DAYS) / rows
+    t0 = time.perf_counter()
+    cols = ("group_name, filename, sha256, label, unknown, score, method, model_version, "
+            "created_at, verdict, anomaly_score, anomaly_threshold")
+    with psycopg.connect(plain) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY classification_results ({cols}) FROM STDIN") as copy:
+            buf = io.StringIO()
+            for i in range(rows):
+                g = i % GROUPS
+                unknown = i % 19 == 0
+                label = "\\N" if unknown else LABELS[(i // GROUPS) % 4]
+                verdict = "\\N" if g == 9 else ("defect" if i % 20 == 3 else "ok")
+                anomaly = "\\N" if g == 9 else "0.31"
+                thr = "\\N" if g == 9 else "0.42"
+                at = (start + step * i).isoformat()
+                buf.write(f"g{g}\t{i}.png\t{'0' * 64}\t{label}\t{'t' if unknown else 'f'}\t"
+                          f"0.87\tprotonet\tbench\t{at}\t{verdict}\t{anomaly}\t{thr}\n")
+                if i % 50_000 == 49_999:
+                    copy.write(buf.getvalue())
+                    buf = io.StringIO()
+            copy.write(buf.getvalue())
+        cur.execute("INSERT INTO feedback (result_id, correct, created_at) "
+                    "SELECT id, id % 2 = 0, created_at FROM classification_results "
+                    "WHERE id % 1000 = 0")
+        conn.commit()
+        cur.execute("ANALYZE")
+    return time.perf_counter() - t0
+
+
+def timed_queries(url: str, data: Path, fsdi: list[str] | None = None) -> dict[str, float]:
+    """Best of 3 ms per first page, and the CSV rate (rows/s), through a real server
+    (`fsdi`: the command that runs an earlier commit's CLI)."""
+    srv = Server(data, {"FSDI_ADMIN_KEY": KEY, "FSDI_DATABASE_URL": url,
+                        "FSDI_MODEL_CACHE_DIR": str(data.parent.parent / "onnx")},
+                 fsdi=fsdi).start(timeout=300)
+    day = datetime.now(UTC) - timedelta(days=15)
+    asks = {"newest page of a group": {"group": "g3"},
+            "label=stain": {"group": "g3", "label": "stain"},
+            "unknown=true": {"group": "g3", "unknown": "true"},
+            "verdict=defect": {"group": "g3", "verdict": "defect"},
+            "verdict=defect, no match (g9)": {"group": "g9", "verdict": "defect"},
+            "one day, 15 days back": {"group": "g3", "since": day.isoformat(),
+                                      "until": (day + timedelta(days=1)).isoformat()},
+            "feedback=wrong": {"group": "g3", "feedback": "wrong"},
+            "newest page, all groups": {}}
+    out: dict[str, float] = {}
+    try:
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=600) as c:
+            for name, params in asks.items():
+                best = float("inf")
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    r = c.get("/api/v1/results", params=params)
+                    best = min(best, time.perf_counter() - t0)
+                    assert r.status_code == 200, r.text
+                out[name] = best * 1e3
+            t0 = time.perf_counter()
+            lines = 0
+            with c.stream("GET", "/api/v1/results.csv",
+                          params={"group": "g3", "verdict": "defect"}) as r:
+                for chunk in r.iter_bytes():
+                    lines += chunk.count(b"\n")
+            secs = time.perf_counter() - t0
+            out["csv rows"] = lines - 1
+            out["csv rows/s"] = (lines - 1) / secs
+    finally:
+        srv.stop()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=5_000_000)
+    ap.add_argument("--before", required=True,
+                    help="the commit whose code (schema 0008) serves the 'before' column")
+    ap.add_argument("--pg", default=os.environ.get(
+        "FSDI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    a = ap.parse_args()
+    url = fresh_database(a.pg)
+    tmp = Path(tempfile.mkdtemp(prefix="fsdi-history-"))
+    migrate_to(url, "0008")
+    print(f"filled {a.rows:,} results in {fill(url, a.rows):.1f} s")
+    tree = tmp / "tree"
+    try:
+        before = timed_queries(url, tmp / "before" / "data", checkout(a.before, tree))
+    finally:
+        remove_checkout(tree)
+    took = migrate_to(url, "head")
+    print(f"upgrade 0008 -> head (64-bit ids, indexes) at {a.rows:,} results: {took:.1f} s")
+    after = timed_queries(url, tmp / "after" / "data")
+    print(f"{'first page (ms, best of 3)':<34} {'before':>10} {'after':>10}")
+    for name in before:
+        if name.startswith("csv"):
+            continue
+        print(f"{name:<34} {before[name]:10.1f} {after[name]:10.1f}")
+    print(f"results.csv of g3's defects ({after['csv rows']:,.0f} rows): before "
+          f"{before['csv rows/s']:,.0f} rows/s, after {after['csv rows/s']:,.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""64-bit ids for the tables that grow with traffic, and indexes that follow the history
+filters
+
+PostgreSQL: classification_results.id, feedback.id, feedback.result_id and
+audit_events.id become BIGINT (and their sequences too). The type change rewrites each
+table under its lock: measured in bench/README.md ("Years of results") at 5 M results.
+SQLite's INTEGER PRIMARY KEY is 64-bit already. Both: the group's history is reached by
+(group, id), (group, verdict, id), (group, unknown, id), (group, label, id), and time
+windows by created_at; (group, id) replaces the index on the group alone.
+
+Revision ID: 0009
+Revises: 0008
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+WIDE = (("classification_results", "id"), ("feedback", "id"), ("feedback", "result_id"),
+        ("audit_events", "id"))
+SEQUENCES = ("classification_results_id_seq", "feedback_id_seq", "audit_events_id_seq")
+INDEXES = (("ix_results_group_id", ["group_name", "id"]),
+           ("ix_results_group_verdict_id", ["group_name", "verdict", "id"]),
+           ("ix_results_group_unknown_id", ["group_name", "unknown", "id"]),
+           ("ix_results_group_label_id", ["group_name", "label", "id"]),
+           ("ix_results_created_at", ["created_at"]))
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for table, column in WIDE:
+            op.alter_column(table, column, type_=sa.BigInteger(), existing_type=sa.Integer())
+        for seq in SEQUENCES:
+            op.execute(f"ALTER SEQUENCE IF EXISTS {seq} AS BIGINT")
+    op.drop_index("ix_classification_results_group_name", table_name="classification_results")
+    for name, columns in INDEXES:
+        op.create_index(name, "classification_results", columns)
+
+
+def downgrade() -> None:
+    for name, _ in INDEXES:
+        op.drop_index(name, table_name="classification_results")
+    op.create_index("ix_classification_results_group_name", "classification_results",
+                    ["group_name"])
+    if op.get_bind().dialect.name == "postgresql":
+        for seq in SEQUENCES:
+            op.execute(f"ALTER SEQUENCE IF EXISTS {seq} AS INTEGER")
+        for table, column in WIDE:
+            op.alter_column(table, column, type_=sa.Integer(), existing_type=sa.BigInteger())
