@@ -339,3 +339,39 @@ def test_migration_0006_keeps_support_sets_and_skips_every_id_ever_referenced(
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_results_outgrow_32_bit_ids_after_the_upgrade(db_url: str) -> None:
+    """A database at revision 0008 with a result and its feedback: after the upgrade both
+    are intact, and a result past 2^31 is stored, found, and given feedback."""
+    from alembic import command
+    from alembic.config import Config
+
+    from storage.migrate import MIGRATIONS
+    from storage.tables import Feedback
+
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0008")
+    sessions = make_sessionmaker(engine)
+    row: repo.ResultRow = {"group_name": "g", "filename": "f", "sha256": "0" * 64,
+                           "class_id": None, "label": None, "unknown": True, "score": 0.0,
+                           "method": "protonet", "model_version": "m", "key_id": None}
+    with sessions.begin() as s:
+        (old,) = repo.add_classifications(s, [dict(row)], "a")  # type: ignore[list-item]
+        s.add(Feedback(result_id=old, correct=True))
+    upgrade(engine)
+    big = 2**31 + 7
+    with sessions.begin() as s:
+        s.add(ClassificationResult(id=big, **row))
+        s.flush()
+        s.add(Feedback(result_id=big, correct=False))
+    with sessions() as s:
+        assert repo.get_result(s, old) is not None and repo.get_result(s, big) is not None
+        page = repo.results_page(s, repo.ResultFilter(group="g"), None, 10)
+        assert [h.result.id for h in page] == [big, old]
+        assert [h.feedback_correct for h in page] == [False, True]
+    engine.dispose()
