@@ -17,6 +17,7 @@ from app.services.runtime import Runtime
 from app.services.uploads import Upload, decode_all, read_parts
 from models.inference import Anomaly, Decision, GroupIndex, Inspection
 from models.patchcore.anomaly_map import heatmap_png
+from models.patchcore.torch_model import spread_search
 
 
 def check_method(rt: Runtime, method: str | None) -> str:
@@ -67,7 +68,10 @@ def _decide(rt: Runtime, group: str, full: np.ndarray, top_k: int, name: str,
         raise Conflict(f"group {group!r} has no classes with support images", code="empty_group")
     # Each index fits the method it is asked for once, when first asked (GroupIndex.method).
     embeddings, patches = rt.unpack(full)
-    return served.inspect(embeddings, patches, top_k, name, threshold, evidence)
+    if rt.batcher.queued_images:  # forward passes hold the cores: search on this one
+        return served.inspect(embeddings, patches, top_k, name, threshold, evidence)
+    with spread_search():  # nothing else runs: the patch search takes every core
+        return served.inspect(embeddings, patches, top_k, name, threshold, evidence)
 
 
 async def classify(

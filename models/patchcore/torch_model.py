@@ -9,9 +9,12 @@ distance to the nearest good patch) -> image scores (N,) = the mean of the map's
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -38,9 +41,22 @@ SELF_RADIUS = 1
 REGION_PARTS = 2
 
 
-# A bank at least this large is searched on `set_search_threads` cores at once.
+# A bank at least this large is searched on `set_search_threads` cores at once, inside
+# `spread_search()` (where the caller knows the other cores are idle).
 SPLIT_MIN_PATCHES = 4096
 _search_pool: ThreadPoolExecutor | None = None
+_spread: ContextVar[bool] = ContextVar("fsdi_spread_search", default=False)
+
+
+@contextlib.contextmanager
+def spread_search() -> Iterator[None]:
+    """Within this block (and what it hands to threads with its context), large banks
+    are searched on every search thread at once."""
+    token = _spread.set(True)
+    try:
+        yield
+    finally:
+        _spread.reset(token)
 
 
 def set_search_threads(n: int) -> None:
@@ -201,7 +217,7 @@ class PatchMemory:
             q = q @ self.projection
         bank = self.bank if exclude is None else self.bank[self.owner != exclude]
         best = np.empty(len(q), np.float32)
-        pool = _search_pool
+        pool = _search_pool if _spread.get() else None
         parts = (np.array_split(bank, pool._max_workers + 1)  # type: ignore[attr-defined]
                  if pool is not None and len(bank) >= SPLIT_MIN_PATCHES else [bank])
         # A few hundred query patches at a time: the similarity block stays in cache for
