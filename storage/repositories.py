@@ -504,6 +504,28 @@ def stream_results(s: Session, f: ResultFilter, before_id: int | None = None,
         yield [tuple(row) for row in part]
 
 
+def _window(f: ResultFilter) -> list[ColumnElement[bool]]:
+    r = ClassificationResult
+    conds = [] if f.group is None else [r.group_name == f.group]
+    if f.since is not None:
+        conds.append(r.created_at >= f.since)
+    if f.until is not None:
+        conds.append(r.created_at < f.until)
+    return conds
+
+
+def _window_ids(f: ResultFilter) -> list[ColumnElement[bool]]:
+    """The lowest and highest id in the group's time window, read from its time index, as
+    bounds on the id: newest-first paging then starts inside the window instead of walking
+    every newer id of the group down to it (ids and times rise together, but the planner
+    cannot know it). `id + 0` keeps min / max an aggregate over the window's index entries
+    rather than a walk of the id index looking for the first row inside it."""
+    r = ClassificationResult
+    window = _window(f)
+    return [r.id >= select(func.min(r.id + 0)).where(*window).scalar_subquery(),
+            r.id <= select(func.max(r.id + 0)).where(*window).scalar_subquery()]
+
+
 def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
     """`q` (over results, with their latest feedback's columns) filtered by `f`, below
     `before_id`, newest first."""
@@ -518,10 +540,8 @@ def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
         q = q.where(ClassificationResult.label == f.label)
     if f.unknown is not None:
         q = q.where(ClassificationResult.unknown.is_(f.unknown))
-    if f.since is not None:
-        q = q.where(ClassificationResult.created_at >= f.since)
-    if f.until is not None:
-        q = q.where(ClassificationResult.created_at < f.until)
+    if f.since is not None or f.until is not None:
+        q = q.where(*_window(f)).where(*_window_ids(f))
     if f.feedback == "none":
         q = q.where(latest.c.fid.is_(None))
     elif f.feedback == "any":

@@ -166,7 +166,10 @@ class ClassificationResult(Base):
         Index("ix_results_group_verdict_id", "group_name", "verdict", "id"),
         Index("ix_results_group_unknown_id", "group_name", "unknown", "id"),
         Index("ix_results_group_label_id", "group_name", "label", "id"),
-        Index("ix_results_created_at", "created_at"),
+        # Time windows: a day's rows of a group are read from here (index-only) rather
+        # than by walking the group's newer ids down to them.
+        Index("ix_results_group_time", "group_name", "created_at", "id"),
+        Index("ix_results_time", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

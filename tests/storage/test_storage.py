@@ -375,3 +375,32 @@ def test_results_outgrow_32_bit_ids_after_the_upgrade(db_url: str) -> None:
         assert [h.result.id for h in page] == [big, old]
         assert [h.feedback_correct for h in page] == [False, True]
     engine.dispose()
+
+
+def test_a_time_window_finds_exactly_its_rows_when_ids_and_clocks_disagree(db_url: str
+                                                                           ) -> None:
+    """Replicas' clocks differ: a later id may carry an earlier time. A window still
+    returns every row whose time lies in it, newest id first, page by page."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    minutes = [5, 1, 9, 3, 7, 2, 8, 4, 6, 0]  # in id order: times jump back and forth
+    with sessions.begin() as s:
+        for m in minutes:
+            s.add(ClassificationResult(group_name="g", filename=f"{m}", sha256="0" * 64,
+                                       unknown=False, score=1.0, method="protonet",
+                                       model_version="m", created_at=t0 + timedelta(minutes=m)))
+        s.add(ClassificationResult(group_name="other", filename="x", sha256="0" * 64,
+                                   unknown=False, score=1.0, method="protonet",
+                                   model_version="m", created_at=t0 + timedelta(minutes=4)))
+    f = repo.ResultFilter(group="g", since=t0 + timedelta(minutes=2),
+                          until=t0 + timedelta(minutes=7))
+    with sessions() as s:
+        first = repo.results_page(s, f, None, 2)
+        rest = repo.results_page(s, f, first[-1].result.id, 10)
+        every = list(repo.stream_results(s, f))
+    got = [h.result.filename for h in first + rest]
+    assert got == ["6", "4", "2", "3", "5"]  # minutes 2..6, newest id first
+    assert [r[3] for part in every for r in part] == got
+    engine.dispose()

@@ -6,7 +6,8 @@ audit_events.id become BIGINT (and their sequences too). The type change rewrite
 table under its lock: measured in bench/README.md ("Years of results") at 5 M results.
 SQLite's INTEGER PRIMARY KEY is 64-bit already. Both: the group's history is reached by
 (group, id), (group, verdict, id), (group, unknown, id), (group, label, id), and time
-windows by created_at; (group, id) replaces the index on the group alone.
+windows by (group, created_at, id) and (created_at, id); (group, id) replaces the index
+on the group alone.
 
 Revision ID: 0009
 Revises: 0008
@@ -26,7 +27,8 @@ INDEXES = (("ix_results_group_id", ["group_name", "id"]),
            ("ix_results_group_verdict_id", ["group_name", "verdict", "id"]),
            ("ix_results_group_unknown_id", ["group_name", "unknown", "id"]),
            ("ix_results_group_label_id", ["group_name", "label", "id"]),
-           ("ix_results_created_at", ["created_at"]))
+           ("ix_results_group_time", ["group_name", "created_at", "id"]),
+           ("ix_results_time", ["created_at", "id"]))
 
 
 def upgrade() -> None:
