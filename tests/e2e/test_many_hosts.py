@@ -209,6 +209,10 @@ def test_an_object_store_outage_stops_enrolment_cleanly_not_classification(
             assert metric_value(srv.url, 'fsdi_dependency_up{dependency="blob_store"}') == 0
             listed = httpx.get(f"{srv.url}/api/v1/classes/{cid}/images", headers=H).json()
             assert len(listed) == count, "a refused enrolment left a row"
+            image = httpx.get(f"{srv.url}/api/v1/images/{listed[0]['id']}", headers=H,
+                              timeout=60)
+            assert image.status_code == 503, image.text  # not a 404: the bytes still exist
+            assert image.json()["error"]["code"] == "blob_store_unavailable"
             up()
             deadline = time.monotonic() + 30
             while (r := enrol(300 + len(outage))).status_code != 201:  # no restart
