@@ -23,6 +23,9 @@ cli = typer.Typer(help="FSDI — few-shot defect inspection.", no_args_is_help=T
                   rich_markup_mode="markdown")  # markdown: a paragraph reflows as one
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True, rich_markup_mode="markdown")
 cli.add_typer(keys_cli, name="keys")
+results_cli = typer.Typer(help="Result rows: archive them out of the database.",
+                          no_args_is_help=True, rich_markup_mode="markdown")
+cli.add_typer(results_cli, name="results")
 blobs_cli = typer.Typer(help="Image storage: where support and classified images live.",
                         no_args_is_help=True, rich_markup_mode="markdown")
 cli.add_typer(blobs_cli, name="blobs")
@@ -319,6 +322,49 @@ def blobs_migrate(
         typer.echo(f"read back different from the target: {key}", err=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@results_cli.command("archive")
+def results_archive(
+    before: str = typer.Option(..., help="archive results created before this day or time "
+                               "(ISO 8601, e.g. 2026-11-01; a date is midnight UTC)"),
+    to: str = typer.Option(..., help="where the Parquet files go: a local directory or "
+                           "s3://BUCKET/PREFIX (FSDI_S3_ENDPOINT_URL for a non-AWS server)"),
+    batch: int = typer.Option(5000, min=100, help="rows deleted per transaction"),
+) -> None:
+    """Move result rows (with their latest feedback) older than --before out of the
+    database into Parquet files, partitioned by group and day; each file is read back and
+    counted before its rows are deleted, a batch at a time, while the service runs.
+
+    Read them with DuckDB, pandas or Spark as they stand (README, "Operations").
+    """
+    import sys
+    from datetime import UTC, datetime
+
+    from tqdm import tqdm
+
+    from storage.archive import archive
+    from storage.objects import StoreUnavailable, open_objects
+
+    try:
+        cutoff = datetime.fromisoformat(before)
+    except ValueError:
+        raise typer.BadParameter(f"--before {before!r} is not an ISO 8601 date") from None
+    if cutoff.tzinfo is None:
+        cutoff = cutoff.replace(tzinfo=UTC)
+    s = get_settings()
+    try:
+        store = open_objects(to, s.data_dir, s.s3_endpoint_url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    with tqdm(unit="rows", desc="archived", disable=not sys.stderr.isatty()) as bar:
+        try:
+            report = archive(_key_sessions(), store, cutoff, batch, progress=bar.update)
+        except (StoreUnavailable, RuntimeError) as exc:
+            typer.echo(f"stopped: {exc}; run the command again to resume", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"archived {report.rows} result(s) in {len(report.files)} file(s) under "
+               f"{store.describe()}, deleted {report.deleted} from the database")
 
 
 def main() -> None:

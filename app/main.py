@@ -64,13 +64,15 @@ async def sync_loop(runtime: Runtime) -> None:
 
 
 async def housekeeping_loop(runtime: Runtime, interval_s: float = 3600.0) -> None:
-    """Every `interval_s`: remove the query-image packs past their retention."""
+    """Every `interval_s`: remove the query-image packs and the result rows past their
+    retention."""
     while True:
         await asyncio.sleep(interval_s)
-        try:
-            await asyncio.to_thread(runtime.prune_query_images)
-        except Exception:  # a file-system hiccup must not end the loop
-            logging.getLogger("fsdi").exception("query-image retention failed; retrying")
+        for step in (runtime.prune_query_images, runtime.prune_results):
+            try:
+                await asyncio.to_thread(step)
+            except Exception:  # a hiccup of the disk or database must not end the loop
+                logging.getLogger("fsdi").exception("%s failed; retrying", step.__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # Packs last written longer ago than this are removed, at start-up and hourly (0:
     # never); a result whose image is gone can no longer be promoted (409).
     query_image_retention_days: float = Field(default=30, ge=0)
+    # Result rows (and their feedback) older than this are deleted, at start-up and hourly,
+    # a few thousand per transaction (0: kept for ever). `fsdi results archive` keeps them
+    # as Parquet first.
+    result_retention_days: float = Field(default=0, ge=0)
 
     # Result push: the MQTT broker (mqtt://host:port) for groups with an mqtt_topic, and
     # the webhook delivery policy.

@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import numpy as np
@@ -32,6 +33,7 @@ from models.methods.siamese import Siamese
 from models.patchcore.torch_model import set_search_threads
 from models.zoo import create_backbone
 from storage import repositories as repo
+from storage.archive import prune_results
 from storage.migrate import open_migrated
 from storage.objects import StoreUnavailable
 from storage.stores import open_stores
@@ -190,6 +192,7 @@ class Runtime:
             set_search_threads(self.settings.threads)
             cache = self._build_cache(backbone)
             self.prune_query_images()
+            self.prune_results()
             self._loaded = Loaded(backbone, embedder, cache, siamese)
             self.metrics.classes.set(cache.class_count())
             self.ready.set()
@@ -304,6 +307,17 @@ class Runtime:
         if removed:
             log.info("removed %d query-image pack(s) last written over %g day(s) ago",
                      removed, days)
+        return removed
+
+    def prune_results(self) -> int:
+        """Delete the result rows past RESULT_RETENTION_DAYS (0: keep all)."""
+        days = self.settings.result_retention_days
+        if days <= 0:
+            return 0
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        removed = prune_results(self.sessions, cutoff)
+        if removed:
+            log.info("removed %d result(s) older than %g day(s)", removed, days)
         return removed
 
     def load_push_targets(self, s: Session, generation: int | None = None) -> None:

@@ -58,3 +58,26 @@ def test_help_reflows_paragraphs_instead_of_cutting_them() -> None:
     code, out = fsdi("--help")
     for command in ("serve", "train", "evaluate", "reembed", "keys"):
         assert re.search(rf"│ {command}\s+\S", out), command
+
+
+def test_results_archive_moves_old_rows_to_parquet(data_dir: Path) -> None:
+    from datetime import UTC, datetime
+
+    from storage.migrate import open_migrated
+    from storage.tables import ClassificationResult
+
+    _, sessions = open_migrated(f"sqlite:///{data_dir / 'fsdi.db'}")
+    with sessions.begin() as s:
+        for day in (1, 2, 20):
+            s.add(ClassificationResult(group_name="line", filename=f"{day}.png",
+                                       sha256="0" * 64, unknown=False, score=1.0,
+                                       method="protonet", model_version="m",
+                                       created_at=datetime(2026, 11, day, 9, tzinfo=UTC)))
+    out_dir = data_dir / "archive"
+    code, out = fsdi("results", "archive", "--before", "2026-11-10", "--to", str(out_dir))
+    assert code == 0, out
+    assert "archived 2 result(s) in 2 file(s)" in out and "deleted 2" in out
+    assert sorted(p.parent.name for p in out_dir.rglob("*.parquet")) == [
+        "day=2026-11-01", "day=2026-11-02"]
+    code, out = fsdi("results", "archive", "--before", "last week", "--to", str(out_dir))
+    assert code != 0 and "ISO 8601" in out

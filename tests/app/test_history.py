@@ -8,6 +8,7 @@ import io
 import tracemalloc
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -15,7 +16,7 @@ from app.services import history
 from bench.imagegen import CLASSES, flat, sample
 from storage import repositories as repo
 from storage.repositories import ResultFilter
-from tests.app.conftest import as_files, new_key
+from tests.app.conftest import as_files, make_settings, new_key, serving
 
 
 def classified(client: TestClient, grp: str) -> list[dict]:  # type: ignore[type-arg]
@@ -120,3 +121,22 @@ def test_csv_of_100000_results_streams_with_flat_memory(client: TestClient) -> N
     assert n == 100_001
     # the CSV is several MB; streaming holds one page of rows at a time
     assert size > 5_000_000 and peak < 20 * 1024 * 1024, (size, peak)
+
+
+def test_results_past_their_retention_are_removed_at_start_up(model_cache: Path,
+                                                              tmp_path: Path) -> None:
+    from storage.migrate import open_migrated
+    from storage.tables import ClassificationResult
+
+    url = f"sqlite:///{tmp_path / 'fsdi.db'}"
+    _, sessions = open_migrated(url)
+    with sessions.begin() as s:
+        for age_days in (40, 20, 1):
+            s.add(ClassificationResult(group_name="line", filename=f"{age_days}.png",
+                                       sha256="0" * 64, unknown=False, score=1.0,
+                                       method="protonet", model_version="m",
+                                       created_at=datetime.now(UTC) - timedelta(days=age_days)))
+    with serving(make_settings(tmp_path / "data", url, model_cache,
+                               result_retention_days=30)) as c:
+        names = [i["filename"] for i in c.get("/api/v1/results").json()["items"]]
+    assert names == ["1.png", "20.png"]
