@@ -12,6 +12,9 @@ on PostgreSQL, the schema before (revision 0008) and after (head) in the same ru
    then `results.csv` of one group's defects (rows/s). Each query's best of 3.
 3. Stops it, times the upgrade to head (64-bit ids, the new indexes), and does 2 again
    with this code.
+4. Archives the oldest day (10 groups, N/30 rows) with `fsdi results archive`'s code
+   while 4 clients classify one image per request, against the same load alone just
+   before: errors, and p99 loaded / unloaded.
 """
 
 from __future__ import annotations
@@ -140,6 +143,88 @@ def timed_queries(url: str, data: Path, fsdi: list[str] | None = None) -> dict[s
     return out
 
 
+def classify_load(url: str, key: str, seconds: float, clients: int = 4
+                  ) -> tuple[list[float], int]:
+    """`clients` keep-alive clients, one 224 px image per request: latencies and errors."""
+    import threading
+
+    from bench.imagegen import sample
+
+    images = [sample("brick", ("scratch", None)[i % 2], 70_000 + i, 224) for i in range(16)]
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(w: int) -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                          timeout=60) as c:
+            i = w
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                try:
+                    ok = c.post("/api/v1/classify", params={"group": "live"}, files=[
+                        ("files", ("q.png", images[i % 16], "image/png"))]).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                with lock:
+                    lat.append(time.perf_counter() - t0)
+                    errors[0] += not ok
+                i += clients
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(lat), errors[0]
+
+
+def archive_under_load(url: str, tmp: Path, seconds: float = 15) -> None:
+    """Step 4: the oldest day archived while classification runs."""
+    import threading
+
+    from bench.classify import enrol_ten
+    from storage.archive import archive
+    from storage.db import make_engine, make_sessionmaker
+    from storage.objects import LocalObjects
+
+    srv = Server(tmp / "load" / "data", {"FSDI_ADMIN_KEY": KEY, "FSDI_DATABASE_URL": url,
+                                         "FSDI_MODEL_CACHE_DIR": str(tmp / "onnx")}
+                 ).start(timeout=300)
+    engine = make_engine(url)
+    try:
+        with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=120) as c:
+            enrol_ten(c, "live")
+            key = str(c.post("/api/v1/keys", json={"role": "machine"}).json()["key"])
+        classify_load(srv.url, key, 3)  # warm-up
+        alone, alone_errors = classify_load(srv.url, key, seconds)
+        first = datetime.now(UTC) - timedelta(days=DAYS)
+        day_end = first.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        done: dict[str, object] = {}
+
+        def run() -> None:
+            t0 = time.perf_counter()
+            done["report"] = archive(make_sessionmaker(engine), LocalObjects(tmp / "archive"),
+                                     day_end)
+            done["seconds"] = time.perf_counter() - t0
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        loaded, loaded_errors = classify_load(srv.url, key, seconds)
+        worker.join()
+    finally:
+        srv.stop()
+        engine.dispose()
+    report = done["report"]
+    p99 = alone[int(0.99 * (len(alone) - 1))], loaded[int(0.99 * (len(loaded) - 1))]
+    print(f"archive of the oldest day: {report.rows:,} rows in {len(report.files)} files, "  # type: ignore[attr-defined]
+          f"{done['seconds']:.1f} s; classification alone p99 {p99[0] * 1e3:.1f} ms "
+          f"({alone_errors} errors), during the archive p99 {p99[1] * 1e3:.1f} ms "
+          f"({loaded_errors} errors): {p99[1] / p99[0]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=5_000_000)
@@ -167,6 +252,7 @@ def main() -> None:
         print(f"{name:<34} {before[name]:10.1f} {after[name]:10.1f}")
     print(f"results.csv of g3's defects ({after['csv rows']:,.0f} rows): before "
           f"{before['csv rows/s']:,.0f} rows/s, after {after['csv rows/s']:,.0f} rows/s")
+    archive_under_load(url, tmp)
 
 
 if __name__ == "__main__":
