@@ -331,6 +331,9 @@ def results_archive(
     to: str = typer.Option(..., help="where the Parquet files go: a local directory or "
                            "s3://BUCKET/PREFIX (FSDI_S3_ENDPOINT_URL for a non-AWS server)"),
     batch: int = typer.Option(5000, min=100, help="rows deleted per transaction"),
+    duty: float = typer.Option(0.5, min=0.05, max=1.0, help="share of the time it works; "
+                               "it rests the rest, so classification on the same machine "
+                               "keeps its latency"),
 ) -> None:
     """Move result rows (with their latest feedback) older than --before out of the
     database into Parquet files, partitioned by group and day; each file is read back and
@@ -359,7 +362,8 @@ def results_archive(
         raise typer.BadParameter(str(exc)) from None
     with tqdm(unit="rows", desc="archived", disable=not sys.stderr.isatty()) as bar:
         try:
-            report = archive(_key_sessions(), store, cutoff, batch, progress=bar.update)
+            report = archive(_key_sessions(), store, cutoff, batch, progress=bar.update,
+                             duty=duty)
         except (StoreUnavailable, RuntimeError) as exc:
             typer.echo(f"stopped: {exc}; run the command again to resume", err=True)
             raise typer.Exit(1) from None

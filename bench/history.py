@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -143,7 +144,7 @@ def timed_queries(url: str, data: Path, fsdi: list[str] | None = None) -> dict[s
     return out
 
 
-def classify_load(url: str, key: str, seconds: float, clients: int = 4
+def classify_load(url: str, key: str, group: str, seconds: float, clients: int = 4
                   ) -> tuple[list[float], int]:
     """`clients` keep-alive clients, one 224 px image per request: latencies and errors."""
     import threading
@@ -163,7 +164,7 @@ def classify_load(url: str, key: str, seconds: float, clients: int = 4
             while time.monotonic() < stop:
                 t0 = time.perf_counter()
                 try:
-                    ok = c.post("/api/v1/classify", params={"group": "live"}, files=[
+                    ok = c.post("/api/v1/classify", params={"group": group}, files=[
                         ("files", ("q.png", images[i % 16], "image/png"))]).status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -180,12 +181,15 @@ def classify_load(url: str, key: str, seconds: float, clients: int = 4
     return sorted(lat), errors[0]
 
 
-def archive_under_load(url: str, tmp: Path, seconds: float = 15) -> None:
+def archive_under_load(url: str, tmp: Path, seconds: float = 15, duty: float = 0.5,
+                       batch: int = 5000) -> None:
     """Step 4: the oldest day archived while classification runs."""
     import threading
 
+    from sqlalchemy import text
+
     from bench.classify import enrol_ten
-    from storage.archive import archive
+    from storage.archive import ArchiveReport, archive
     from storage.db import make_engine, make_sessionmaker
     from storage.objects import LocalObjects
 
@@ -196,30 +200,34 @@ def archive_under_load(url: str, tmp: Path, seconds: float = 15) -> None:
     try:
         with httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {KEY}"},
                           timeout=120) as c:
-            enrol_ten(c, "live")
+            group = f"live-{os.getpid()}"
+            enrol_ten(c, group)
             key = str(c.post("/api/v1/keys", json={"role": "machine"}).json()["key"])
-        classify_load(srv.url, key, 3)  # warm-up
-        alone, alone_errors = classify_load(srv.url, key, seconds)
-        first = datetime.now(UTC) - timedelta(days=DAYS)
+        classify_load(srv.url, key, group, 3)  # warm-up
+        alone, alone_errors = classify_load(srv.url, key, group, seconds)
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT min(created_at) FROM classification_results")
+                                 ).scalar_one()
         day_end = first.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
         done: dict[str, object] = {}
 
         def run() -> None:
             t0 = time.perf_counter()
             done["report"] = archive(make_sessionmaker(engine), LocalObjects(tmp / "archive"),
-                                     day_end)
+                                     day_end, batch=batch, duty=duty)
             done["seconds"] = time.perf_counter() - t0
 
         worker = threading.Thread(target=run)
         worker.start()
-        loaded, loaded_errors = classify_load(srv.url, key, seconds)
+        loaded, loaded_errors = classify_load(srv.url, key, group, seconds)
         worker.join()
     finally:
         srv.stop()
         engine.dispose()
-    report = done["report"]
+    report = cast(ArchiveReport, done["report"])
     p99 = alone[int(0.99 * (len(alone) - 1))], loaded[int(0.99 * (len(loaded) - 1))]
-    print(f"archive of the oldest day: {report.rows:,} rows in {len(report.files)} files, "  # type: ignore[attr-defined]
+    print(f"archive of the oldest day (duty {duty:g}, batch {batch}): {report.rows:,} rows in "
+          f"{len(report.files)} files, "
           f"{done['seconds']:.1f} s; classification alone p99 {p99[0] * 1e3:.1f} ms "
           f"({alone_errors} errors), during the archive p99 {p99[1] * 1e3:.1f} ms "
           f"({loaded_errors} errors): {p99[1] / p99[0]:.2f}x")
@@ -232,9 +240,16 @@ def main() -> None:
                     help="the commit whose code (schema 0008) serves the 'before' column")
     ap.add_argument("--pg", default=os.environ.get(
         "FSDI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    ap.add_argument("--archive-only", metavar="URL",
+                    help="only step 4, on a database an earlier run left (its oldest day)")
+    ap.add_argument("--duty", type=float, default=0.5, help="the archive's share of time")
+    ap.add_argument("--batch", type=int, default=5000, help="rows the archive deletes at once")
     a = ap.parse_args()
-    url = fresh_database(a.pg)
     tmp = Path(tempfile.mkdtemp(prefix="fsdi-history-"))
+    if a.archive_only:
+        archive_under_load(a.archive_only, tmp, duty=a.duty, batch=a.batch)
+        return
+    url = fresh_database(a.pg)
     migrate_to(url, "0008")
     print(f"filled {a.rows:,} results in {fill(url, a.rows):.1f} s")
     tree = tmp / "tree"
@@ -252,7 +267,7 @@ def main() -> None:
         print(f"{name:<34} {before[name]:10.1f} {after[name]:10.1f}")
     print(f"results.csv of g3's defects ({after['csv rows']:,.0f} rows): before "
           f"{before['csv rows/s']:,.0f} rows/s, after {after['csv rows/s']:,.0f} rows/s")
-    archive_under_load(url, tmp)
+    archive_under_load(url, tmp, duty=a.duty, batch=a.batch)
 
 
 if __name__ == "__main__":

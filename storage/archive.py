@@ -15,6 +15,7 @@ latest feedback (the feedback rows go with their result).
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -63,19 +64,23 @@ def _table(rows: list[tuple[object, ...]]):  # type: ignore[no-untyped-def]
 
 
 def archive(sessions: sessionmaker[Session], store: ObjectStore, before: datetime,
-            batch: int = 5000, progress: Callable[[int], None] | None = None
-            ) -> ArchiveReport:
+            batch: int = 5000, progress: Callable[[int], None] | None = None,
+            duty: float = 0.5) -> ArchiveReport:
     """Write every result older than `before` to Parquet in `store`, check each file, then
     delete its rows `batch` at a time. A rerun after an interruption writes the rows left
     (a file whose rows were not all deleted is written again under its own name: its
     first and last ids, so a reader may see a row twice only if a run died between
-    checking a file and deleting its rows)."""
+    checking a file and deleting its rows). `duty`: the share of the time it works; it
+    rests the rest after each file and batch, so that the service's own work (on the
+    same cores and database) keeps its pace."""
     import pyarrow.parquet as pq
 
     report = ArchiveReport()
+    pace = _Pace(duty)
     with sessions() as s:
         parts = list(_days(s, before))
     for group, day in parts:
+        pace.rest()
         end = min(day + timedelta(days=1), before)
         f = ResultFilter(group=group, since=day, until=end)
         with sessions() as s:
@@ -96,16 +101,33 @@ def archive(sessions: sessionmaker[Session], store: ObjectStore, before: datetim
                                f"{len(rows)} rows; nothing of it was deleted")
         report.files.append(key)
         report.rows += len(rows)
-        report.deleted += delete_results(sessions, [cast(int, r[0]) for r in rows], batch)
+        report.deleted += delete_results(sessions, [cast(int, r[0]) for r in rows], batch,
+                                         pace)
         if progress is not None:
             progress(len(rows))
     return report
 
 
-def delete_results(sessions: sessionmaker[Session], ids: list[int], batch: int = 5000) -> int:
+class _Pace:
+    """Rest after each piece of work so that work takes `duty` of the time."""
+
+    def __init__(self, duty: float) -> None:
+        self.duty = min(1.0, max(0.05, duty))
+        self.since = time.monotonic()
+
+    def rest(self) -> None:
+        worked = time.monotonic() - self.since
+        time.sleep(worked * (1.0 / self.duty - 1.0))
+        self.since = time.monotonic()
+
+
+def delete_results(sessions: sessionmaker[Session], ids: list[int], batch: int = 5000,
+                   pace: _Pace | None = None) -> int:
     """Delete these results (and their feedback, by cascade) `batch` per transaction."""
     deleted = 0
     for i in range(0, len(ids), batch):
+        if pace is not None:
+            pace.rest()
         with sessions.begin() as s:
             res = s.execute(delete(ClassificationResult)
                             .where(ClassificationResult.id.in_(ids[i:i + batch])))
