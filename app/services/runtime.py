@@ -97,7 +97,9 @@ class Runtime:
         # a deletion): held here so that it is not collected before it ends.
         self.background: set[asyncio.Future[None]] = set()
         self._deps_lock = threading.Lock()
+        self._deps_done = threading.Condition()
         self._deps_at = -1e9
+        self._deps_checking = False
         self._deps: dict[str, str] = {}
         self.decode_pool = ThreadPoolExecutor(settings.decode_workers,
                                               thread_name_prefix="fsdi-decode",
@@ -256,13 +258,30 @@ class Runtime:
         return cache
 
     def dependencies(self, max_age_s: float = 1.0) -> dict[str, str]:
-        """Each dependency's state, "up" or why it is down, asked at most every
-        `max_age_s` (load balancers probe /readyz often); also set as metrics."""
-        now = time.monotonic()
+        """Each dependency's state, "up" or why it is down, as last checked; a check older
+        than `max_age_s` is redone in the background. So /readyz answers at once even
+        while a dependency hangs: a load balancer's short health-check timeout must not
+        take every replica out because their shared object store is slow (the store's
+        state is reported, classification goes on). Only the very first check is waited
+        for."""
         with self._deps_lock:
-            if now - self._deps_at < max_age_s:
-                return dict(self._deps)
-            self._deps_at = now
+            known = dict(self._deps)
+            due = (time.monotonic() - self._deps_at >= max_age_s
+                   and not self._deps_checking)
+            if due:
+                self._deps_checking = True
+        if due and known:
+            threading.Thread(target=self._check_dependencies, name="fsdi-deps",
+                             daemon=True).start()
+        elif due:
+            self._check_dependencies()
+        elif not known:  # another caller is making the first check: wait for it
+            with self._deps_done:
+                self._deps_done.wait_for(lambda: bool(self._deps), timeout=30)
+        with self._deps_lock:
+            return dict(self._deps) or {"database": "unknown", "blob_store": "unknown"}
+
+    def _check_dependencies(self) -> None:
         deps: dict[str, str] = {}
         try:
             with self.engine.connect() as conn:
@@ -275,11 +294,16 @@ class Runtime:
             deps["blob_store"] = "up"
         except StoreUnavailable as exc:
             deps["blob_store"] = f"down: {exc}"
+        except Exception as exc:  # never leave the check marked as running
+            deps["blob_store"] = f"down: {type(exc).__name__}"
         for name, state in deps.items():
             self.metrics.dependency_up.labels(name).set(1 if state == "up" else 0)
         with self._deps_lock:
             self._deps = deps
-        return dict(deps)
+            self._deps_at = time.monotonic()
+            self._deps_checking = False
+        with self._deps_done:
+            self._deps_done.notify_all()
 
     def sweep_blobs(self, s: Session) -> int:
         """Remove blobs no row refers to, older than the grace period (crash orphans).
