@@ -222,9 +222,9 @@ class S3Objects(ObjectStore):
         try:
             return fn(Bucket=self.bucket, **kw)
         except ClientError as exc:
-            if _status(exc) in (404,) or _code(exc) in ("NoSuchKey", "NotFound"):
-                raise KeyError(kw.get("Key", "")) from None
-            if _status(exc) == 416 or _code(exc) == "InvalidRange":
+            # no such object, or no such stretch of it
+            if _status(exc) in (404, 416) or _code(exc) in ("NoSuchKey", "NotFound",
+                                                            "InvalidRange"):
                 raise KeyError(kw.get("Key", "")) from None
             raise StoreUnavailable(f"{self.describe()}: {what} failed: {_code(exc)}") from None
         except BotoCoreError as exc:

@@ -202,17 +202,19 @@ async def _refresh_after_delete(rt: Runtime, class_id: int, group: str) -> None:
     every remaining good image (a cover cannot forget one image's patches): that runs in
     the background while the old memory keeps serving, and the request returns once the
     deletion is committed. Anything else is refreshed before the request returns."""
+    async def refresh() -> None:
+        await asyncio.to_thread(_refresh, rt, class_id, group)
+        rt.metrics.classes.set(rt.cache.class_count())
+
     served = rt.cache.served(group)
     good = served.good_parts if served is not None else None
     if good is None or good.memory.radius == 0.0:
-        await asyncio.to_thread(_refresh, rt, class_id, group)
-        rt.metrics.classes.set(rt.cache.class_count())
+        await refresh()
         return
 
     async def rebuild() -> None:
         try:
-            await asyncio.to_thread(_refresh, rt, class_id, group)
-            rt.metrics.classes.set(rt.cache.class_count())
+            await refresh()
         except Exception:  # the next change or replica sync reads the group again
             log.exception("rebuilding group %s's memory after a deletion failed", group)
 

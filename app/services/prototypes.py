@@ -177,13 +177,7 @@ class PrototypeCache:
         nothing, when a local change to the group was published while this read ran:
         the read may predate it (a just-enrolled class would vanish until the next
         sync), so the caller reads again later."""
-        seen = self._published.get(group, 0)
-        entries, good, fused = self._read_group(s, group)
-        with self._lock:
-            if self._published.get(group, 0) != seen:
-                return False
-            self._publish(group, entries.get(group, {}), good.get(group), fused.get(group))
-        return True
+        return self._read_and_publish(s, group)
 
     def refresh_class(self, s: Session, class_id: int, group: str) -> None:
         """Re-read one class from the database and swap in its group's new snapshot. In a
@@ -213,15 +207,19 @@ class PrototypeCache:
         false-alarm rate changed). A read that another publication of the group overtook
         (a slow rebuild, a quick enrolment meanwhile) is read again, never published
         over the newer state."""
-        while True:
-            seen = self._published.get(group, 0)
-            entries, good, fused = self._read_group(s, group)
-            with self._lock:
-                if self._published.get(group, 0) == seen:
-                    self._publish(group, entries.get(group, {}), good.get(group),
-                                  fused.get(group))
-                    return
+        while not self._read_and_publish(s, group):
             s.rollback()  # end the read: the next one sees what was committed meanwhile
+
+    def _read_and_publish(self, s: Session, group: str) -> bool:
+        """Read the group and publish it, unless another publication of it came while the
+        read ran (then publish nothing and return False)."""
+        seen = self._published.get(group, 0)
+        entries, good, fused = self._read_group(s, group)
+        with self._lock:
+            if self._published.get(group, 0) != seen:
+                return False
+            self._publish(group, entries.get(group, {}), good.get(group), fused.get(group))
+        return True
 
     def _read_group(self, s: Session, group: str) -> Read:
         return self._read(s, {c.id: c for c in repo.list_classes(s, group)}, group)
