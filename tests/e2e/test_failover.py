@@ -84,7 +84,7 @@ class Load:
                 seed += 1
                 img = sample("brick", "scratch" if seed % 2 else None, seed)
                 t0 = time.monotonic()
-                for attempt in range(2):
+                for attempt in range(3):
                     try:
                         r = c.post("/api/v1/classify", params={"group": self.group},
                                    files=[("files", ("q.png", img, "image/png"))])
@@ -92,7 +92,9 @@ class Load:
                         break
                     except httpx.RemoteProtocolError:
                         # The balancer closed a kept-alive connection without an answer
-                        # (its replica died mid-request): HTTP's cue to retry, once.
+                        # (its replica died mid-request): HTTP's cue to retry, on a new
+                        # connection (twice at most: the first may meet the dead replica
+                        # too, before its health check fails).
                         status = -1
                         with self.lock:
                             self.retried += attempt == 0
