@@ -10,8 +10,11 @@ on PostgreSQL, the schema before (revision 0008) and after (head) in the same ru
    first page (100) of: a group's newest, label, unknown=true, verdict=defect,
    verdict=defect on g9 (matches nothing), a one-day window 15 days back, feedback=wrong;
    then `results.csv` of one group's defects (rows/s). Each query's best of 3.
-3. Stops it, times the upgrade to head (64-bit ids, the new indexes), and does 2 again
-   with this code.
+3. Stops it and upgrades to head (64-bit ids, the new indexes) while 4 writers store
+   results with the service's storage code (a result, its audit event, feedback on one in
+   ten; one transaction each): the upgrade's time, and the writes' rate, p99 and longest
+   wait during it against the same writers alone just before; then does 2 again with
+   this code.
 4. Archives the oldest day (10 groups, N/30 rows) with `fsdi results archive`'s code
    while 4 clients classify one image per request, against the same load alone just
    before: errors, and p99 loaded / unloaded.
@@ -50,19 +53,17 @@ def fresh_database(admin_url: str) -> str:
 
 
 def migrate_to(url: str, revision: str) -> float:
-    from alembic import command
-    from alembic.config import Config
+    import logging
 
     from storage.db import make_engine
-    from storage.migrate import MIGRATIONS
+    from storage.migrate import upgrade
 
+    logging.basicConfig(level=logging.INFO, format="    %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     engine = make_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
     t0 = time.perf_counter()
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    upgrade(engine, revision)
     engine.dispose()
     return time.perf_counter() - t0
 
@@ -142,6 +143,82 @@ def timed_queries(url: str, data: Path, fsdi: list[str] | None = None) -> dict[s
     finally:
         srv.stop()
     return out
+
+
+def write_load(url: str, seconds: float | None, stop: object = None, writers: int = 4
+               ) -> tuple[list[float], int, int]:
+    """`writers` threads storing one result each per transaction (with its audit event and
+    feedback on one in ten), for `seconds` or until `stop` (a threading.Event) is set:
+    latencies, writes, errors."""
+    import threading
+
+    from storage import repositories as repo
+    from storage.db import make_engine, make_sessionmaker
+    from storage.tables import Feedback
+
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    row: repo.ResultRow = {"group_name": "g0", "filename": "w.png", "sha256": "0" * 64,
+                           "class_id": None, "label": "ok", "unknown": False, "score": 0.9,
+                           "method": "protonet", "model_version": "bench", "key_id": None}
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    end = time.monotonic() + (seconds or 1e9)
+    done = cast(threading.Event, stop) if stop is not None else threading.Event()
+
+    def worker() -> None:
+        n = 0
+        while time.monotonic() < end and not done.is_set():
+            t0 = time.perf_counter()
+            try:
+                with sessions.begin() as s:
+                    (rid,) = repo.add_classifications(s, [row], "bench")
+                    if n % 10 == 0:
+                        s.add(Feedback(result_id=rid, correct=True))
+                ok = True
+            except Exception:
+                ok = False
+            with lock:
+                lat.append(time.perf_counter() - t0)
+                errors[0] += not ok
+            n += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.dispose()
+    return sorted(lat), len(lat), errors[0]
+
+
+def upgrade_under_writes(url: str, rows: int, seconds: float = 10) -> None:
+    """Step 3: the upgrade to head while the writers run, against them alone."""
+    import threading
+
+    write_load(url, 2)  # warm-up
+    alone, n_alone, e_alone = write_load(url, seconds)
+    stop = threading.Event()
+    out: dict[str, tuple[list[float], int, int]] = {}
+    loader = threading.Thread(target=lambda: out.setdefault("w", write_load(url, None, stop)))
+    loader.start()
+    try:
+        took = migrate_to(url, "head")
+    finally:
+        stop.set()
+        loader.join()
+    during, n_during, e_during = out["w"]
+
+    def p99(xs: list[float]) -> float:
+        return xs[int(0.99 * (len(xs) - 1))] * 1e3
+
+    print(f"upgrade 0008 -> head (64-bit ids, indexes) at {rows:,} results, 4 writers "
+          f"running: {took:.1f} s")
+    print(f"  writers alone ({seconds:g} s): {n_alone / seconds:.0f} writes/s, p99 "
+          f"{p99(alone):.1f} ms, longest {alone[-1] * 1e3:.0f} ms, {e_alone} errors")
+    print(f"  during the upgrade: {n_during / took:.0f} writes/s, p99 {p99(during):.1f} ms, "
+          f"longest {during[-1] * 1e3:.0f} ms, {e_during} errors")
 
 
 def classify_load(url: str, key: str, group: str, seconds: float, clients: int = 4
@@ -244,6 +321,7 @@ def main() -> None:
                     help="only step 4, on a database an earlier run left (its oldest day)")
     ap.add_argument("--duty", type=float, default=0.5, help="the archive's share of time")
     ap.add_argument("--batch", type=int, default=5000, help="rows the archive deletes at once")
+    ap.add_argument("--no-archive", action="store_true", help="skip step 4")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fsdi-history-"))
     if a.archive_only:
@@ -257,8 +335,7 @@ def main() -> None:
         before = timed_queries(url, tmp / "before" / "data", checkout(a.before, tree))
     finally:
         remove_checkout(tree)
-    took = migrate_to(url, "head")
-    print(f"upgrade 0008 -> head (64-bit ids, indexes) at {a.rows:,} results: {took:.1f} s")
+    upgrade_under_writes(url, a.rows)
     after = timed_queries(url, tmp / "after" / "data")
     print(f"{'first page (ms, best of 3)':<34} {'before':>10} {'after':>10}")
     for name in before:
@@ -267,7 +344,8 @@ def main() -> None:
         print(f"{name:<34} {before[name]:10.1f} {after[name]:10.1f}")
     print(f"results.csv of g3's defects ({after['csv rows']:,.0f} rows): before "
           f"{before['csv rows/s']:,.0f} rows/s, after {after['csv rows/s']:,.0f} rows/s")
-    archive_under_load(url, tmp, duty=a.duty, batch=a.batch)
+    if not a.no_archive:
+        archive_under_load(url, tmp, duty=a.duty, batch=a.batch)
 
 
 if __name__ == "__main__":

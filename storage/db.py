@@ -24,8 +24,12 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # hide_parameters: a failed statement is logged without its values (secrets, keys).
+    # No server-side prepared statements: a migration that changes a column's type while
+    # replicas serve (storage/widen.py) would make every statement prepared before it fail
+    # ("cached plan must not change result type") until the connection closes.
+    connect_args = {"prepare_threshold": None} if url.startswith("postgresql+psycopg") else {}
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10,
-                         hide_parameters=True)
+                         hide_parameters=True, connect_args=connect_args)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -12,10 +12,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.db import make_engine, make_sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x46534449  # "FSDI": the advisory lock replicas migrate under
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the database at `engine` to the newest schema revision.
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database at `engine` to the newest schema revision (or `revision`).
+
+    On PostgreSQL Alembic manages the transactions (a migration may step out of them to
+    change a big table while it stays in use), and replicas starting together take turns
+    on an advisory lock: the second finds the work done.
 
     On SQLite the migrations run with foreign keys off (a table that a migration recreates
     is dropped, and with foreign keys on that drop would cascade to the rows referring to
@@ -23,9 +28,16 @@ def upgrade(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        # The lock's session stays out of any transaction (autocommit), so it holds back
+        # neither vacuum nor a CONCURRENTLY built index.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock, \
+                engine.connect() as conn:
+            lock.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+            finally:
+                lock.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
         return
     with engine.connect() as conn:
         conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction: effective
@@ -33,7 +45,7 @@ def upgrade(engine: Engine) -> None:
         try:
             with conn.begin():
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, revision)
                 broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
                     raise RuntimeError(f"migration left dangling references: {broken[:5]}")

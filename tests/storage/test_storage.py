@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,12 @@ from storage.tables import (
     Embedding,
     SupportImage,
 )
-from tests.conftest import S3_ENDPOINT
+from tests.conftest import S3_ENDPOINT, fresh_pg_database
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from fresh_pg_database()
 
 
 def test_blob_store_dedups_and_sweeps(tmp_path: Path, blob_url: str | None) -> None:
@@ -403,4 +409,104 @@ def test_a_time_window_finds_exactly_its_rows_when_ids_and_clocks_disagree(db_ur
     got = [h.result.filename for h in first + rest]
     assert got == ["6", "4", "2", "3", "5"]  # minutes 2..6, newest id first
     assert [r[3] for part in every for r in part] == got
+    engine.dispose()
+
+
+def test_ids_widen_to_64_bit_while_results_keep_being_written_and_read(pg_url: str) -> None:
+    """PostgreSQL at 0008 with results, feedback and audit rows: the upgrade to head runs
+    while two writers store classifications with feedback and a reader pages the history
+    (each with the service's own engine, prepared statements and all). No write or read
+    fails, every row keeps its id and its feedback, ids past 2^31 are stored afterwards,
+    the audit log still refuses changes, and no index or constraint is left behind."""
+    import threading
+
+    from sqlalchemy import text
+
+    from storage.tables import Feedback
+
+    url = pg_url
+    engine = make_engine(url)
+    upgrade(engine, "0008")
+    sessions = make_sessionmaker(engine)
+    row: repo.ResultRow = {"group_name": "g", "filename": "f", "sha256": "0" * 64,
+                           "class_id": None, "label": "a", "unknown": False,
+                           "score": 0.5, "method": "protonet", "model_version": "m",
+                           "key_id": None}
+    with sessions.begin() as s:
+        first = repo.add_classifications(s, [row] * 30_000, "a")
+        for rid in first[::100]:
+            s.add(Feedback(result_id=rid, correct=rid % 2 == 0))
+        repo.audit(s, "admin", "seed", "before")
+    stop = threading.Event()
+    written: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                with sessions.begin() as s:
+                    (rid,) = repo.add_classifications(s, [row], "a")
+                    s.add(Feedback(result_id=rid, correct=True))
+                    repo.audit(s, "machine", "classify", str(rid))
+                written.append(rid)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                with sessions() as s:
+                    page = repo.results_page(s, repo.ResultFilter(group="g"), None, 50)
+                    assert page and page[0].result.id >= first[-1]
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=f) for f in (writer, writer, reader)]
+    for t in threads:
+        t.start()
+    try:
+        upgrade(make_engine(url))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert len(written) > 0
+    with engine.connect() as conn:
+        types: dict[str, str] = dict(conn.execute(text(
+            "SELECT table_name || '.' || column_name, data_type FROM "
+            "information_schema.columns WHERE column_name IN ('id', 'result_id') AND "
+            "table_name IN ('classification_results', 'feedback', 'audit_events')")).all())
+        assert set(types.values()) == {"bigint"}, types
+        leftovers = conn.execute(text(
+            "SELECT column_name FROM information_schema.columns WHERE column_name LIKE "
+            "'%\\_wide' UNION ALL SELECT relname FROM pg_class WHERE relname LIKE '%\\_w' "
+            "UNION ALL SELECT conname FROM pg_constraint WHERE NOT convalidated "
+            "UNION ALL SELECT proname FROM pg_proc WHERE proname LIKE 'fsdi_widen%' "
+            "UNION ALL SELECT c.relname FROM pg_index i JOIN pg_class c ON "
+            "c.oid = i.indexrelid WHERE NOT i.indisvalid")).scalars().all()
+        assert leftovers == []
+        n = conn.execute(text("SELECT count(*), count(DISTINCT id) FROM "
+                              "classification_results")).one()
+        assert n == (30_000 + len(written), 30_000 + len(written))
+        assert conn.execute(text("SELECT count(*) FROM feedback")).scalar() == \
+            300 + len(written)
+    with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET detail = 'x'"))
+    big = 2**31 + 7
+    with sessions.begin() as s:
+        s.add(ClassificationResult(id=big, **row))
+        s.flush()
+        s.add(Feedback(result_id=big, correct=False))
+    with sessions.begin() as s:
+        (after,) = repo.add_classifications(s, [row], "a")
+        repo.audit(s, "admin", "after", "")
+        assert repo.get_result(s, first[0]) is not None
+        page = repo.results_page(s, repo.ResultFilter(group="g"), None, 3)
+        assert [h.result.id for h in page][:1] == [big]
+        assert after > max(written)
+    with engine.begin() as conn:  # the foreign key still cascades
+        conn.execute(text("DELETE FROM classification_results WHERE id = :i"), {"i": big})
+        assert conn.execute(text("SELECT count(*) FROM feedback WHERE result_id = :i"),
+                            {"i": big}).scalar() == 0
     engine.dispose()
