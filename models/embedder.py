@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from models.backbones import Backbone
+from models.backbones import Backbone, export_path
 
 
 class Embedder(Protocol):
@@ -47,7 +46,13 @@ def _pack(emb: np.ndarray, patches: np.ndarray) -> np.ndarray:
 
 def pin_threads(threads: int) -> None:
     """One runtime, sized to the cores: oversubscribed runtimes were measured 40x slower."""
+    import sys
+
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if "torch" not in sys.modules:  # the ONNX Runtime path never loads it
+        return
+    import torch
+
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
@@ -57,20 +62,27 @@ class TorchEmbedder:
     runtime = "torch"
 
     def __init__(self, backbone: Backbone) -> None:
-        self.backbone = backbone
-        self.net = backbone.serving()
-        self.net_patches = backbone.serving(patches=True) if backbone.patch_layers else None
+        from models.serving import serving_net
 
-    @torch.inference_mode()
+        self.backbone = backbone
+        self.net = serving_net(backbone)
+        self.net_patches = serving_net(backbone, patches=True) if backbone.patch_layers else None
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        out = self.net(torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
+        import torch
+
+        with torch.inference_mode():
+            out = self.net(torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
         return out.numpy().astype(np.float32, copy=False)  # type: ignore[union-attr]
 
-    @torch.inference_mode()
     def embed_packed(self, batch: np.ndarray, wide: bool = False) -> np.ndarray:
+        import torch
+
         if self.net_patches is None:
             raise ValueError(f"{self.backbone.name} serves no patch features")
-        emb, patches = self.net_patches(torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
+        with torch.inference_mode():
+            emb, patches = self.net_patches(
+                torch.from_numpy(np.ascontiguousarray(batch, np.uint8)))
         return _pack(emb.numpy(), patches.numpy())
 
 
@@ -94,9 +106,13 @@ def export_onnx(backbone: Backbone, target: Path) -> None:
 def _export(backbone: Backbone, path: str, s: int, channels: int) -> None:
     """One graph, two outputs where the backbone serves patches: a caller that asks only
     for the embeddings gets only what they need computed."""
+    import torch
+
+    from models.serving import serving_net
+
     outputs = ["embeddings"] + (["patches"] if backbone.patch_layers else [])
     torch.onnx.export(
-        backbone.serving(patches=bool(backbone.patch_layers)),
+        serving_net(backbone, patches=bool(backbone.patch_layers)),
         (torch.zeros(2, s, s, channels, dtype=torch.uint8),),
         path,
         input_names=["images"],
@@ -121,7 +137,7 @@ class OrtEmbedder:
         (`embed_packed(wide=True)`): one camera's image gets every core, while concurrent
         passes keep their narrower sessions (a second session of the same file)."""
         self.backbone = backbone
-        self.path = cache_dir / f"{backbone.version.replace('@', '-')}.onnx"
+        self.path = export_path(cache_dir, backbone.version)
         if not self.path.is_file():
             self._build()
         try:
@@ -134,6 +150,10 @@ class OrtEmbedder:
             self.session = self._session(threads)
         self.wide = (self._session(wide_threads)
                      if wide_threads is not None and wide_threads > threads else self.session)
+        from models.zoo import shape_file, write_shapes
+
+        if not shape_file(self.path).is_file():  # what lets a later start skip torch
+            write_shapes(self.backbone, self.path)
 
     def _session(self, threads: int) -> Any:
         import onnxruntime as ort
@@ -149,7 +169,13 @@ class OrtEmbedder:
         return ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     def _build(self) -> None:
-        """Export the served file; for INT8, export fp32 beside it and quantise that."""
+        """Export the served file; for INT8, export fp32 beside it and quantise that. A
+        backbone described from an earlier export is built in torch first."""
+        from models.zoo import create_backbone, shape_file
+
+        shape_file(self.path).unlink(missing_ok=True)
+        if self.backbone.net is None:
+            self.backbone = create_backbone(self.backbone.name, self.backbone.precision)
         if self.backbone.precision == "fp32":
             export_onnx(self.backbone, self.path)
             return

@@ -41,7 +41,7 @@ def episode_accuracy(z: np.ndarray, sampler: EpisodeSampler, episodes: int) -> n
 
 
 def head_embed(path: Path) -> Embed:
-    from models.backbones import load_state_dict_safely
+    from models.serving import load_state_dict_safely
 
     state = load_state_dict_safely(path)
     head = ProjectionHead(in_dim=state["mean"].shape[0], out_dim=state["proj.weight"].shape[0])

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models.backbones import PreprocessConfig, ServingNet
+from models.backbones import PreprocessConfig
 from models.meta import DescriptorTrunk
+from models.serving import ServingNet
 
 
 def grey_to_input(imgs: np.ndarray, size: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from models.calibration import CalibrationConfig, class_threshold, group_temperature, probes
 from models.methods import FewShotMethod, create_method
 from models.methods.protonet import ProtoNet, euclidean, score_from_distances
-from models.patchcore.torch_model import (
+from models.patchcore.memory import (
     MAX_HELD_OUT,
     PatchMemory,
     balanced_threshold,

@@ -124,7 +124,7 @@ def feature_sets(cfg: TrainConfig, cache_dir: Path, random_init: bool = False
                  ) -> dict[str, np.ndarray]:
     """Descriptors and labels of the evaluation splits and (ImageNet trunk only) the
     meta-train splits, cached on disk by the settings each depends on."""
-    from models.effnet import TRUNK_REVISION
+    from models.backbones import TRUNK_REVISION
 
     # The trunk's code revision is part of the name: a fixed trunk never reads old features.
     tag = f"{'random' if random_init else 'imagenet'}-{TRUNK_REVISION}"

@@ -16,13 +16,16 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path) -> set[str]:
+def imports(path: Path, on_import: bool = False) -> set[str]:
     """Modules `path` imports when it runs (imports under `if TYPE_CHECKING:` are for the
-    type checker only and left out)."""
+    type checker only and left out); `on_import`: only those that importing it runs (not
+    the ones inside functions)."""
     tree = ast.parse(path.read_text())
     skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for child in node.body for n in ast.walk(child)}
+        if on_import and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             skip |= {id(n) for child in node.body for n in ast.walk(child)}
     out = set()
     pkg = module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path)
@@ -56,6 +59,29 @@ def test_models_and_storage_never_import_app() -> None:
 def test_app_never_imports_torch() -> None:
     for p in (ROOT / "app").rglob("*.py"):
         assert not [i for i in imports(p) if i.split(".")[0] == "torch"], p
+
+
+def test_importing_the_app_reaches_no_torch_through_any_module() -> None:
+    """Transitively: whatever `app` imports on import, and whatever those import, never
+    imports torch; torch stays behind functions that export, train and evaluate."""
+    files = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+             if "migrations" not in p.parts}
+
+    def parents(m: str) -> list[str]:  # importing a.b.c runs a/__init__ and a/b/__init__
+        parts = m.split(".")
+        return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+    seen: dict[str, list[str]] = {m: [m] for m in files if m.split(".")[0] == "app"}
+    todo = list(seen)
+    while todo:
+        m = todo.pop()
+        for dep in sorted(imports(files[m], on_import=True)):
+            assert dep.split(".")[0] != "torch", " -> ".join([*seen[m], dep])
+            for d in [*parents(dep), dep]:
+                if d in files and d not in seen:
+                    seen[d] = [*seen[m], d]
+                    todo.append(d)
+    assert "models.embedder" in seen and "models.inference" in seen  # the walk went deep
 
 
 def test_no_import_cycles() -> None:

@@ -17,7 +17,7 @@ from app.services.runtime import Runtime
 from app.services.uploads import Upload, decode_all, read_parts
 from models.inference import Anomaly, Decision, GroupIndex, Inspection
 from models.patchcore.anomaly_map import heatmap_png
-from models.patchcore.torch_model import spread_search
+from models.patchcore.memory import spread_search
 
 
 def check_method(rt: Runtime, method: str | None) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from app.errors import NotFound, Unprocessable
 from app.schemas import AnomalyPublic, HistoryItem, HistoryPage, ResultFeedback
 from app.services.runtime import Runtime
-from models.patchcore.torch_model import MAX_DISTANCE
+from models.patchcore.memory import MAX_DISTANCE
 from storage import repositories as repo
 from storage.repositories import HistoryRow, ResultFilter
 

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, text
@@ -28,10 +28,9 @@ from app.settings import Settings
 from models.backbones import Backbone
 from models.embedder import Embedder, make_embedder, unpack
 from models.inference import EmbeddingLayout
-from models.methods import available_methods, create_method
-from models.methods.siamese import Siamese
-from models.patchcore.torch_model import set_search_threads
-from models.zoo import create_backbone
+from models.methods import available_methods, create_method, usable_methods
+from models.patchcore.memory import set_search_threads
+from models.zoo import create_backbone, describe_backbone
 from storage import repositories as repo
 from storage.archive import prune_results
 from storage.migrate import open_migrated
@@ -39,20 +38,6 @@ from storage.objects import StoreUnavailable
 from storage.stores import open_stores
 
 log = logging.getLogger("fsdi")
-
-
-def usable_methods(dim: int) -> list[str]:
-    """The registered methods whose shipped weights fit this embedding size."""
-    ok = []
-    for name in available_methods():
-        try:
-            create_method(name, dim=dim)
-        except (FileNotFoundError, RuntimeError) as exc:
-            log.warning("method %s is not available for %d-d embeddings: %s", name, dim,
-                        str(exc).splitlines()[0][:200])
-            continue
-        ok.append(name)
-    return ok
 
 
 def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
@@ -72,6 +57,21 @@ def _built(part: T | None, missing: str) -> T:
     return part
 
 
+class Verifier:
+    """The Siamese model, built (in torch) on the first /verify, not at start-up."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def same_probability(self, a: np.ndarray, b: np.ndarray) -> float:
+        with self._lock:
+            if self._model is None:
+                self._model = create_method("siamese", dim=self.dim)
+        return float(self._model.same_probability(a, b))
+
+
 @dataclass(frozen=True)
 class Loaded:
     """What start-up builds after the database: all of it, or none of it."""
@@ -79,7 +79,7 @@ class Loaded:
     backbone: Backbone
     embedder: Embedder
     cache: PrototypeCache
-    siamese: Siamese | None  # None: this backbone has no Siamese weights
+    siamese: Verifier | None  # None: this backbone has no Siamese weights
 
 
 class Runtime:
@@ -149,7 +149,7 @@ class Runtime:
         return self.loaded.cache
 
     @property
-    def siamese(self) -> Siamese | None:
+    def siamese(self) -> Verifier | None:
         """The Siamese verifier; None when this backbone has no Siamese weights."""
         return self.loaded.siamese
 
@@ -214,17 +214,21 @@ class Runtime:
             print(f"FSDI generated an admin key (shown once, only its hash is kept):\n"
                   f"  {key}", flush=True)
 
-    def _build_model(self) -> tuple[Backbone, Embedder, Siamese | None]:
-        """The backbone, its serving runtime, and the methods that have weights for it."""
+    def _build_model(self) -> tuple[Backbone, Embedder, Verifier | None]:
+        """The backbone, its serving runtime, and the methods that have weights for it.
+        With its ONNX export cached, the backbone is described from it and torch is never
+        loaded (until a group asks for a method that adapts in torch)."""
         s = self.settings
-        backbone = create_backbone(s.backbone, s.precision)
+        described = (describe_backbone(s.backbone, s.precision, s.resolved_model_cache)
+                     if s.runtime == "onnxruntime" else None)
+        backbone = described or create_backbone(s.backbone, s.precision)
         embedder = make_embedder(backbone, s.runtime, s.resolved_model_cache, s.stream_threads,
                                  wide_threads=s.threads)
         self.methods = usable_methods(backbone.metric_dim)
         if s.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={s.default_method!r} has no weights "
                              f"for {backbone.version}")
-        siamese = Siamese(dim=backbone.metric_dim) if "siamese" in self.methods else None
+        siamese = Verifier(backbone.metric_dim) if "siamese" in self.methods else None
         return backbone, embedder, siamese
 
     def _missing_embeddings(self, backbone: Backbone) -> str:

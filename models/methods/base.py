@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +39,8 @@ class FewShotMethod(ABC):
 
 
 _REGISTRY: dict[str, Callable[..., FewShotMethod]] = {}
+# The shipped weights of methods that learn parameters, one safetensors file each.
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "methods"
 
 
 def register_method(cls: type[FewShotMethod]) -> type[FewShotMethod]:

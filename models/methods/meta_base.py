@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.methods.base import FewShotMethod, MethodOutput
-
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "methods"
+from models.methods.base import WEIGHTS, FewShotMethod, MethodOutput
 
 
 class MetaMethod(FewShotMethod, nn.Module):
@@ -47,8 +45,10 @@ class MetaMethod(FewShotMethod, nn.Module):
         from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
+        # `dim` in the header lets a service tell whether these weights fit its embeddings
+        # without loading torch (models.methods.registry.usable_methods).
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
-                  str(path))
+                  str(path), metadata={"dim": str(self.dim)})
 
     @abstractmethod
     def episode_logits(self, sup: torch.Tensor, sup_y: torch.Tensor, qry: torch.Tensor,

@@ -3,10 +3,7 @@
 good images form a memory bank; a query patch's anomaly is its distance to the nearest
 good patch; the image score and the heatmap both come from that patch map."""
 
-from models.patchcore.anomaly_map import AnomalyMapGenerator
-from models.patchcore.feature_extractor import PatchFeatureExtractor
+from models.patchcore.memory import PatchMemory, calibrate_threshold
 from models.patchcore.sampler import KCenterGreedy
-from models.patchcore.torch_model import PatchMemory, calibrate_threshold
 
-__all__ = ["AnomalyMapGenerator", "KCenterGreedy", "PatchFeatureExtractor", "PatchMemory",
-           "calibrate_threshold"]
+__all__ = ["KCenterGreedy", "PatchMemory", "calibrate_threshold"]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from models.calibration import CalibrationConfig
 from models.patchcore.anomaly_map import heatmap_png
-from models.patchcore.torch_model import MEMORY_PATCHES, calibrate_threshold
+from models.patchcore.memory import MEMORY_PATCHES, calibrate_threshold
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -20,10 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-POOL = 1  # neighbourhood averaged per patch (1: none)
-# Names the recipe below (neighbourhood, fusion, normalisation): change it with the code,
-# so stored patch features of the old recipe are recomputed (`fsdi reembed`).
-RECIPE = f"avg{POOL}-bilinear-l2"
+from models.backbones import PATCH_POOL as POOL
+from models.backbones import PATCH_RECIPE as RECIPE  # noqa: F401 - named with this code
 
 
 def patch_features(maps: list[torch.Tensor], pool: int = POOL) -> torch.Tensor:

@@ -76,6 +76,11 @@ def test_readme_first_command_serves_the_contract_without_extras(tmp_path: Path)
     for extra in ("pytest", "schemathesis", "selenium"):  # no extras came along
         probe = subprocess.run([venv_py, "-c", f"import {extra}"], capture_output=True)
         assert probe.returncode != 0, f"{extra} is installed: the first command took extras"
+    # The serving process loads no torch (it stays installed, for export and training).
+    bare = subprocess.run([venv_py, "-c", "import app.main, sys; assert 'torch' not in "
+                           "sys.modules, 'import app.main loaded torch'"],
+                          cwd=src, capture_output=True, text=True)
+    assert bare.returncode == 0, bare.stderr[-2000:]
     srv = Server(tmp_path / "data", {**outside_env(), "FSDI_ADMIN_KEY": KEY},
                  fsdi=[str(src / ".venv" / "bin" / "fsdi")]).start(timeout=300)
     try:

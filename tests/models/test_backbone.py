@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from bench.imagegen import CLASSES, sample
-from models.backbones import load_state_dict_safely
 from models.embedder import OrtEmbedder, TorchEmbedder
 from models.preprocess import to_input
+from models.serving import load_state_dict_safely
 from models.zoo import create_backbone
 
 

@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.patchcore import (
-    AnomalyMapGenerator,
-    KCenterGreedy,
-    PatchFeatureExtractor,
-    PatchMemory,
-    calibrate_threshold,
-)
+from models.patchcore import KCenterGreedy, PatchMemory, calibrate_threshold
 from models.patchcore.evaluate import auroc
+from models.patchcore.feature_extractor import PatchFeatureExtractor
+from models.serving import serving_net
 
 
 def unit(a: np.ndarray, axis: int) -> np.ndarray:
@@ -82,12 +78,18 @@ def test_threshold_is_the_upper_quantile_and_honest_about_small_counts() -> None
     assert calibrate_threshold(np.zeros(0), 0.02)[0] == 2.0  # no score exceeds it
 
 
-def test_anomaly_map_keeps_the_peak_where_it_was() -> None:
-    grid = np.zeros((1, 14, 14), np.float32)
-    grid[0, 3, 10] = 1.0
-    heat = AnomalyMapGenerator(sigma=4)(grid, (224, 160))
-    assert heat.shape == (1, 224, 160)
-    y, x = np.unravel_index(heat[0].argmax(), heat[0].shape)
+def test_heatmap_keeps_the_peak_where_it_was() -> None:
+    import io
+
+    from PIL import Image
+
+    from models.patchcore.anomaly_map import heatmap_png
+
+    grid = np.zeros((14, 14), np.float32)
+    grid[3, 10] = 1.0
+    heat = np.asarray(Image.open(io.BytesIO(heatmap_png(grid, 1.0, 160, 224))))
+    assert heat.shape == (224, 160)
+    y, x = np.unravel_index(heat.argmax(), heat.shape)
     assert abs(y / 224 - 3.5 / 14) < 0.05 and abs(x / 160 - 10.5 / 14) < 0.05
 
 
@@ -127,7 +129,7 @@ def test_served_network_returns_the_same_patches_as_the_trunk() -> None:
         np.testing.assert_allclose(p2, ref, atol=1e-3)
         np.testing.assert_allclose(e2, ort.embed(x), atol=1e-6)
         # an export cached before the patch output existed is rebuilt, not served
-        torch.onnx.export(bb.serving(), (torch.zeros(1, 224, 224, 1, dtype=torch.uint8),),
+        torch.onnx.export(serving_net(bb), (torch.zeros(1, 224, 224, 1, dtype=torch.uint8),),
                           str(ort.path), input_names=["images"], output_names=["embeddings"],
                           dynamic_axes={"images": {0: "n"}, "embeddings": {0: "n"}},
                           opset_version=17, dynamo=False)
