@@ -57,25 +57,39 @@ def _key_sessions() -> sessionmaker[Session]:
 
 @keys_cli.command("create")
 def keys_create(role: str = typer.Option(..., help="admin, operator or machine"),
-                label: str = "") -> None:
+                label: str = "",
+                groups: str | None = typer.Option(
+                    None, help="comma-separated groups the key reaches (default: every "
+                               "group)")) -> None:
     """Create an API key; it is printed once and stored only as a hash."""
+    import re
+
+    from app.schemas import GROUP_PATTERN
     from app.services.keys import ROLES, issue
 
     if role not in ROLES:
         raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}")
-    created = issue(_key_sessions(), role, label, "cli")
-    typer.echo(f"id={created.id} role={created.role}\n{created.key}")
+    scoped = None if groups is None else [g.strip() for g in groups.split(",") if g.strip()]
+    if scoped is not None and (not scoped or not all(
+            len(g) <= 64 and re.fullmatch(GROUP_PATTERN, g) for g in scoped)):
+        raise typer.BadParameter("groups: 1-64 letters, digits and _ . : - each, "
+                                 "separated by commas", param_hint="--groups")
+    created = issue(_key_sessions(), role, label, "cli", scoped)
+    scope = "" if created.groups is None else f" groups={','.join(created.groups)}"
+    typer.echo(f"id={created.id} role={created.role}{scope}\n{created.key}")
 
 
 @keys_cli.command("list")
 def keys_list() -> None:
-    """List the stored keys (id, role, state, prefix, label); secrets are never shown."""
+    """List the stored keys (id, role, state, prefix, created, groups, label); secrets
+    are never shown."""
     from app.services.keys import listing
 
     for k in listing(_key_sessions()):
         state = "revoked" if k.revoked else "active"
+        reach = "all groups" if k.groups is None else ",".join(k.groups)
         typer.echo(f"{k.id}\t{k.role}\t{state}\t{k.prefix}…\t"
-                   f"{k.created_at:%Y-%m-%d %H:%M}Z\t{k.label}")
+                   f"{k.created_at:%Y-%m-%d %H:%M}Z\t{reach}\t{k.label}")
 
 
 @keys_cli.command("revoke")

@@ -183,9 +183,14 @@ class EnrolResponse(BaseModel):
     report: GroupReportPublic | None = None
 
 
+ScopedGroup = Annotated[str, Field(min_length=1, max_length=64, pattern=GROUP_PATTERN)]
+
+
 class KeyCreate(Strict):
     role: Literal["admin", "operator", "machine"]
     label: str = Field(default="", max_length=128)
+    # The groups the key reaches; absent or null: every group.
+    groups: list[ScopedGroup] | None = Field(default=None, min_length=1, max_length=1000)
 
 
 class KeyPublic(BaseModel):
@@ -195,6 +200,7 @@ class KeyPublic(BaseModel):
     prefix: str
     created_at: datetime
     revoked: bool
+    groups: list[str] | None = None  # None: every group
 
 
 class KeyCreated(KeyPublic):
@@ -249,6 +255,7 @@ class ClassifyResponse(BaseModel):
 class Me(BaseModel):
     role: str
     key_id: int | None
+    groups: list[str] | None = None  # the groups the key reaches; None: every group
 
 
 class GroupPublic(BaseModel):

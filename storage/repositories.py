@@ -466,6 +466,8 @@ class ResultFilter:
     # An OK/NG verdict exists only for results judged against good parts: asking for
     # one leaves out results from groups without good images.
     verdict: str | None = None
+    # The groups a scoped key reaches (None: every group), beside `group`.
+    groups: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -507,6 +509,8 @@ def stream_results(s: Session, f: ResultFilter, before_id: int | None = None,
 def _window(f: ResultFilter) -> list[ColumnElement[bool]]:
     r = ClassificationResult
     conds = [] if f.group is None else [r.group_name == f.group]
+    if f.groups is not None:
+        conds.append(r.group_name.in_(f.groups))
     if f.since is not None:
         conds.append(r.created_at >= f.since)
     if f.until is not None:
@@ -536,6 +540,8 @@ def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
          .outerjoin(Feedback, Feedback.id == latest.c.fid))
     if f.group is not None:
         q = q.where(ClassificationResult.group_name == f.group)
+    if f.groups is not None:
+        q = q.where(ClassificationResult.group_name.in_(f.groups))
     if f.label is not None:
         q = q.where(ClassificationResult.label == f.label)
     if f.unknown is not None:

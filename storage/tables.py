@@ -147,6 +147,8 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    # The groups the key reaches, as a JSON list; NULL: every group.
+    groups: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 # Ids of the tables that grow with traffic: 64-bit on PostgreSQL (2^31 results is eight

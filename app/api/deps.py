@@ -40,6 +40,9 @@ class KeyAuth(HTTPBearer):
             rt = await get_runtime(cast(Request, request))
             who = await principal(rt, request.headers.get("authorization"))
         if who.role not in self.allowed:
+            runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+            if runtime is not None:
+                runtime.metrics.auth_refusals.labels("role").inc()
             raise Forbidden(f"a {who.role} key may not do this")
         return who
 

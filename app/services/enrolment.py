@@ -10,9 +10,11 @@ import logging
 import numpy as np
 from fastapi import UploadFile
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound, StoreDown
 from app.schemas import ClassCreate, ClassPublic, ImagePublic
+from app.services import scope
 from app.services.keys import Principal
 from app.services.runtime import Runtime
 from app.services.uploads import decode_all, read_parts
@@ -36,6 +38,7 @@ def image_public(i: SupportImage) -> ImagePublic:
 
 
 def create_class(rt: Runtime, body: ClassCreate, who: Principal) -> ClassPublic:
+    scope.check_group(rt, who, body.group)
     try:
         with rt.sessions.begin() as s:
             if repo.find_class(s, body.group, body.name):
@@ -53,31 +56,41 @@ def create_class(rt: Runtime, body: ClassCreate, who: Principal) -> ClassPublic:
                        code="duplicate_class") from None
 
 
-def list_classes(rt: Runtime, group: str | None) -> list[ClassPublic]:
+def list_classes(rt: Runtime, group: str | None, who: Principal) -> list[ClassPublic]:
+    if group is not None:
+        scope.check_group(rt, who, group)
     with rt.sessions() as s:
-        rows = repo.list_classes(s, group)
+        rows = [c for c in repo.list_classes(s, group) if scope.reaches(who, c.group_name)]
         counts = repo.image_counts(s, [c.id for c in rows])
         return [class_public(c, counts[c.id]) for c in rows]
 
 
-def get_class(rt: Runtime, class_id: int) -> ClassPublic:
+def _class(rt: Runtime, s: Session, class_id: int, who: Principal) -> DefectClass:
+    """The class, or the same 404 whether it is missing or in a group out of the key's
+    reach."""
+    c = repo.get_class(s, class_id)
+    missing = f"class {class_id} not found"
+    if c is None:
+        raise NotFound(missing)
+    scope.check(rt, who, c.group_name, missing)
+    return c
+
+
+def get_class(rt: Runtime, class_id: int, who: Principal) -> ClassPublic:
     with rt.sessions() as s:
-        c = repo.get_class(s, class_id)
-        if c is None:
-            raise NotFound(f"class {class_id} not found")
+        c = _class(rt, s, class_id, who)
         return class_public(c, repo.image_counts(s, [c.id])[c.id])
 
 
-def list_images(rt: Runtime, class_id: int) -> list[ImagePublic]:
+def list_images(rt: Runtime, class_id: int, who: Principal) -> list[ImagePublic]:
     with rt.sessions() as s:
-        if repo.get_class(s, class_id) is None:
-            raise NotFound(f"class {class_id} not found")
+        _class(rt, s, class_id, who)
         return [image_public(i) for i in repo.images_of_class(s, class_id)]
 
 
 async def add_images(rt: Runtime, class_id: int, files: list[UploadFile],
                      who: Principal) -> tuple[list[ImagePublic], ClassPublic]:
-    cls = get_class(rt, class_id)  # 404 before reading the body's files
+    cls = get_class(rt, class_id, who)
     return await enrol_bytes(rt, cls, await read_parts(files, rt.settings), who)
 
 
@@ -117,7 +130,7 @@ async def enrol_bytes(rt: Runtime, cls: ClassPublic, parts: list[tuple[str, byte
     await asyncio.to_thread(_refresh, rt, class_id, cls.group)
     rt.metrics.enrolled.inc(len(images))
     rt.metrics.classes.set(rt.cache.class_count())
-    return images, get_class(rt, class_id)
+    return images, get_class(rt, class_id, who)
 
 
 def _refresh(rt: Runtime, class_id: int, group: str) -> None:
@@ -171,9 +184,7 @@ def _remove_unreferenced(rt: Runtime, digests: list[str]) -> None:
 
 async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
     with rt.sessions.begin() as s:
-        c = repo.get_class(s, class_id)
-        if c is None:
-            raise NotFound(f"class {class_id} not found")
+        c = _class(rt, s, class_id, who)
         group = c.group_name
         digests = repo.delete_class(s, c)
         repo.bump_group(s, group)
@@ -185,8 +196,10 @@ async def delete_class(rt: Runtime, class_id: int, who: Principal) -> None:
 async def delete_image(rt: Runtime, class_id: int, image_id: int, who: Principal) -> None:
     with rt.sessions.begin() as s:
         img = s.get(SupportImage, image_id)
+        missing = f"image {image_id} not found in class {class_id}"
         if img is None or img.class_id != class_id:
-            raise NotFound(f"image {image_id} not found in class {class_id}")
+            raise NotFound(missing)
+        scope.check(rt, who, img.defect_class.group_name, missing)
         group = img.defect_class.group_name
         digest = img.sha256
         s.delete(img)

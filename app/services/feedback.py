@@ -14,6 +14,7 @@ from app.schemas import (
     FeedbackStats,
     ImagePublic,
 )
+from app.services import scope
 from app.services.enrolment import enrol_bytes, get_class
 from app.services.keys import Principal
 from app.services.runtime import Runtime
@@ -22,9 +23,12 @@ from storage.blobs import sha256_hex
 from storage.tables import Feedback
 
 
-def stats(rt: Runtime, group: str | None) -> FeedbackStats:
+def stats(rt: Runtime, group: str | None, who: Principal) -> FeedbackStats:
+    if group is not None:
+        scope.check_group(rt, who, group)
     with rt.sessions() as s:
-        rows = repo.feedback_rows(s, group)
+        rows = [(fb, res) for fb, res in repo.feedback_rows(s, group)
+                if scope.reaches(who, res.group_name)]
         names = {c.id: c.name for c in repo.list_classes(s, group)}
     cells: Counter[tuple[int | None, int | None]] = Counter()
     correct = 0
@@ -50,12 +54,13 @@ async def promote(rt: Runtime, feedback_id: int, who: Principal
         res = repo.get_result(s, fb.result_id)
         if res is None:  # feedback goes with its result (a foreign key): never here
             raise NotFound(f"the result of feedback {feedback_id} is gone")
+        scope.check(rt, who, res.group_name, f"feedback {feedback_id} not found")
         target = res.class_id if fb.correct else fb.class_id
         sha, name, ref, group = res.sha256, res.filename, res.image_ref, res.group_name
     if target is None:
         raise Conflict("there is no class to promote it into: the operator confirmed an "
                        "'unknown' result, or the class was deleted", code="no_target_class")
-    cls = get_class(rt, target)
+    cls = get_class(rt, target, who)
     if cls.group != group:  # never move one line's image into another line's class
         raise Conflict(f"class {target} is in group {cls.group!r}, the image was classified "
                        f"in {group!r}", code="group_mismatch")
@@ -86,6 +91,7 @@ def record(rt: Runtime, body: FeedbackCreate, who: Principal) -> FeedbackPublic:
         res = repo.get_result(s, body.result_id)
         if res is None:
             raise NotFound(f"result {body.result_id} not found")
+        scope.check(rt, who, res.group_name, f"result {body.result_id} not found")
         if not body.correct and body.class_id is None:
             raise Unprocessable("give class_id, the right class, when correct is false",
                                 code="class_required")

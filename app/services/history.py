@@ -11,6 +11,8 @@ from typing import Any
 
 from app.errors import NotFound, Unprocessable
 from app.schemas import AnomalyPublic, HistoryItem, HistoryPage, ResultFeedback
+from app.services import scope
+from app.services.keys import Principal
 from app.services.runtime import Runtime
 from models.patchcore.memory import MAX_DISTANCE
 from storage import repositories as repo
@@ -83,14 +85,16 @@ def _csv_row(r: tuple[Any, ...]) -> tuple[object, ...]:
             "" if a_score is None else a_score, "" if a_thr is None else a_thr)
 
 
-def _kept(rt: Runtime, result_id: int) -> tuple[bytes, str]:
-    """The kept image of a result and its group; 404 when either is gone."""
+def _kept(rt: Runtime, result_id: int, who: Principal) -> tuple[bytes, str]:
+    """The kept image of a result and its group; 404 when either is gone (or the result
+    is in a group out of the key's reach)."""
     from app.services.feedback import kept_image
 
     with rt.sessions() as s:
         res = repo.get_result(s, result_id)
         if res is None:
             raise NotFound(f"result {result_id} not found")
+        scope.check(rt, who, res.group_name, f"result {result_id} not found")
         sha, ref, group = res.sha256, res.image_ref, res.group_name
     data = kept_image(rt, sha, ref)
     if data is None:
@@ -100,22 +104,22 @@ def _kept(rt: Runtime, result_id: int) -> tuple[bytes, str]:
     return data, group
 
 
-async def result_thumbnail(rt: Runtime, result_id: int, size: int) -> bytes:
+async def result_thumbnail(rt: Runtime, result_id: int, size: int, who: Principal) -> bytes:
     """The classified image as a JPEG no larger than size x size."""
     from app.services.console import jpeg_thumbnail
 
-    data, _ = await asyncio.to_thread(_kept, rt, result_id)
+    data, _ = await asyncio.to_thread(_kept, rt, result_id, who)
     return await asyncio.get_running_loop().run_in_executor(
         rt.decode_pool, jpeg_thumbnail, data, size, rt.settings.max_image_pixels)
 
 
-async def result_heatmap(rt: Runtime, result_id: int) -> bytes:
+async def result_heatmap(rt: Runtime, result_id: int, who: Principal) -> bytes:
     """The kept image's heatmap against its group's good parts as enrolled now (grey PNG,
     the contract's format)."""
     from app.services.uploads import decode_all
     from models.patchcore.anomaly_map import heatmap_png
 
-    data, group = await asyncio.to_thread(_kept, rt, result_id)
+    data, group = await asyncio.to_thread(_kept, rt, result_id, who)
     served = rt.cache.served(group)
     if served is None or served.good_parts is None:
         raise NotFound(f"group {group!r} has no good images to compare with",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import threading
 import time
@@ -27,6 +28,15 @@ class Principal:
     role: str
     key_id: int | None  # None for the FSDI_ADMIN_KEY bootstrap admin
     actor: str
+    groups: frozenset[str] | None = None  # the groups it reaches (None: every group)
+
+
+def stored_groups(groups: list[str] | None) -> str | None:
+    return None if groups is None else json.dumps(sorted(set(groups)))
+
+
+def loaded_groups(text: str | None) -> frozenset[str] | None:
+    return None if text is None else frozenset(json.loads(text))
 
 
 def hash_key(key: str) -> str:
@@ -37,26 +47,34 @@ def new_key() -> str:
     return "fsdi_" + secrets.token_urlsafe(32)
 
 
-def create_key(s: Session, role: str, label: str) -> tuple[ApiKey, str]:
+def create_key(s: Session, role: str, label: str, groups: list[str] | None = None
+               ) -> tuple[ApiKey, str]:
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if groups is not None and not groups:
+        raise ValueError("a scoped key names at least one group")
     key = new_key()
-    row = ApiKey(key_hash=hash_key(key), prefix=key[:10], role=role, label=label)
+    row = ApiKey(key_hash=hash_key(key), prefix=key[:10], role=role, label=label,
+                 groups=stored_groups(groups))
     s.add(row)
     s.flush()
     return row, key
 
 
 def public(k: ApiKey) -> KeyPublic:
+    groups = loaded_groups(k.groups)
     return KeyPublic(id=k.id, role=k.role, label=k.label, prefix=k.prefix,
-                     created_at=k.created_at, revoked=k.revoked_at is not None)
+                     created_at=k.created_at, revoked=k.revoked_at is not None,
+                     groups=None if groups is None else sorted(groups))
 
 
-def issue(sessions: sessionmaker[Session], role: str, label: str, actor: str) -> KeyCreated:
+def issue(sessions: sessionmaker[Session], role: str, label: str, actor: str,
+          groups: list[str] | None = None) -> KeyCreated:
     """Create a key and audit it in one transaction; the secret is in the answer only."""
     with sessions.begin() as s:
-        row, key = create_key(s, role, label)
-        repo.audit(s, actor, "key.create", f"id={row.id} role={row.role}")
+        row, key = create_key(s, role, label, groups)
+        scope = "" if row.groups is None else f" groups={','.join(sorted(groups or []))}"
+        repo.audit(s, actor, "key.create", f"id={row.id} role={row.role}{scope}")
         return KeyCreated(**public(row).model_dump(), key=key)
 
 
@@ -103,7 +121,7 @@ def authenticate(s: Session, digest: str) -> Principal:
     row = repo.key_by_hash(s, digest)
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at:
         raise Unauthorized("invalid or revoked API key")
-    return Principal(row.role, row.id, f"key:{row.id}")
+    return Principal(row.role, row.id, f"key:{row.id}", loaded_groups(row.groups))
 
 
 def bootstrap_admin(s: Session, settings: Settings) -> str | None:

@@ -36,6 +36,9 @@ class Metrics:
             "fsdi_query_images_not_kept_total",
             "Classified images the query-image store refused (disk full, I/O error, object "
             "store unreachable)", registry=r)
+        self.auth_refusals = Counter(
+            "fsdi_auth_refusals_total", "Requests refused to a valid key: its role "
+            "(reason=role) or its groups (reason=scope)", ["reason"], registry=r)
         self.dependency_up = Gauge(
             "fsdi_dependency_up", "1 when the dependency answered its last check, else 0",
             ["dependency"], registry=r)

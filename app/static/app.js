@@ -55,6 +55,7 @@ async function signIn(key) {
   state.key = key;
   const me = await api("/api/v1/me");
   state.role = me.role;
+  state.groups = me.groups;  // a scoped key's groups; null: every group
   sessionStorage.setItem("fsdi-key", key);
   $("#role").textContent = me.role;
   $("#who").hidden = false;
@@ -71,13 +72,15 @@ function signOut() {
   location.reload();
 }
 
-// The group pickers: Inspect and History choose among the groups that exist; Classes also
-// takes a new name (free text with these as suggestions).
+// The group pickers: Inspect and History choose among the groups that exist (a scoped key:
+// its own groups, and nothing else); Classes also takes a new name (free text with these
+// as suggestions).
 async function loadGroups() {
   let names = [];
   try {
     names = (await api("/api/v1/groups")).items.map((g) => g.name);
-  } catch (e) { /* a machine key cannot list groups: keep "default" */ }
+  } catch (e) { /* a machine key cannot list groups */ }
+  if (state.groups) names = [...new Set([...names, ...state.groups])].sort();
   if (!names.length) names = ["default"];
   const pick = $("#group");
   const keep = pick.value;

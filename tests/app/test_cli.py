@@ -46,6 +46,25 @@ def test_keys_create_list_revoke(data_dir: Path) -> None:
     assert code != 0
 
 
+def test_keys_create_scoped_to_groups(data_dir: Path) -> None:
+    code, out = fsdi("keys", "create", "--role", "operator", "--groups", "line1, line2",
+                     "--label", "station")
+    assert code == 0 and "groups=line1,line2" in out, out
+    key_id = int(re.search(r"id=(\d+)", out).group(1))  # type: ignore[union-attr]
+    rows = fsdi("keys", "list")[1].splitlines()
+    row = next(ln for ln in rows if ln.startswith(f"{key_id}\t"))
+    assert row.split("\t")[5] == "line1,line2" and row.endswith("station")
+    code, out = fsdi("keys", "create", "--role", "machine")
+    assert code == 0
+    unscoped = int(re.search(r"id=(\d+)", out).group(1))  # type: ignore[union-attr]
+    row = next(ln for ln in fsdi("keys", "list")[1].splitlines()
+               if ln.startswith(f"{unscoped}\t"))
+    assert row.split("\t")[5] == "all groups"
+    for bad in ("", "line 1", "a,b/c"):
+        code, out = fsdi("keys", "create", "--role", "machine", "--groups", bad)
+        assert code != 0 and "groups" in out, (bad, out)
+
+
 def test_help_reflows_paragraphs_instead_of_cutting_them() -> None:
     code, out = fsdi("evaluate", "--help")
     assert code == 0

@@ -221,6 +221,28 @@ def test_operator_sees_no_admin_pages_and_errors_are_plain(browser, server: Serv
     browser.save_screenshot(str(shots / "06-operator-error.png"))
 
 
+def test_a_scoped_key_sees_only_its_groups(browser, server: Server,  # type: ignore[no-untyped-def]
+                                           shots: Path) -> None:
+    admin = {"Authorization": f"Bearer {KEY}"}
+    mine, other = (f"scope-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    for grp in (mine, other):
+        r = httpx.post(f"{server.url}/api/v1/classes", json={"name": "dent", "group": grp},
+                       headers=admin)
+        assert r.status_code == 201
+        r = httpx.post(f"{server.url}/api/v1/classes/{r.json()['id']}/images", headers=admin,
+                       files=[("files", ("d.png", sample("gravel", "hole", 5), "image/png"))])
+        assert r.status_code == 201
+    r = httpx.post(f"{server.url}/api/v1/keys", headers=admin,
+                   json={"role": "operator", "groups": [mine]})
+    sign_in(browser, server, r.json()["key"])
+    wait(browser, lambda d: css(d, "#role")[0].text == "operator")
+    choose(browser, "#group", mine)
+    picked = [o.get_attribute("value") for o in css(browser, "#group option")]
+    history = [o.get_attribute("value") for o in css(browser, "#h-group option")]
+    assert picked == [mine] and history == ["", mine], (picked, history)
+    browser.save_screenshot(str(shots / "06b-scoped-operator.png"))
+
+
 def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server,  # type: ignore[no-untyped-def]
                                                          shots: Path, tmp_path: Path) -> None:
     """An admin enrols a good class from the console; an inspected part shows its OK/NG

@@ -21,14 +21,14 @@ def create_class(body: ClassCreate, rt: RuntimeDep, who: Admin) -> ClassPublic:
 
 
 @router.get("", response_model=ClassList)
-def list_classes(rt: RuntimeDep, _: Operator,
+def list_classes(rt: RuntimeDep, who: Operator,
                  group: GroupFilter = None) -> ClassList:
-    return ClassList(items=svc.list_classes(rt, group))
+    return ClassList(items=svc.list_classes(rt, group, who))
 
 
 @router.get("/{class_id}", response_model=ClassPublic)
-def get_class(class_id: IdPath, rt: RuntimeDep, _: Operator) -> ClassPublic:
-    return svc.get_class(rt, class_id)
+def get_class(class_id: IdPath, rt: RuntimeDep, who: Operator) -> ClassPublic:
+    return svc.get_class(rt, class_id, who)
 
 
 @router.delete("/{class_id}", status_code=204)
@@ -38,8 +38,8 @@ async def delete_class(class_id: IdPath, rt: RuntimeDep, who: Admin) -> Response
 
 
 @router.get("/{class_id}/images", response_model=list[ImagePublic])
-def list_images(class_id: IdPath, rt: RuntimeDep, _: Operator) -> list[ImagePublic]:
-    return svc.list_images(rt, class_id)
+def list_images(class_id: IdPath, rt: RuntimeDep, who: Operator) -> list[ImagePublic]:
+    return svc.list_images(rt, class_id, who)
 
 
 @router.post("/{class_id}/images", status_code=201, response_model=EnrolResponse,

@@ -28,6 +28,7 @@ from app.schemas import (
 )
 from app.services import classification as svc
 from app.services import feedback as fb_svc
+from app.services import scope
 
 router = APIRouter(prefix="/api/v1", tags=["classify"])
 
@@ -48,6 +49,7 @@ async def classify(
     """Classify each uploaded image; `threshold` overrides every class's calibrated
     rejection distance; `evidence=true` adds the nearest support images per class. In a
     group with good images each result also carries `anomaly` and the OK/NG `verdict`."""
+    scope.check_group(rt, who, group)
     if top_k > rt.settings.max_top_k:
         raise Unprocessable(f"top_k must be at most {rt.settings.max_top_k} (FSDI_MAX_TOP_K)",
                             code="top_k_too_large")
@@ -66,10 +68,10 @@ async def verify(rt: RuntimeDep, _: Classifier, a: Annotated[UploadFile, File()]
 
 
 @router.get("/feedback/stats", response_model=FeedbackStats)
-def feedback_stats(rt: RuntimeDep, _: Operator,
+def feedback_stats(rt: RuntimeDep, who: Operator,
                    group: GroupFilter = None) -> FeedbackStats:
     """Feedback counts and the (predicted, true) confusion cells, most frequent first."""
-    return fb_svc.stats(rt, group)
+    return fb_svc.stats(rt, group, who)
 
 
 @router.post("/feedback/{feedback_id}/promote", status_code=201)
