@@ -25,11 +25,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from tqdm import tqdm
 
 from models import reporting
 from models.calibration import expected_calibration_error, reliability
 from models.data.episodes import EpisodeSampler
+from models.progress import progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -106,6 +106,11 @@ class Service:
             raise CheckError(f"{what}: HTTP {r.status_code}: {msg}")
         return r
 
+    def list_classes(self, group: str) -> list[dict]:  # type: ignore[type-arg]
+        r = self._ok(self.client.get("/api/v1/classes", params={"group": group}),
+                     f"listing the classes of group {group!r}")
+        return list(r.json()["items"])
+
     def create_class(self, name: str, group: str, kind: str) -> int:
         r = self.client.post("/api/v1/classes", json={"name": name, "group": group,
                                                       "kind": kind})
@@ -165,7 +170,7 @@ def run_check(service: Service, folder: LabelledFolder, shots: Sequence[int] = (
     for k in shots:
         res = ShotResult(k)
         # closed (and cleared) on the way out, also when a step fails
-        with tqdm(list(episodes(folder, k, queries, count, seed)), desc=f"{k}-shot",
+        with progress(list(episodes(folder, k, queries, count, seed)), desc=f"{k}-shot",
                   unit="episode", leave=False) as bar:
             for e, (support, query) in enumerate(bar):
                 _episode(service, folder, res, f"{prefix}-{k}shot-{e}", support, query,

@@ -278,6 +278,49 @@ def check(
 
 
 @cli.command()
+def demo(
+    url: str = typer.Option("http://127.0.0.1:8000", help="the running service"),
+    key: str = typer.Option(..., envvar="FSDI_DEMO_KEY",
+                            help="an admin key (the one `fsdi serve` printed)"),
+    out: Path = typer.Option(Path("demo-images"), help="where the demo's images go"),
+    timeout: float = typer.Option(120.0, help="seconds per request"),
+) -> None:
+    """A demo line on a running service: group `demo` with good parts, scratches and
+    stains drawn by FSDI's own surface generator, and a dozen parts to classify in
+    `demo-images/`, named for what they are.
+
+    Then open the console (Inspect, group demo, drop `demo-images/scratch-01.png`) or
+    classify with curl, as the README's walk does.
+    """
+    import httpx
+
+    from app.check import CheckError, Service
+    from app.demo import GROUP, enrol, write_images
+
+    say = typer.echo
+    say(f"writing the demo images to {out}/")
+    images = write_images(out)
+    try:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"},
+                          timeout=timeout) as client:
+            service = Service(client)
+            say(f"enrolling group {GROUP!r} on {url}")
+            enrol(service, images, say=say)
+            first = sorted(n for n, k in images.queries.items() if k != "ok")[0]
+            (res,) = service.classify(GROUP, [out / first], 1)
+    except (CheckError, httpx.HTTPError) as exc:
+        typer.echo(f"demo failed: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    say(f"{first}: verdict {res.get('verdict')}, label {res.get('label')}, "
+        f"anomaly {res['anomaly']['score']:.3f} (threshold {res['anomaly']['threshold']:.3f})"
+        if "anomaly" in res else f"{first}: {res.get('label')}")
+    say(f"\nready. {len(images.queries)} parts to try: {out}/ok-*.png, {out}/scratch-*.png, "
+        f"{out}/stain-*.png\n  console: {url}/  (Inspect, group {GROUP})\n"
+        f"  curl:    curl -s -H \"Authorization: Bearer $KEY\" -F files=@{out}/{first} "
+        f"\"{url}/api/v1/classify?group={GROUP}&heatmap=true\"")
+
+
+@cli.command()
 def reembed(batch: int = 32, prune: bool = typer.Option(
         False, help="drop embeddings of other versions once every image has the new one")
             ) -> None:
@@ -304,10 +347,8 @@ def blobs_migrate(
     service runs (the source is only read); resumable: run it again and only what is
     missing or has grown is copied (README, "Many hosts").
     """
-    import sys
 
-    from tqdm import tqdm
-
+    from models.progress import progress
     from storage.objects import StoreUnavailable, open_objects
     from storage.transfer import copy_store
 
@@ -320,8 +361,7 @@ def blobs_migrate(
     if src.describe() == dst.describe():
         raise typer.BadParameter(f"{to} is the store already configured")
     typer.echo(f"copying image bytes from {src.describe()} to {dst.describe()}")
-    with tqdm(unit="B", unit_scale=True, desc="objects", disable=not sys.stderr.isatty()
-              ) as bar:
+    with progress(unit="B", unit_scale=True, desc="objects") as bar:
         try:
             report = copy_store(src, dst, workers, progress=bar.update)
         except StoreUnavailable as exc:
@@ -355,11 +395,9 @@ def results_archive(
 
     Read them with DuckDB, pandas or Spark as they stand (README, "Operations").
     """
-    import sys
     from datetime import UTC, datetime
 
-    from tqdm import tqdm
-
+    from models.progress import progress
     from storage.archive import archive
     from storage.objects import StoreUnavailable, open_objects
 
@@ -374,7 +412,7 @@ def results_archive(
         store = open_objects(to, s.data_dir, s.s3_endpoint_url)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    with tqdm(unit="rows", desc="archived", disable=not sys.stderr.isatty()) as bar:
+    with progress(unit="rows", desc="archived") as bar:
         try:
             report = archive(_key_sessions(), store, cutoff, batch, progress=bar.update,
                              duty=duty)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models import reporting
 from models.backbones import Backbone
 from models.calibration import CalibrationConfig
 from models.data.episodes import EpisodeSampler
 from models.meta import ProjectionHead, global_pool
+from models.progress import progress
 from models.reporting import mean_ci
 
 Embed = Callable[[np.ndarray], np.ndarray]
@@ -66,7 +66,7 @@ def evaluate(embeddings: dict[str, dict[str, np.ndarray]], labels: dict[str, np.
     for bench, by_name in embeddings.items():
         ways, groups = (setup or {}).get(bench, (n_way, None))
         for k in shots:
-            for name, z in tqdm(by_name.items(), desc=f"{bench} {k}-shot", leave=False):
+            for name, z in progress(by_name.items(), desc=f"{bench} {k}-shot", leave=False):
                 # The same seed gives every embedding the same episodes.
                 sampler = EpisodeSampler(labels[bench], ways, k, q_query, seed + k,
                                          groups=groups)
@@ -172,7 +172,7 @@ def served_embeddings(backbone: Backbone, precisions: tuple[str, ...],
         for name, (imgs, _) in images.items():
             x = served_input(imgs, bb.preprocess)
             out[p][name] = np.concatenate([emb.embed(x[i:i + 32])
-                                           for i in tqdm(range(0, len(x), 32),
+                                           for i in progress(range(0, len(x), 32),
                                                          desc=f"{p}:{name}", leave=False)])
     return out
 
@@ -245,7 +245,7 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
         # label given), for their expected calibration error
         claims: dict[str, tuple[list[float], list[bool]]] = {r: ([], []) for r in good}
         sampler = EpisodeSampler(labels, 2, k, q_query, seed + k)
-        for e in tqdm(range(episodes), desc=f"ELPV {k}-shot", leave=False):
+        for e in progress(range(episodes), desc=f"ELPV {k}-shot", leave=False):
             ep = sampler.sample()
             for r, lay in layouts.items():
                 index = episode_index(full[ep.support], ep.support_labels, 2, lay)
@@ -337,7 +337,7 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
                                  "appearance")
         for k in shots:
             sampler = EpisodeSampler(labels, 5, k, q_query, seed + k, groups)
-            for _ in tqdm(range(episodes), desc=f"prior fit {k}-shot", leave=False):
+            for _ in progress(range(episodes), desc=f"prior fit {k}-shot", leave=False):
                 ep = sampler.sample()
                 index = episode_index(f.embeddings[ep.support], ep.support_labels, 5, layout)
                 protos = index.app_prototypes
@@ -413,7 +413,7 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
                 "fixed temperature 0.05": ([], []),
                 "fitted per group, maximum likelihood (no prior)": ([], []),
                 "fitted per group against the prior (served)": ([], [])}
-            for _ in tqdm(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
+            for _ in progress(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
                           leave=False):
                 ep = sampler.sample()
                 fitted = episode_index(f.embeddings[ep.support], ep.support_labels, n_way,

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
-from tqdm import tqdm
 
 from app.settings import Settings
 from models.backbones import Backbone
 from models.embedder import make_embedder, unpack
 from models.preprocess import load_for_backbone
+from models.progress import progress as progress_bar
 from models.zoo import create_backbone
 from storage import repositories as repo
 from storage.blobs import BlobStore
@@ -90,7 +90,8 @@ def _backfill(sessions: sessionmaker[Session], blobs: BlobStore, bb: Backbone, b
     with sessions() as s:
         total = count(s)
     done = 0
-    with tqdm(total=total, desc=desc, unit="image", disable=not progress or total == 0) as bar:
+    with progress_bar(total=total, desc=desc, unit="image",
+                      disable=not progress or total == 0) as bar:
         for _ in range(max_batches if max_batches is not None else 10**12):
             with sessions() as s:
                 todo = [(i.id, i.sha256) for i in missing(s, batch)]

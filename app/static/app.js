@@ -81,6 +81,9 @@ async function loadGroups() {
     names = (await api("/api/v1/groups")).items.map((g) => g.name);
   } catch (e) { /* a machine key cannot list groups */ }
   if (state.groups) names = [...new Set([...names, ...state.groups])].sort();
+  // An empty service (an admin or operator key sees every group): point at the demo.
+  $("#empty-hint").hidden = names.length > 0 || state.role === "machine" || !!state.groups;
+  for (const s of document.querySelectorAll(".here")) s.textContent = location.origin;
   if (!names.length) names = ["default"];
   const pick = $("#group");
   const keep = pick.value;
@@ -441,7 +444,11 @@ async function loadClasses() {
     const cards = [];
     for (const c of data.items) cards.push(await classCard(c));
     $("#class-list").replaceChildren(...cards);
-    if (!cards.length) $("#class-list").append(el("p", {}, "No classes in this group yet."));
+    if (!cards.length) {
+      $("#class-list").append(el("p", {}, "No classes in this group yet. For a demo line, run ",
+                                 el("code", {}, `fsdi demo --url ${location.origin} --key <admin key>`),
+                                 "."));
+    }
   } catch (e) { showError("#classes-error", e); }
   finally { $("#class-list").setAttribute("aria-busy", "false"); }
 }

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from models.calibration import CalibrationConfig
 from models.patchcore.anomaly_map import heatmap_png
 from models.patchcore.memory import MEMORY_PATCHES, calibrate_threshold
+from models.progress import progress
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -70,7 +70,7 @@ def served_features(images: np.ndarray, backbone: str = "fsdi_lite0_meta",
     bb = create_backbone(backbone)
     emb = make_embedder(bb, "onnxruntime", cache_dir, threads or min(4, os.cpu_count() or 1))
     rows = []
-    for i in tqdm(range(0, len(images), batch), desc=desc, unit="batch", leave=False):
+    for i in progress(range(0, len(images), batch), desc=desc, unit="batch", leave=False):
         x = np.stack([load_for_backbone(_png(im), bb.preprocess, 10**9)
                       for im in images[i:i + batch]])
         rows.append(emb.embed_packed(x))
@@ -191,7 +191,7 @@ def evaluate(labels: np.ndarray, detectors: dict[str, Detector], goods: tuple[in
                                  n_spare=spare)]
         for name, det in detectors.items():
             aucs, bals, fars, tprs, pix = [], [], [], [], []
-            for good, query, defects, extra in tqdm(eps, desc=f"{name}@{n}", leave=False):
+            for good, query, defects, extra in progress(eps, desc=f"{name}@{n}", leave=False):
                 asked = np.concatenate([query, extra])
                 out = det(good, asked, defects, masks is not None)
                 q = len(query)  # the spare good images count only towards the 5% column
@@ -366,7 +366,7 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
             got: dict[str, list[float]] = {"stored vectors (global look)": [],
                                            "region-fused (served)": []}
             flagged: list[float] = []
-            for good, sup, sup_c, qry, truth in tqdm(defect_type_episodes(
+            for good, sup, sup_c, qry, truth in progress(defect_type_episodes(
                     labels, surfaces, task, k, n_good, 10, count, seed + k),
                     desc=f"{task} {k}-shot", leave=False):
                 goods = ([(0, good)] if task == "types" else

@@ -243,6 +243,43 @@ def test_a_scoped_key_sees_only_its_groups(browser, server: Server,  # type: ign
     browser.save_screenshot(str(shots / "06b-scoped-operator.png"))
 
 
+def test_the_first_minute(browser, server: Server, shots: Path,  # type: ignore[no-untyped-def]
+                          tmp_path: Path) -> None:
+    """`fsdi demo`, then the console as a newcomer meets it: sign in with the printed key,
+    Inspect, group demo, a defective demo part shows DEFECT first with its heatmap hottest
+    on the defect; a good one shows OK."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--url", server.url,
+                          "--key", KEY, "--out", str(tmp_path / "demo-images")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    root = tmp_path / "demo-images"
+    box = json.loads((root / "defects.json").read_text())["scratch-01.png"]
+    sign_in(browser, server, KEY)
+    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
+    inspect(browser, "demo", [str(root / "scratch-01.png")])
+    wait(browser, lambda d: len(css(d, ".result .verdict")) == 1)
+    assert css(browser, ".result .verdict")[0].text == "DEFECT"
+    assert "scratch" in css(browser, ".result .decision")[0].text
+    wait(browser, lambda d: all(c.get_property("width") > 0 for c in css(d, "canvas.heat")))
+    # where the overlay is most opaque, in the image's 224-pixel frame
+    x, y, w, h = browser.execute_script("""
+        const c = document.querySelector('canvas.heat');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let best = -1, at = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > best) { best = d[i]; at = (i - 3) / 4; }
+        return [at % c.width, Math.floor(at / c.width), c.width, c.height];""")
+    x, y = x * 224 / w, y * 224 / h
+    assert box[0] - 16 <= x <= box[2] + 16 and box[1] - 16 <= y <= box[3] + 16, (x, y, box)
+    browser.save_screenshot(str(shots / "00-first-minute-defect.png"))
+    inspect(browser, "demo", [str(root / "ok-01.png")])
+    wait(browser, lambda d: "OK" in [v.text for v in css(d, ".result .verdict")])
+    browser.save_screenshot(str(shots / "00-first-minute-ok.png"))
+
+
 def test_good_parts_verdict_first_with_a_heatmap_overlay(browser, server: Server,  # type: ignore[no-untyped-def]
                                                          shots: Path, tmp_path: Path) -> None:
     """An admin enrols a good class from the console; an inspected part shows its OK/NG
