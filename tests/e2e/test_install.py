@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from bench.server import Server, free_port
+from tests.e2e.test_first_minute import run_walk
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
@@ -92,6 +93,9 @@ def test_readme_first_command_serves_the_contract_without_extras(tmp_path: Path)
         walk = subprocess.run([sys.executable, str(script), "--url", srv.url, "--key", KEY],
                               capture_output=True, text=True, timeout=300)
         assert walk.returncode == 0 and "contract holds" in walk.stdout, walk.stdout + walk.stderr
+        # the first minute: the demo, then the README's curl walk pasted as written, with
+        # this clone's .venv/bin/fsdi
+        run_walk(srv.url, KEY, src)
     finally:
         srv.stop()
 
