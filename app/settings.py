@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.calibration import CalibrationConfig
+from models.methods.protonet import DEFAULT_TEMPERATURE
 from models.patchcore.memory import MEMORY_PATCHES
 
 
@@ -42,7 +43,7 @@ class Settings(BaseSettings):
     # (README, "Scores"); `temperature` is then only the fallback for groups that cannot
     # (one class, or 1-shot classes only). "fixed": T = `temperature` everywhere.
     score_calibration: Literal["group", "fixed"] = "group"
-    temperature: float = Field(default=0.05, gt=0)
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, gt=0)
 
     # Unknown rejection (see README, "Calibration"). The calib_* numbers apply to the
     # appearance embedding (ImageNet global pool); calib_metric_* to a meta-trained

@@ -25,12 +25,16 @@ class CalibrationConfig:
     fallback: float = 1.0
 
 
+def loo_means(support: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """(n, D) -> (n, D): for each member, the mean of the others (n >= 2), summed in
+    `dtype`."""
+    n = support.shape[0]
+    return (support.sum(axis=0, dtype=dtype)[None, :] - support) / (n - 1)
+
+
 def loo_distances(support: np.ndarray) -> np.ndarray:
     """(n, D) -> (n,) distance of each member to the mean of the others (n >= 2)."""
-    n = support.shape[0]
-    total = support.sum(axis=0)
-    others = (total[None, :] - support) / (n - 1)
-    return np.linalg.norm(support - others, axis=1).astype(np.float32)
+    return np.linalg.norm(support - loo_means(support), axis=1).astype(np.float32)
 
 
 def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
@@ -44,8 +48,8 @@ def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
 # -- score calibration: a temperature per group, from its own support set ------------------
 #
 # ProtoNet's score is softmax(-d^2 / T) over the classes. A fixed T says nothing about how
-# separable a group's classes are (T = 0.05 gave 0.9 confidence at 0.74 accuracy on real
-# images). Each group instead gets the T that best predicts its own support set, left out
+# separable a group's classes are, so its scores cannot be probabilities for every group
+# (models/MODEL_CARD.md, "Scores"). Each group instead gets the T that best predicts its own support set, left out
 # one image at a time (maximum likelihood): `probes` keeps, per class, a few support
 # vectors with their honest own-class distances; `fit_temperature` fits T on them against
 # every class's prototype, weighed against a prior (`prior_temperature`): a few held-out
@@ -81,7 +85,7 @@ def probes(support: np.ndarray, per_class: int = PROBES_PER_CLASS
         return np.zeros((0, support.shape[1]), np.float16), np.zeros(0, np.float32)
     pick = np.unique(np.linspace(0, n - 1, min(n, per_class)).round().astype(int))
     x = support[pick].astype(np.float32)
-    others = (support.sum(axis=0, dtype=np.float64)[None] - x) / (n - 1)
+    others = loo_means(support, np.float64)[pick]
     own = ((x - others) ** 2).sum(axis=1) * ((1 + 1 / n) / (1 + 1 / (n - 1)))
     return x.astype(np.float16), own.astype(np.float32)
 

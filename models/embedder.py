@@ -45,7 +45,7 @@ def _pack(emb: np.ndarray, patches: np.ndarray) -> np.ndarray:
 
 
 def pin_threads(threads: int) -> None:
-    """One runtime, sized to the cores: oversubscribed runtimes were measured 40x slower."""
+    """One runtime, sized to the cores: runtimes that oversubscribe them thrash."""
     import sys
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

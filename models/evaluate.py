@@ -18,6 +18,7 @@ from models.backbones import Backbone
 from models.calibration import CalibrationConfig
 from models.data.episodes import EpisodeSampler
 from models.meta import ProjectionHead, global_pool
+from models.methods.protonet import squared_distances
 from models.progress import progress
 from models.reporting import mean_ci
 
@@ -35,7 +36,7 @@ def episode_accuracy(z: np.ndarray, sampler: EpisodeSampler, episodes: int) -> n
         ep = sampler.sample()
         sup, qry = z[ep.support], z[ep.query]
         protos = np.stack([sup[ep.support_labels == c].mean(0) for c in range(sampler.n_way)])
-        d = ((qry[:, None, :] - protos[None]) ** 2).sum(-1)
+        d = squared_distances(qry, protos)
         accs[e] = (d.argmin(1) == ep.query_labels).mean()
     return accs
 
@@ -271,7 +272,7 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
                 claims[rule][1].extend(bool(s == t) and not i.unknown for i, s, t in zip(
                     got, said, labels[ep.query] == 1, strict=True))
             protos = np.stack([app[ep.support][ep.support_labels == c].mean(0) for c in (0, 1)])
-            d = ((app[ep.query][:, None] - protos[None]) ** 2).sum(-1)
+            d = squared_distances(app[ep.query], protos)
             base[e] = (d.argmin(1) == ep.query_labels).mean()
         named = [(f"served, both as defect classes, ProtoNet ranked by the {r} part"
                   + (" (FSDI_RANK_BY default)" if r == rank_by else ""), accs)
@@ -354,7 +355,7 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
                     support_nll = np.array([len(own) * _nll(d2, own, float(np.exp(t)))
                                             for t in log_t])
                 q = f.embeddings[ep.query][:, f.metric_dim:]
-                dq = ((q[:, None] - protos[None]) ** 2).sum(-1)
+                dq = squared_distances(q, protos)
                 query_nll = np.array([len(q) * _nll(dq, ep.query_labels.astype(np.int64),
                                                     float(np.exp(t))) for t in log_t])
                 curves.append((support_nll, scale, query_nll))

@@ -22,7 +22,12 @@ import numpy as np
 
 from models.calibration import CalibrationConfig, class_threshold, group_temperature, probes
 from models.methods import FewShotMethod, create_method
-from models.methods.protonet import ProtoNet, euclidean, score_from_distances
+from models.methods.protonet import (
+    DEFAULT_TEMPERATURE,
+    ProtoNet,
+    euclidean,
+    score_from_distances,
+)
 from models.patchcore.memory import (
     MAX_HELD_OUT,
     PatchMemory,
@@ -128,13 +133,13 @@ class GroupIndex:
     proto_sq: np.ndarray  # (C,) squared norms, so a request reads the prototypes once
     app_prototypes: np.ndarray | None = None  # (C, Da)
     app_thresholds: np.ndarray | None = None  # (C,)
-    temperature: float = 0.05
+    temperature: float = DEFAULT_TEMPERATURE
     runtime: str = "onnxruntime"
     rank_by: str = "metric"  # EmbeddingLayout.rank_by
     app_sq: np.ndarray | None = None  # (C,) squared norms of app_prototypes
     # What `build` was asked for: the fallback temperature and whether to fit the group's
     # own (`temperature` above is the one in use); sub-indexes are built the same way.
-    fallback_temperature: float = 0.05
+    fallback_temperature: float = DEFAULT_TEMPERATURE
     calibrate: bool = True
     calibrated_on: int = 0  # held-out support images `temperature` was fitted on (0: none)
     fitted: dict[str, FewShotMethod] = field(default_factory=dict, compare=False)
@@ -142,7 +147,7 @@ class GroupIndex:
 
     @classmethod
     def build(cls, group: str, entries: Iterable[ClassEntry], metric_dim: int,
-              temperature: float = 0.05, runtime: str = "onnxruntime",
+              temperature: float = DEFAULT_TEMPERATURE, runtime: str = "onnxruntime",
               rank_by: str = "metric", calibrate: bool = True, prior: bool = True
               ) -> GroupIndex:
         """`temperature` is ProtoNet's score temperature; with `calibrate` it is only the

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.calibration import loo_distances
+from models.calibration import loo_distances, loo_means
+from models.methods.protonet import euclidean
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,15 @@ def group_report(support: np.ndarray, labels: np.ndarray) -> GroupReport:
     np.add.at(sums, labels, support)
     protos = sums / counts[:, None]
     confusion = np.zeros((n_cls, n_cls), np.int64)
-    for x, c in zip(support, labels, strict=True):
+    for c in range(n_cls):
         if counts[c] < 2:
             continue
-        p = protos.copy()
-        p[c] = (sums[c] - x) / (counts[c] - 1)
-        confusion[c, int(np.argmin(np.linalg.norm(p - x, axis=1)))] += 1
-    pd = np.linalg.norm(protos[:, None] - protos[None], axis=2)
+        members = support[labels == c]
+        for x, held_out in zip(members, loo_means(members, np.float64), strict=True):
+            p = protos.copy()
+            p[c] = held_out
+            confusion[c, int(np.argmin(np.linalg.norm(p - x, axis=1)))] += 1
+    pd = euclidean(protos, protos).astype(np.float64)
     np.fill_diagonal(pd, np.inf)
     classes = []
     for c in range(n_cls):

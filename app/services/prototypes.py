@@ -25,6 +25,7 @@ from models.inference import (
     region_descriptors,
     region_entries,
 )
+from models.methods.protonet import DEFAULT_TEMPERATURE
 from storage import repositories as repo
 from storage.tables import DefectClass
 
@@ -35,7 +36,8 @@ Read = tuple[dict[str, dict[int, ClassEntry]], dict[str, GoodParts], dict[str, l
 
 
 class PrototypeCache:
-    def __init__(self, model_version: str, layout: EmbeddingLayout, temperature: float = 0.05,
+    def __init__(self, model_version: str, layout: EmbeddingLayout,
+                 temperature: float = DEFAULT_TEMPERATURE,
                  runtime: str = "onnxruntime", patch_version: str | None = None,
                  false_alarm_rate: float = 0.02, calibrate_scores: bool = True,
                  threshold_rule: str = "auto", memory_patches: int | None = None) -> None:

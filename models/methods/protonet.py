@@ -20,16 +20,24 @@ def prototypes(support: np.ndarray, labels: np.ndarray, n_classes: int) -> np.nd
     return protos / np.maximum(counts, 1.0)[:, None]
 
 
-def euclidean(query: np.ndarray, protos: np.ndarray, p2: np.ndarray | None = None
-              ) -> np.ndarray:
-    """(Q, D), (C, D) -> (Q, C) Euclidean distances, via one matrix product.
+# The softmax temperature of ProtoNet's scores where none is fitted (FSDI_TEMPERATURE).
+DEFAULT_TEMPERATURE = 0.05
+
+
+def squared_distances(query: np.ndarray, protos: np.ndarray, p2: np.ndarray | None = None
+                      ) -> np.ndarray:
+    """(Q, D), (C, D) -> (Q, C) squared Euclidean distances, via one matrix product.
     `p2` (C,), the prototypes' squared norms, may be precomputed once per support set."""
     q2 = np.einsum("qd,qd->q", query, query)[:, None]
     if p2 is None:
         p2 = np.einsum("cd,cd->c", protos, protos)
-    p2 = p2[None, :]
-    d2 = np.maximum(q2 + p2 - 2.0 * (query @ protos.T), 0.0)
-    return np.sqrt(d2, dtype=np.float32)
+    return np.maximum(q2 + p2[None, :] - 2.0 * (query @ protos.T), 0.0)
+
+
+def euclidean(query: np.ndarray, protos: np.ndarray, p2: np.ndarray | None = None
+              ) -> np.ndarray:
+    """(Q, D), (C, D) -> (Q, C) Euclidean distances (`squared_distances`' root)."""
+    return np.sqrt(squared_distances(query, protos, p2), dtype=np.float32)
 
 
 def score_from_distances(dist: np.ndarray, temperature: float) -> np.ndarray:
@@ -40,8 +48,8 @@ def score_from_distances(dist: np.ndarray, temperature: float) -> np.ndarray:
 class ProtoNet(FewShotMethod):
     name = "protonet"
 
-    def __init__(self, temperature: float = 0.05, dim: int = 0, pretrained: bool = True
-                 ) -> None:
+    def __init__(self, temperature: float = DEFAULT_TEMPERATURE, dim: int = 0,
+                 pretrained: bool = True) -> None:
         # Nothing to load: ProtoNet's learning lives in the backbone's meta-trained head.
         self.temperature = temperature
         self.protos: np.ndarray | None = None

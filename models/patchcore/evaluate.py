@@ -28,6 +28,7 @@ from models.calibration import CalibrationConfig
 from models.patchcore.anomaly_map import heatmap_png
 from models.patchcore.memory import MEMORY_PATCHES, calibrate_threshold
 from models.progress import progress
+from models.reporting import mean_ci
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -171,7 +172,7 @@ def episodes(labels: np.ndarray, n_good: int, n_query: int, count: int, seed: in
 
 
 def _ci(values: list[float]) -> float:
-    return round(float(1.96 * np.std(values) / np.sqrt(max(1, len(values)))), 4)
+    return round(mean_ci(values)[1], 4)
 
 
 def evaluate(labels: np.ndarray, detectors: dict[str, Detector], goods: tuple[int, ...],

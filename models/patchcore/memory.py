@@ -221,7 +221,7 @@ class PatchMemory:
         parts = (np.array_split(bank, pool._max_workers + 1)  # type: ignore[attr-defined]
                  if pool is not None and len(bank) >= SPLIT_MIN_PATCHES else [bank])
         # A few hundred query patches at a time: the similarity block stays in cache for
-        # the max that follows (measured 25% faster than thousands at once). A large bank
+        # the max that follows, where thousands at once would not. A large bank
         # is searched in slices on several cores at once (matrix products release the
         # GIL), so one request alone gets them all.
         for i in range(0, len(q), self.chunk):
