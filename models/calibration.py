@@ -50,9 +50,9 @@ def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
 # ProtoNet's score is softmax(-d^2 / T) over the classes. A fixed T says nothing about how
 # separable a group's classes are, so its scores cannot be probabilities for every group
 # (models/MODEL_CARD.md, "Scores"). Each group instead gets the T that best predicts its
-# own support set, left out one image at a time (maximum likelihood): `probes` keeps, per class, a few support
-# vectors with their honest own-class distances; `fit_temperature` fits T on them against
-# every class's prototype, weighed against a prior (`prior_temperature`): a few held-out
+# own support set, left out one image at a time (maximum likelihood): `probes` keeps, per
+# class, a few support vectors with their honest own-class distances; `fit_temperature`
+# fits T on them against every class's prototype, weighed against a prior (`prior_temperature`): a few held-out
 # images pin T down only loosely, and with none (1-shot classes) the prior is all there is.
 
 PROBES_PER_CLASS = 16  # held-out support images a class contributes (evenly spread)
