@@ -52,8 +52,9 @@ def class_threshold(support: np.ndarray, cfg: CalibrationConfig) -> float:
 # (models/MODEL_CARD.md, "Scores"). Each group instead gets the T that best predicts its
 # own support set, left out one image at a time (maximum likelihood): `probes` keeps, per
 # class, a few support vectors with their honest own-class distances; `fit_temperature`
-# fits T on them against every class's prototype, weighed against a prior (`prior_temperature`): a few held-out
-# images pin T down only loosely, and with none (1-shot classes) the prior is all there is.
+# fits T on them against every class's prototype, weighed against a prior
+# (`prior_temperature`): a few held-out images pin T down only loosely, and with none
+# (1-shot classes) the prior is all there is.
 
 PROBES_PER_CLASS = 16  # held-out support images a class contributes (evenly spread)
 MAX_PROBES = 256  # per group: a temperature is one number; 256 samples pin it down
