@@ -138,88 +138,46 @@ def train(
     typer.echo(f"wrote {path}")
 
 
-@cli.command()
-def evaluate(
-    head: Path = typer.Option(Path("models/weights/fsdi_lite0_meta.safetensors")),
-    out: Path = typer.Option(Path("runs/eval"), help="JSON, Markdown and PNG go here"),
-    cache: Path = typer.Option(Path("runs/cache")),
-    episodes: int = 600, shots: str = "1,5,10", seed: int = 0,
-    synth_per_class: int = 150, fmnist_per_class: int = 200,
-    method: str = typer.Option("", help="'all' (or one name) compares the few-shot "
-                               "methods instead of the embeddings"),
-    precision: str = typer.Option("", help="'int8' compares the served network at that "
-                                  "precision with fp32 (accuracy and rejection)"),
-    anomaly: bool = typer.Option(False, help="good vs defective from good parts alone, "
-                                 "through the served code: held-out synthetic defect types, "
-                                 "and the ELPV mono development set when elpv-dataset is "
-                                 "installed; the service against the global-pool baseline; "
-                                 "and which defect in a group with good parts (synthetic "
-                                 "types: defect_types.*)"),
-    good: str = typer.Option("1,5,20,50", help="with --anomaly: good images enrolled"),
-    real: bool = typer.Option(False, help="real images: the ELPV mono development set "
-                              "(needs elpv-dataset), 2-way good vs defective, the served "
-                              "decision against the frozen baseline on the same episodes"),
-    scores: bool = typer.Option(False, help="are the served scores probabilities? ECE and "
-                                "a reliability plot, temperature fixed vs fitted per group, "
-                                "on synthetic, Fashion-MNIST and ELPV (where installed)"),
-) -> None:
-    """Measure few-shot accuracy and rejection on held-out classes.
+evaluate_cli = typer.Typer(
+    help="Measure the served decision on held-out data: `fsdi evaluate` alone runs "
+         "`synthetic`.", invoke_without_command=True, rich_markup_mode="markdown")
+cli.add_typer(evaluate_cli, name="evaluate")
 
-    N-way K-shot: the shipped head vs the frozen ImageNet global pool vs a random-init
-    network, on the same episodes, and unknown rejection; or, with --method, every few-shot
-    method on the same episodes; or, with --precision int8, the served network at INT8
-    against fp32.
-    """
-    if precision and precision not in ("int8",):
-        raise typer.BadParameter("--precision compares int8 with fp32; give 'int8'")
-    if scores:
-        from models.evaluate import scores_report
+HEAD = Path("models/weights/fsdi_lite0_meta.safetensors")
+Out = typer.Option(Path("runs/eval"), help="JSON, Markdown and PNG go here")
+Cache = typer.Option(Path("runs/cache"), help="features and ONNX exports kept between runs")
+Shots = typer.Option("1,5,10", help="support images per class, comma-separated")
 
-        typer.echo(scores_report(out, get_settings().backbone,
-                                 tuple(int(s) for s in shots.split(",")), min(episodes, 200),
-                                 seed=seed, cache_dir=cache / "onnx",
-                                 rank_by=get_settings().rank_by))
-        return
-    if real:
-        from models.evaluate import real_report
 
-        typer.echo(real_report(out, get_settings().backbone,
-                               tuple(int(s) for s in shots.split(",")), min(episodes, 300),
-                               seed=seed, cache_dir=cache / "onnx",
-                               rank_by=get_settings().rank_by))
-        return
-    if anomaly:
-        from models.patchcore.evaluate import defect_type_report, report
+def _shots(shots: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in shots.split(","))
+    except ValueError:
+        raise typer.BadParameter("comma-separated numbers, e.g. 1,5,10") from None
 
-        typer.echo(report(out, tuple(int(g) for g in good.split(",")), seed=seed,
-                          backbone=get_settings().backbone, cache_dir=cache / "onnx"))
-        typer.echo(defect_type_report(out, seed=seed, backbone=get_settings().backbone,
-                                      cache_dir=cache / "onnx"))
-        return
-    if method:
-        from models.methods.training import evaluate_all
 
-        md = evaluate_all(method, head, cache, out, episodes,
-                          tuple(int(s) for s in shots.split(",")), seed)
-        typer.echo(md)
-        return
-    metric_cfg, app_cfg = get_settings().calibration()
-    shot_counts = tuple(int(s) for s in shots.split(","))
-    if precision:
-        from models.evaluate import precision_report
-        from models.train import TrainConfig, eval_images
+@evaluate_cli.callback()
+def evaluate(ctx: typer.Context) -> None:
+    """Measure few-shot accuracy and rejection on held-out classes."""
+    if ctx.invoked_subcommand is None:
+        synthetic(head=HEAD, out=Path("runs/eval"), cache=Path("runs/cache"), episodes=600,
+                  shots="1,5,10", seed=0, synth_per_class=150, fmnist_per_class=200)
 
-        images, groups = eval_images(TrainConfig(seed=seed, synth_per_class=synth_per_class,
-                                                 fmnist_per_class=fmnist_per_class))
-        typer.echo(precision_report(get_settings().backbone, precision, images, groups,
-                                    metric_cfg, app_cfg, shot_counts, episodes, seed,
-                                    cache / "onnx", out))
-        return
+
+@evaluate_cli.command()
+def synthetic(head: Path = typer.Option(HEAD),
+              out: Path = Out, cache: Path = Cache, episodes: int = 600, shots: str = Shots,
+              seed: int = 0, synth_per_class: int = 150, fmnist_per_class: int = 200) -> None:
+    """N-way K-shot on held-out synthetic defect types and Fashion-MNIST classes: the
+    shipped head vs the frozen ImageNet global pool vs a random-init network, on the same
+    episodes; then unknown rejection with the service's calibration."""
     from models.evaluate import evaluate as run
     from models.evaluate import head_embed, rejection_report, unit, write_reports
     from models.meta import global_pool
     from models.train import TrainConfig, feature_sets
 
+    shot_counts = _shots(shots)
+    metric_cfg, app_cfg = get_settings().calibration()
     cfg = TrainConfig(seed=seed, synth_per_class=synth_per_class,
                       fmnist_per_class=fmnist_per_class)
     data, rand = feature_sets(cfg, cache), feature_sets(cfg, cache, random_init=True)
@@ -237,6 +195,69 @@ def evaluate(
     typer.echo((out / "evaluation.md").read_text())
     typer.echo(rejection_report(data, embed, metric_cfg, app_cfg, shot_counts,
                                 episodes // 2, seed + 2000, out, get_settings().rank_by))
+
+
+@evaluate_cli.command()
+def real(out: Path = Out, cache: Path = Cache, episodes: int = 300, shots: str = Shots,
+         seed: int = 0) -> None:
+    """Real images: the ELPV mono development set (needs `pip install elpv-dataset`),
+    2-way good vs defective, the served decision against the frozen baseline on the same
+    episodes."""
+    from models.evaluate import real_report
+
+    typer.echo(real_report(out, get_settings().backbone, _shots(shots), episodes, seed=seed,
+                           cache_dir=cache / "onnx", rank_by=get_settings().rank_by))
+
+
+@evaluate_cli.command()
+def anomaly(out: Path = Out, cache: Path = Cache, seed: int = 0,
+            good: str = typer.Option("1,5,20,50", help="good images enrolled")) -> None:
+    """Good vs defective from good parts alone, through the served code: held-out
+    synthetic defect types, and the ELPV mono development set where elpv-dataset is
+    installed; the service against the global-pool baseline; and which defect in a group
+    with good parts (synthetic types: defect_types.*)."""
+    from models.patchcore.evaluate import defect_type_report, report
+
+    typer.echo(report(out, _shots(good), seed=seed, backbone=get_settings().backbone,
+                      cache_dir=cache / "onnx"))
+    typer.echo(defect_type_report(out, seed=seed, backbone=get_settings().backbone,
+                                  cache_dir=cache / "onnx"))
+
+
+@evaluate_cli.command()
+def scores(out: Path = Out, cache: Path = Cache, episodes: int = 200, shots: str = Shots,
+           seed: int = 0) -> None:
+    """Are the served scores probabilities? ECE and a reliability plot, temperature fixed
+    vs fitted per group, on synthetic, Fashion-MNIST and ELPV (where installed)."""
+    from models.evaluate import scores_report
+
+    typer.echo(scores_report(out, get_settings().backbone, _shots(shots), episodes,
+                             seed=seed, cache_dir=cache / "onnx",
+                             rank_by=get_settings().rank_by))
+
+
+@evaluate_cli.command()
+def methods(name: str = typer.Argument("all", help="'all', or one method's name"),
+            head: Path = typer.Option(HEAD), out: Path = Out, cache: Path = Cache,
+            episodes: int = 600, shots: str = Shots, seed: int = 0) -> None:
+    """Every few-shot method (or one) on the same episodes, with time per task."""
+    from models.methods.training import evaluate_all
+
+    typer.echo(evaluate_all(name, head, cache, out, episodes, _shots(shots), seed))
+
+
+@evaluate_cli.command()
+def precision(out: Path = Out, cache: Path = Cache, episodes: int = 600, shots: str = Shots,
+              seed: int = 0, synth_per_class: int = 150, fmnist_per_class: int = 200) -> None:
+    """The served network at INT8 against fp32: accuracy and rejection, same episodes."""
+    from models.evaluate import precision_report
+    from models.train import TrainConfig, eval_images
+
+    metric_cfg, app_cfg = get_settings().calibration()
+    images, groups = eval_images(TrainConfig(seed=seed, synth_per_class=synth_per_class,
+                                             fmnist_per_class=fmnist_per_class))
+    typer.echo(precision_report(get_settings().backbone, "int8", images, groups, metric_cfg,
+                                app_cfg, _shots(shots), episodes, seed, cache / "onnx", out))
 
 
 @cli.command()

@@ -65,7 +65,7 @@ TEMPERATURE_RANGE = (1e-3, 10.0)
 # travel between lines. Both numbers were fitted on the meta-training sources' episodes
 # only (synthetic training defect types and Fashion-MNIST classes 0-4, 1/5/10 shots,
 # held-out query likelihood: models.evaluate.fit_score_prior, rerun by `fsdi evaluate
-# --scores`), never on evaluation or real images; models/MODEL_CARD.md, "Scores", shows
+# scores`), never on evaluation or real images; models/MODEL_CARD.md, "Scores", shows
 # what they do there.
 PRIOR_SCALE = 0.37
 PRIOR_SIGMA = 1.0

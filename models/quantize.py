@@ -12,7 +12,7 @@ most of its fidelity (8-bit weights, first machines: mean cosine to fp32 0.79 wi
 everything quantised, 0.94 with the stem in float, 0.98 with the depthwise layers too)
 for little speed. The calibration images are
 generated (the synthetic meta-train defect types), so nothing downloads and every
-machine builds the same file. Accuracy against fp32: `fsdi evaluate --precision int8`
+machine builds the same file. Accuracy against fp32: `fsdi evaluate precision`
 (models/MODEL_CARD.md). Changing this recipe means changing `INT8_RECIPE` in
 models/backbones.py: it is part of the INT8 model version.
 """

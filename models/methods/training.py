@@ -1,5 +1,5 @@
 """Meta-training and evaluation of the methods on frozen embeddings (`fsdi train
---method`, `fsdi evaluate --method all`)."""
+--method`, `fsdi evaluate methods`)."""
 
 from __future__ import annotations
 

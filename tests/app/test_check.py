@@ -42,7 +42,7 @@ def test_folder_reading(tmp_path: Path) -> None:
 
 
 def test_episodes_are_the_evaluations_episodes(tmp_path: Path) -> None:
-    """The same draws as `fsdi evaluate --real` on the same labels (EpisodeSampler, seed +
+    """The same draws as `fsdi evaluate real` on the same labels (EpisodeSampler, seed +
     shots), so a check through the API can be set beside the in-process evaluation."""
     folder = LabelledFolder.read(make_folder(tmp_path / "f"))
     ref = EpisodeSampler(folder.labels, 2, 2, 3, 7 + 2)

@@ -66,10 +66,13 @@ def test_keys_create_scoped_to_groups(data_dir: Path) -> None:
 
 
 def test_help_reflows_paragraphs_instead_of_cutting_them() -> None:
-    code, out = fsdi("evaluate", "--help")
+    code, out = fsdi("evaluate", "synthetic", "--help")
     assert code == 0
     text = " ".join(out.split())
     assert "vs the frozen ImageNet global pool vs a random-init network" in text
+    code, listing = fsdi("evaluate", "--help")
+    for sub in ("synthetic", "real", "anomaly", "scores", "methods", "precision"):
+        assert re.search(rf"│ {sub}\s+\S", listing), sub
     description = out.split("╭", 1)[0]  # the text above the options table
     for line in description.splitlines():  # no line of a paragraph stops after one word
         words = line.split()

@@ -269,7 +269,7 @@ def test_held_out_calibration_spreads_over_the_enrolment() -> None:
 
 def test_real_image_report_runs_the_served_decisions(monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
-    """`fsdi evaluate --real` on a stand-in for the ELPV set (synthetic good vs defective
+    """`fsdi evaluate real` on a stand-in for the ELPV set (synthetic good vs defective
     parts, so the test needs no optional data): every row on the same episodes, and the
     good-class route catches defects a global embedding averages away."""
     import json
