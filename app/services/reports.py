@@ -6,15 +6,14 @@ from app.errors import NotFound
 from app.schemas import ClassReportPublic, GoodPartsReport, GroupReportPublic, ScoresReport
 from app.services.runtime import Runtime
 from models.inference import GroupIndex
-from models.report import group_report
+from models.report import served_report
 
 
 def report_for(rt: Runtime, group: str) -> GroupReportPublic:
     snap = rt.cache.snapshot(group)
     if snap is None:
         raise NotFound(f"group {group!r} has no classes with support images")
-    support, labels = snap.support_matrix()
-    r = group_report(support, labels)
+    r = served_report(snap)
     e = snap.entries
 
     def name(i: int | None) -> str | None:

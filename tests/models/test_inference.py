@@ -98,3 +98,41 @@ def test_protonet_ranks_by_the_appearance_part_when_told() -> None:
     near = centres + 0.01
     assert [d.best.index for d in by_app.decide(near, top_k=1)] == [0, 1, 2]
     assert not any(d.unknown for d in by_app.decide(near, top_k=1))
+
+
+@pytest.mark.parametrize("rank_by", ["appearance", "metric"])
+def test_the_enrolment_report_ranks_held_out_images_as_the_service_does(rank_by: str) -> None:
+    """The report's leave-one-out answers are the served decision's: each image, held
+    out of its class, is decided by a group index built without it (ProtoNet, ranking by
+    `rank_by`), and the report's per-class recall and accuracy match that exactly."""
+    from models.report import served_report
+
+    rng = np.random.default_rng(7)
+    metric, app = 6, 10
+    centres_m, centres_a = rng.normal(size=(3, metric)), rng.normal(size=(3, app))
+    # the two parts disagree about which classes overlap, so the part matters
+    centres_m[1] = centres_m[0] + 0.3 * rng.normal(size=metric)
+    centres_a[2] = centres_a[0] + 0.3 * rng.normal(size=app)
+    vectors = [np.concatenate([unit(centres_m[c] + 0.6 * rng.normal(size=(7, metric))),
+                               unit(centres_a[c] + 0.6 * rng.normal(size=(7, app)))], axis=1)
+               for c in range(3)]
+    layout = EmbeddingLayout(metric, CalibrationConfig(), CalibrationConfig(), rank_by)
+
+    def build(vs: list[np.ndarray]) -> GroupIndex:
+        entries = [make_entry(c + 1, f"c{c}", "g", list(range(len(v))), v, layout)
+                   for c, v in enumerate(vs)]
+        return GroupIndex.build("g", entries, metric, rank_by=rank_by, calibrate=False)
+
+    report = served_report(build(vectors))
+    right = []
+    for c, v in enumerate(vectors):
+        hits = []
+        for j in range(len(v)):
+            without = [w if k != c else np.delete(w, j, axis=0) for k, w in enumerate(vectors)]
+            (d,) = build(without).decide(v[j][None], top_k=3)
+            hits.append(d.best.index == c)
+        right.append(hits)
+        assert report.classes[c].evaluated == len(v)
+        assert report.classes[c].recall == pytest.approx(np.mean(hits)), (rank_by, c)
+    assert report.accuracy == pytest.approx(np.mean(np.concatenate(right)))
+    assert report.accuracy is not None and 0 < report.accuracy < 1  # confusion to get right
