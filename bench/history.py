@@ -259,7 +259,7 @@ def classify_load(url: str, key: str, group: str, seconds: float, clients: int =
 
 
 def archive_under_load(url: str, tmp: Path, seconds: float = 15, duty: float = 0.5,
-                       batch: int = 5000) -> None:
+                       batch: int = 5000, clients: int = 4) -> None:
     """Step 4: the oldest day archived while classification runs."""
     import threading
 
@@ -280,8 +280,8 @@ def archive_under_load(url: str, tmp: Path, seconds: float = 15, duty: float = 0
             group = f"live-{os.getpid()}"
             enrol_ten(c, group)
             key = str(c.post("/api/v1/keys", json={"role": "machine"}).json()["key"])
-        classify_load(srv.url, key, group, 3)  # warm-up
-        alone, alone_errors = classify_load(srv.url, key, group, seconds)
+        classify_load(srv.url, key, group, 3, clients)  # warm-up
+        alone, alone_errors = classify_load(srv.url, key, group, seconds, clients)
         with engine.connect() as conn:
             first = conn.execute(text("SELECT min(created_at) FROM classification_results")
                                  ).scalar_one()
@@ -296,14 +296,15 @@ def archive_under_load(url: str, tmp: Path, seconds: float = 15, duty: float = 0
 
         worker = threading.Thread(target=run)
         worker.start()
-        loaded, loaded_errors = classify_load(srv.url, key, group, seconds)
+        loaded, loaded_errors = classify_load(srv.url, key, group, seconds, clients)
         worker.join()
     finally:
         srv.stop()
         engine.dispose()
     report = cast(ArchiveReport, done["report"])
     p99 = alone[int(0.99 * (len(alone) - 1))], loaded[int(0.99 * (len(loaded) - 1))]
-    print(f"archive of the oldest day (duty {duty:g}, batch {batch}): {report.rows:,} rows in "
+    print(f"archive of the oldest day (duty {duty:g}, batch {batch}, {clients} clients): "
+          f"{report.rows:,} rows in "
           f"{len(report.files)} files, "
           f"{done['seconds']:.1f} s; classification alone p99 {p99[0] * 1e3:.1f} ms "
           f"({alone_errors} errors), during the archive p99 {p99[1] * 1e3:.1f} ms "
@@ -322,10 +323,11 @@ def main() -> None:
     ap.add_argument("--duty", type=float, default=0.5, help="the archive's share of time")
     ap.add_argument("--batch", type=int, default=5000, help="rows the archive deletes at once")
     ap.add_argument("--no-archive", action="store_true", help="skip step 4")
+    ap.add_argument("--clients", type=int, default=4, help="step 4's classifying clients")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fsdi-history-"))
     if a.archive_only:
-        archive_under_load(a.archive_only, tmp, duty=a.duty, batch=a.batch)
+        archive_under_load(a.archive_only, tmp, duty=a.duty, batch=a.batch, clients=a.clients)
         return
     url = fresh_database(a.pg)
     migrate_to(url, "0008")
@@ -345,7 +347,7 @@ def main() -> None:
     print(f"results.csv of g3's defects ({after['csv rows']:,.0f} rows): before "
           f"{before['csv rows/s']:,.0f} rows/s, after {after['csv rows/s']:,.0f} rows/s")
     if not a.no_archive:
-        archive_under_load(url, tmp, duty=a.duty, batch=a.batch)
+        archive_under_load(url, tmp, duty=a.duty, batch=a.batch, clients=a.clients)
 
 
 if __name__ == "__main__":
