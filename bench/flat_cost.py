@@ -122,10 +122,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only step 3 (one camera's latency beside the raw network)")
     ap.add_argument("--groups", default=",".join(map(str, GROUPS)),
                     help="good images per group, comma-separated (1000 for the enrol time)")
     a = ap.parse_args()
-    groups = tuple(int(g) for g in a.groups.split(","))
+    groups = (50,) if a.latency_only else tuple(int(g) for g in a.groups.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="fsdi-flat-"))
     env = {"FSDI_ADMIN_KEY": KEY, "FSDI_MODEL_CACHE_DIR": str(tmp / "onnx")}
     servers = {"now": Server(tmp / "now" / "data", env)}
@@ -149,7 +151,7 @@ def main() -> None:
         raw: list[float] = []
         for _ in range(a.rounds):
             for name, srv in servers.items():
-                for n in groups:
+                for n in () if a.latency_only else groups:
                     r, _ = drive(srv.url, f"g{n}", a.clients, a.seconds, asked)
                     rates.setdefault((name, n), []).append(r)
             _, lat = drive(servers["now"].url, "g50", 1, a.seconds, asked)
@@ -162,7 +164,7 @@ def main() -> None:
             remove_checkout(tree)
     print(f"good-parts path, {a.clients} clients x 1 image/request (224 px PNG), "
           f"{a.rounds} rounds of {a.seconds:g} s taking turns:")
-    for name in servers:
+    for name in () if a.latency_only else servers:
         base = statistics.median(rates[(name, 50)])
         cells = []
         for n in groups:
@@ -172,7 +174,7 @@ def main() -> None:
         if name in enrol_s:
             print(f"  {'':<18} 1,000 good images enrolled in requests of {BATCH}: "
                   f"{enrol_s[name]:.1f} s until classifiable")
-    if a.before:
+    if a.before and not a.latency_only:
         for n in groups:
             now = statistics.median(rates[("now", n)])
             was = statistics.median(rates[(f"before ({a.before})", n)])
