@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.calibration import CalibrationConfig
+from models.inference import ServingConfig
 from models.methods.protonet import DEFAULT_TEMPERATURE
 from models.patchcore.memory import MEMORY_PATCHES
 
@@ -145,6 +146,14 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=2.0, ge=0)
     queue_max_images: int = Field(default=512, ge=1)
     decode_workers: int = Field(default=2, ge=1)
+
+    def serving_config(self) -> ServingConfig:
+        """Every choice the service makes when it builds a group (models.inference)."""
+        metric, appearance = self.calibration()
+        return ServingConfig(metric, appearance, self.rank_by, self.temperature,
+                             self.score_calibration == "group", self.runtime,
+                             self.anomaly_false_alarm_rate, self.anomaly_threshold_rule,
+                             self.anomaly_memory_patches or None)
 
     def calibration(self) -> tuple[CalibrationConfig, CalibrationConfig]:
         """(metric part, appearance part) rejection calibration."""

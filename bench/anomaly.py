@@ -44,9 +44,8 @@ def per_call_ms(fn: object, seconds: float = 1.5) -> float:
 
 def in_process(queries: int = 8) -> None:
     from app.services.uploads import decode_one
-    from models.calibration import CalibrationConfig
     from models.embedder import make_embedder, unpack
-    from models.inference import EmbeddingLayout, GoodParts, GroupIndex, ServedGroup, make_entry
+    from models.inference import GoodParts, GroupIndex, ServedGroup, ServingConfig, make_entry
     from models.zoo import create_backbone
     from storage.repositories import new_patches
 
@@ -60,11 +59,11 @@ def in_process(queries: int = 8) -> None:
         rows = np.concatenate([emb.embed_packed(x[i:i + 16]) for i in range(0, len(x), 16)])
         net_ms = per_call_ms(lambda: emb.embed(x[:queries])) / queries
     e, p = unpack(rows, bb)
-    layout = EmbeddingLayout(bb.metric_dim, CalibrationConfig(), CalibrationConfig())
+    layout = ServingConfig().layout(bb.metric_dim, bb.dim)
     defects = [make_entry(c + 1, f"d{c}", "b", list(range(5)), e[200 + 5 * c:205 + 5 * c],
                           layout) for c in range(10)]
     q_e, q_p = e[-queries:], p[-queries:]
-    index = GroupIndex.build("b", defects, bb.metric_dim)
+    index = GroupIndex.build("b", defects, bb.metric_dim, rank_by=layout.rank_by)
     plain = per_call_ms(lambda: index.decide(q_e, 3)) / queries
     print(f"network forward pass: {net_ms:.2f} ms/img; class decision alone "
           f"(10 classes): {plain:.3f} ms/img")
@@ -77,7 +76,8 @@ def in_process(queries: int = 8) -> None:
         gp = GoodParts.build(p[:n], list(range(n)), 0.02)
         build_s = time.perf_counter() - t0
         good = make_entry(99, "ok", "b", list(range(n)), e[:n], layout, "good")
-        served = ServedGroup.build(GroupIndex.build("b", [*defects, good], bb.metric_dim), gp)
+        served = ServedGroup.build(GroupIndex.build("b", [*defects, good], bb.metric_dim,
+                                                    rank_by=layout.rank_by), gp)
         ms = per_call_ms(lambda: served.inspect(q_e, q_p, 3)) / queries  # noqa: B023
         stored = len(new_patches(p[0], "v").data) / 1024
         print(f"| {n} | {ms:.2f} | {ms / net_ms:.2f} | {build_s:.2f} | "

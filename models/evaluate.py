@@ -213,15 +213,15 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     served decision (`GroupIndex.decide` on the served network's stored vectors, as
     /classify answers) against the frozen ImageNet global pool (nearest mean, the
     appearance part of the same vectors) on the same episodes. Writes real.{json,md,png}."""
-    from models.calibration import CalibrationConfig, expected_calibration_error
+    from dataclasses import replace
+
+    from models.calibration import expected_calibration_error
     from models.data import elpv
     from models.inference import (
         THRESHOLD_RULES,
-        EmbeddingLayout,
-        GoodParts,
-        GroupIndex,
-        ServedGroup,
-        make_entry,
+        EnrolledClass,
+        ServingConfig,
+        build_served_group,
     )
     from models.openset import episode_index, served_decisions
     from models.patchcore.evaluate import served_features
@@ -233,10 +233,9 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     f = served_features(images, backbone, cache_dir, desc="ELPV")
     full, app = f.embeddings, unit(f.appearance)
     two_parts = f.metric_dim < full.shape[1]
-    layouts = {r: EmbeddingLayout(f.metric_dim, CalibrationConfig(),
-                                  CalibrationConfig() if two_parts else None, r)
+    served_cfg = ServingConfig()
+    layouts = {r: replace(served_cfg, rank_by=r).layout(f.metric_dim, full.shape[1])
                for r in (("appearance", "metric") if two_parts else ("metric",))}
-    layout = layouts["metric"]
     rows: list[dict[str, object]] = []
     for k in shots:
         served = {r: np.empty(episodes) for r in layouts}
@@ -253,18 +252,18 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
                 winner, _ = served_decisions(index, full[ep.query])
                 served[r][e] = (winner == ep.query_labels).mean()
             # The same support, the good images enrolled as a good class (kind "good"):
-            # the good parts decide OK/NG, as /classify answers in such a group.
+            # the good parts decide OK/NG, as /classify answers in such a group (the
+            # served builder, models.inference.build_served_group).
             ids = ep.support
             is_good = labels[ids] == 0
-            entries = [make_entry(0, "ok", "eval", list(ids[is_good]), full[ids[is_good]],
-                                  layout, "good"),
-                       make_entry(1, "defect", "eval", list(ids[~is_good]),
-                                  full[ids[~is_good]], layout)]
-            index = GroupIndex.build("eval", entries, f.metric_dim)
+            classes = [EnrolledClass(0, "ok", "good", tuple(int(i) for i in ids[is_good]),
+                                     full[ids[is_good]], f.patches[ids[is_good]]),
+                       EnrolledClass(1, "defect", "defect",
+                                     tuple(int(i) for i in ids[~is_good]),
+                                     full[ids[~is_good]], f.patches[ids[~is_good]])]
             for rule, accs in good.items():
-                group = ServedGroup.build(index, GoodParts.build(
-                    f.patches[ids[is_good]], list(ids[is_good]), 0.02,
-                    f.patches[ids[~is_good]], rule))
+                group = build_served_group("eval", classes, f.metric_dim,
+                                           replace(served_cfg, threshold_rule=rule))
                 got = group.inspect(full[ep.query], f.patches[ep.query], top_k=1)
                 said = np.array([i.verdict == "defect" for i in got])
                 accs[e] = (said == (labels[ep.query] == 1)).mean()
@@ -318,7 +317,7 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
     )
     from models.data import synthetic
     from models.data.sources import FMNIST_DIR, FMNIST_TRAIN, fashion_mnist
-    from models.inference import EmbeddingLayout
+    from models.inference import ServingConfig
     from models.openset import episode_index
     from models.patchcore.evaluate import served_features
 
@@ -334,8 +333,7 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
     curves: list[tuple[np.ndarray, float, np.ndarray]] = []
     for images, labels, groups in sets:
         f = served_features(images, backbone, cache_dir, desc="training source")
-        layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(), CalibrationConfig(),
-                                 "appearance")
+        layout = ServingConfig().layout(f.metric_dim, f.embeddings.shape[1])
         for k in shots:
             sampler = EpisodeSampler(labels, 5, k, q_query, seed + k, groups)
             for _ in progress(range(episodes), desc=f"prior fit {k}-shot", leave=False):
@@ -381,10 +379,12 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     Fashion-MNIST (if the Debian data is installed) and the ELPV mono development set (if
     its package is). Writes scores.{json,md,png}; the PNG is the reliability plot at 5
     shots (or the middle shot count)."""
-    from models.calibration import CalibrationConfig, expected_calibration_error, reliability
+    from dataclasses import replace
+
+    from models.calibration import expected_calibration_error, reliability
     from models.data import elpv, synthetic
     from models.data.sources import FMNIST_DIR, fashion_mnist
-    from models.inference import EmbeddingLayout, GroupIndex
+    from models.inference import GroupIndex, ServingConfig
     from models.openset import episode_index
     from models.patchcore.evaluate import served_features
     from models.train import FMNIST_EVAL
@@ -404,10 +404,8 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     plot_k = shots[len(shots) // 2] if 5 not in shots else 5
     for name, images, labels, n_way, groups in sets:
         f = served_features(images, backbone, cache_dir, desc=name.split(",")[0])
-        two = f.metric_dim < f.embeddings.shape[1]
-        layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(),
-                                 CalibrationConfig() if two else None,
-                                 rank_by if two else "metric")
+        layout = replace(ServingConfig(), rank_by=rank_by).layout(f.metric_dim,
+                                                                  f.embeddings.shape[1])
         for k in shots:
             sampler = EpisodeSampler(labels, n_way, k, q_query, seed + k, groups)
             got: dict[str, tuple[list[float], list[bool]]] = {

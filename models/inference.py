@@ -30,6 +30,7 @@ from models.methods.protonet import (
 )
 from models.patchcore.memory import (
     MAX_HELD_OUT,
+    MEMORY_PATCHES,
     PatchMemory,
     balanced_threshold,
     calibrate_threshold,
@@ -571,3 +572,77 @@ class ServedGroup:
                 out[i] = Inspection(idx, d if flagged else replace(d, unknown=False),
                                     anomalies[i], verdict)
         return [o for o in out if o is not None]
+
+
+# The served metric part's rejection calibration (FSDI_CALIB_METRIC_*): the meta-trained
+# head spreads a class wider than the unit-norm ImageNet pool, so it is judged leniently.
+SERVED_METRIC_CALIB = CalibrationConfig(margin=1.5, k_std=3.0, floor=0.4, ceiling=1.3,
+                                        fallback=1.3)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Every choice the service makes when it builds a group, in one place. The service
+    makes it from its settings (app.settings.Settings.serving_config); its defaults are
+    the settings' defaults (a test holds them equal), so an evaluator or a bench that
+    builds groups with `ServingConfig()` decides exactly as /classify does."""
+
+    metric_calib: CalibrationConfig = SERVED_METRIC_CALIB
+    app_calib: CalibrationConfig = CalibrationConfig()
+    rank_by: str = "appearance"
+    temperature: float = DEFAULT_TEMPERATURE
+    calibrate_scores: bool = True
+    runtime: str = "onnxruntime"
+    false_alarm_rate: float = 0.02
+    threshold_rule: str = "auto"
+    memory_patches: int | None = MEMORY_PATCHES  # the patch memory's cap (None: none)
+
+    def layout(self, metric_dim: int, dim: int) -> EmbeddingLayout:
+        """How a backbone's vectors (metric_dim of dim values rank) are judged."""
+        if metric_dim == dim:
+            return EmbeddingLayout(dim, self.app_calib)
+        return EmbeddingLayout(metric_dim, self.metric_calib, self.app_calib, self.rank_by)
+
+
+@dataclass(frozen=True)
+class EnrolledClass:
+    """A class as stored: its images' ids (enrolment order), full vectors (n, D) and,
+    where kept, patch features (n, h, w, C)."""
+
+    class_id: int
+    name: str
+    kind: str
+    image_ids: tuple[int, ...]
+    vectors: np.ndarray
+    patches: np.ndarray | None = None
+
+
+def build_served_group(group: str, classes: Sequence[EnrolledClass], metric_dim: int,
+                       config: ServingConfig, false_alarm_rate: float | None = None,
+                       threshold_rule: str | None = None) -> ServedGroup:
+    """The group as the service serves it, from its classes alone: the classes' index,
+    and where it has good images with patch features, their memory with its threshold
+    (from the good images, or balanced against the latest defect images), and the
+    defect classes on region-fused vectors. `false_alarm_rate` / `threshold_rule`: the
+    group's own settings, where it has them."""
+    ordered = sorted(classes, key=lambda c: c.class_id)
+    layout = config.layout(metric_dim, ordered[0].vectors.shape[1])
+    entries = [make_entry(c.class_id, c.name, group, c.image_ids, c.vectors, layout, c.kind)
+               for c in ordered]
+    index = GroupIndex.build(group, entries, metric_dim, config.temperature, config.runtime,
+                             layout.rank_by, config.calibrate_scores)
+    good = sorted(((i, p) for c in ordered if c.kind == "good" and c.patches is not None
+                   for i, p in zip(c.image_ids, c.patches, strict=True)), key=lambda t: t[0])
+    if not good:
+        return ServedGroup.build(index)
+    defect = sorted(((i, p, v) for c in ordered if c.kind != "good" and c.patches is not None
+                     for i, p, v in zip(c.image_ids, c.patches, c.vectors, strict=True)),
+                    key=lambda t: t[0])
+    latest = np.stack([p for _, p, _ in defect[-MAX_HELD_OUT:]]) if defect else None
+    gp = GoodParts.build(np.stack([p for _, p in good]), [i for i, _ in good],
+                         false_alarm_rate or config.false_alarm_rate, latest,
+                         threshold_rule or config.threshold_rule,
+                         memory_patches=config.memory_patches)
+    regions = region_descriptors(gp, {i: p for i, p, _ in defect})
+    fused = region_entries(index.entries, {i: v for i, _, v in defect}, regions, layout)
+    return ServedGroup.build(index, gp, fused)

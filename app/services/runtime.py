@@ -41,10 +41,7 @@ log = logging.getLogger("fsdi")
 
 
 def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
-    metric, appearance = s.calibration()
-    if bb.metric_dim == bb.dim:
-        return EmbeddingLayout(bb.dim, appearance)
-    return EmbeddingLayout(bb.metric_dim, metric, appearance, s.rank_by)
+    return s.serving_config().layout(bb.metric_dim, bb.dim)
 
 
 T = TypeVar("T")
@@ -247,13 +244,12 @@ class Runtime:
     def _build_cache(self, backbone: Backbone) -> PrototypeCache:
         """Push targets, the replica versions seen, a sweep of orphaned blobs, and every
         group's index, read in one session."""
-        s_ = self.settings
-        cache = PrototypeCache(backbone.version, layout_for(backbone, s_), s_.temperature,
-                               s_.runtime,
+        cfg = self.settings.serving_config()
+        cache = PrototypeCache(backbone.version, cfg.layout(backbone.metric_dim, backbone.dim),
+                               cfg.temperature, cfg.runtime,
                                backbone.patch_version if backbone.patch_layers else None,
-                               s_.anomaly_false_alarm_rate,
-                               s_.score_calibration == "group", s_.anomaly_threshold_rule,
-                               s_.anomaly_memory_patches or None)
+                               cfg.false_alarm_rate, cfg.calibrate_scores,
+                               cfg.threshold_rule, cfg.memory_patches)
         with self.sessions() as s:
             self.load_push_targets(s)
             self._seen_versions = repo.group_versions(s)  # before loading: never miss one

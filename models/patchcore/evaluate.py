@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.calibration import CalibrationConfig
 from models.patchcore.anomaly_map import heatmap_png
 from models.patchcore.memory import MEMORY_PATCHES, calibrate_threshold
 from models.progress import progress
@@ -106,21 +105,22 @@ def served_detector(f: Features, false_alarm_rate: float = 0.02,
     `with_defects`, a defect class holding the episode's defect images, which can place
     the threshold: models.inference.GoodParts), asked about each query; its patch memory
     capped at `memory_patches` as served (None: every patch)."""
-    from models.inference import EmbeddingLayout, GoodParts, GroupIndex, ServedGroup, make_entry
+    from dataclasses import replace
 
-    layout = EmbeddingLayout(f.metric_dim, CalibrationConfig())
+    from models.inference import EnrolledClass, ServingConfig, build_served_group
+
+    config = replace(ServingConfig(), false_alarm_rate=false_alarm_rate,
+                     memory_patches=memory_patches)
 
     def run(good: np.ndarray, query: np.ndarray, defects: np.ndarray, heatmaps: bool
             ) -> Outcome:
-        ids = [int(i) for i in good]
-        entries = [make_entry(1, "ok", "eval", ids, f.embeddings[good], layout, "good")]
-        bad = f.patches[defects] if with_defects and len(defects) else None
-        if bad is not None:
-            entries.append(make_entry(2, "defect", "eval", [int(i) for i in defects],
-                                      f.embeddings[defects], layout))
-        index = GroupIndex.build("eval", entries, f.metric_dim)
-        served = ServedGroup.build(index, GoodParts.build(
-            f.patches[good], ids, false_alarm_rate, bad, memory_patches=memory_patches))
+        classes = [EnrolledClass(1, "ok", "good", tuple(int(i) for i in good),
+                                 f.embeddings[good], f.patches[good])]
+        if with_defects and len(defects):
+            classes.append(EnrolledClass(2, "defect", "defect",
+                                         tuple(int(i) for i in defects),
+                                         f.embeddings[defects], f.patches[defects]))
+        served = build_served_group("eval", classes, f.metric_dim, config)
         got = served.inspect(f.embeddings[query], f.patches[query], top_k=1)
         anomalies = [i.anomaly for i in got if i.anomaly is not None]
         maps = None
@@ -340,13 +340,12 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
     defective query counts as right when its verdict is "defect" and its label its class.
     ELPV has no defect types, so this is synthetic only. Writes defect_types.{json,md}."""
     from models import reporting
-    from models.calibration import CalibrationConfig
     from models.data import synthetic
     from models.inference import (
-        EmbeddingLayout,
         GoodParts,
         GroupIndex,
         ServedGroup,
+        ServingConfig,
         make_entry,
         region_descriptors,
         region_entries,
@@ -358,8 +357,7 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
         features = (served_features(images, backbone, cache_dir, desc="defect types"),
                     labels, surfaces)
     f, labels, surfaces = features
-    layout = EmbeddingLayout(f.metric_dim, CalibrationConfig(), CalibrationConfig(),
-                             "appearance")
+    layout = ServingConfig().layout(f.metric_dim, f.embeddings.shape[1])
     rows: list[dict[str, Any]] = []
     for task, name in (("types", "defect types within one product (5-way)"),
                        ("products", "one defect type on two products (2-way)")):
@@ -378,7 +376,7 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
                 entries += [make_entry(c, f"defect{c}", "eval", [int(i) for i in sup[sup_c == c]],
                                        f.embeddings[sup[sup_c == c]], layout)
                             for c in np.unique(sup_c)]
-                index = GroupIndex.build("eval", entries, f.metric_dim, rank_by="appearance")
+                index = GroupIndex.build("eval", entries, f.metric_dim, rank_by=layout.rank_by)
                 gp = GoodParts.build(f.patches[good], [int(i) for i in good], 0.02,
                                      f.patches[sup])
                 fused = region_entries(
