@@ -486,6 +486,13 @@ def test_ids_widen_to_64_bit_while_results_keep_being_written_and_read(pg_url: s
             "UNION ALL SELECT c.relname FROM pg_index i JOIN pg_class c ON "
             "c.oid = i.indexrelid WHERE NOT i.indisvalid")).scalars().all()
         assert leftovers == []
+        # the swapped-in columns are analysed: the planner has statistics for them
+        stats = conn.execute(text(
+            "SELECT tablename || '.' || attname FROM pg_stats WHERE attname IN ('id', "
+            "'result_id') AND tablename IN ('classification_results', 'feedback', "
+            "'audit_events')")).scalars().all()
+        assert set(stats) == {"classification_results.id", "feedback.id",
+                              "feedback.result_id", "audit_events.id"}, stats
         n = conn.execute(text("SELECT count(*), count(DISTINCT id) FROM "
                               "classification_results")).one()
         assert n == (30_000 + len(written), 30_000 + len(written))

@@ -54,6 +54,7 @@ def upgrade() -> None:
         op.drop_index("ix_classification_results_group_name",
                       table_name="classification_results", postgresql_concurrently=True,
                       if_exists=True)
+        op.execute("ANALYZE classification_results")
 
 
 def downgrade() -> None:
