@@ -67,7 +67,7 @@ def sqlite_commit(seconds: float, tmp: Path) -> list[float]:
     db = sqlite3.connect(tmp / "floor.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, payload TEXT)")
+    db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, payload TEXT)")
     out, stop = [], time.monotonic() + seconds
     while time.monotonic() < stop:
         t = time.perf_counter()
