@@ -388,7 +388,7 @@ def test_console_endpoints(client: TestClient) -> None:
     ids = enrol(client, grp, shots=1)
     assert client.get("/").status_code == 200 and "FSDI" in client.get("/").text
     assert client.get("/static/app.js").status_code == 200
-    assert client.get("/api/v1/me").json() == {"role": "admin", "key_id": None}
+    assert client.get("/api/v1/me").json() == {"role": "admin", "key_id": None, "groups": None}
     m = {"Authorization": f"Bearer {new_key(client, 'machine')}"}
     assert client.get("/api/v1/me", headers=m).json()["role"] == "machine"
     groups = {g["name"]: g["class_count"] for g in client.get("/api/v1/groups").json()["items"]}
