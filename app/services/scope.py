@@ -8,7 +8,6 @@ such refusal is counted (`fsdi_auth_refusals_total{reason="scope"}`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from app.errors import Forbidden, NotFound
@@ -33,10 +32,6 @@ def check(rt: Runtime, who: Principal, group: str | None, missing: str) -> None:
 def check_group(rt: Runtime, who: Principal, group: str) -> None:
     """A request that names a group: 404 unless the key reaches it."""
     check(rt, who, group, f"group {group!r} not found")
-
-
-def visible(who: Principal, groups: Iterable[str]) -> list[str]:
-    return [g for g in groups if reaches(who, g)]
 
 
 def allowed_groups(who: Principal) -> tuple[str, ...] | None:
