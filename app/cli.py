@@ -177,7 +177,6 @@ def synthetic(head: Path = typer.Option(HEAD),
     from models.train import TrainConfig, feature_sets
 
     shot_counts = _shots(shots)
-    metric_cfg, app_cfg = get_settings().calibration()
     cfg = TrainConfig(seed=seed, synth_per_class=synth_per_class,
                       fmnist_per_class=fmnist_per_class)
     data, rand = feature_sets(cfg, cache), feature_sets(cfg, cache, random_init=True)
@@ -193,8 +192,8 @@ def synthetic(head: Path = typer.Option(HEAD),
                seed + 1000, setup={"binary_eval": (2, data["binary_eval_g"])})
     write_reports(rows, out)
     typer.echo((out / "evaluation.md").read_text())
-    typer.echo(rejection_report(data, embed, metric_cfg, app_cfg, shot_counts,
-                                episodes // 2, seed + 2000, out, get_settings().rank_by))
+    typer.echo(rejection_report(data, embed, get_settings().serving_config(), shot_counts,
+                                episodes // 2, seed + 2000, out))
 
 
 @evaluate_cli.command()
@@ -253,11 +252,11 @@ def precision(out: Path = Out, cache: Path = Cache, episodes: int = 600, shots: 
     from models.evaluate import precision_report
     from models.train import TrainConfig, eval_images
 
-    metric_cfg, app_cfg = get_settings().calibration()
     images, groups = eval_images(TrainConfig(seed=seed, synth_per_class=synth_per_class,
                                              fmnist_per_class=fmnist_per_class))
-    typer.echo(precision_report(get_settings().backbone, "int8", images, groups, metric_cfg,
-                                app_cfg, _shots(shots), episodes, seed, cache / "onnx", out))
+    typer.echo(precision_report(get_settings().backbone, "int8", images, groups,
+                                get_settings().serving_config(), _shots(shots), episodes,
+                                seed, cache / "onnx", out))
 
 
 @cli.command()

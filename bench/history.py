@@ -5,10 +5,11 @@ on PostgreSQL, the schema before (revision 0008) and after (head) in the same ru
 
 1. Migrates a fresh database to 0008 and writes N results straight into it with COPY: 10
    groups, 30 days, newest last; about 5% unknown and 5% defect verdicts, group g9 with no
-   good parts (no verdicts at all), feedback on one result in a thousand.
+   good parts (no verdicts at all), feedback on one result in 997 (a third of it "wrong").
 2. Starts REV's `fsdi serve` (whose schema is 0008) on it and times, through HTTP, the
    first page (100) of: a group's newest, label, unknown=true, verdict=defect,
-   verdict=defect on g9 (matches nothing), a one-day window 15 days back, feedback=wrong;
+   verdict=defect on g9 (matches nothing), a one-day window 15 days back, feedback=wrong,
+   feedback=any, all groups, and (where the server has scoped keys) a key of 2 groups;
    then `results.csv` of one group's defects (rows/s). Each query's best of 3.
 3. Stops it and upgrades to head (64-bit ids, the new indexes) while 4 writers store
    results with the service's storage code (a result, its audit event, feedback on one in
@@ -69,7 +70,7 @@ def migrate_to(url: str, revision: str) -> float:
 
 
 def fill(url: str, rows: int) -> float:
-    """N results (and feedback on one in a thousand) by COPY; returns seconds."""
+    """N results (and feedback on one in 997) by COPY; returns seconds."""
     import psycopg
 
     plain = url.replace("postgresql+psycopg://", "postgresql://")
@@ -95,9 +96,11 @@ def fill(url: str, rows: int) -> float:
                     copy.write(buf.getvalue())
                     buf = io.StringIO()
             copy.write(buf.getvalue())
+        # One result in 997 judged (997 and the 10 groups share no factor: every group
+        # gets some), one judgement in three "wrong".
         cur.execute("INSERT INTO feedback (result_id, correct, created_at) "
-                    "SELECT id, id % 2 = 0, created_at FROM classification_results "
-                    "WHERE id % 1000 = 0")
+                    "SELECT id, (id / 997) % 3 <> 0, created_at FROM classification_results "
+                    "WHERE id % 997 = 0")
         conn.commit()
         cur.execute("ANALYZE")
     return time.perf_counter() - t0
@@ -118,6 +121,7 @@ def timed_queries(url: str, data: Path, fsdi: list[str] | None = None) -> dict[s
             "one day, 15 days back": {"group": "g3", "since": day.isoformat(),
                                       "until": (day + timedelta(days=1)).isoformat()},
             "feedback=wrong": {"group": "g3", "feedback": "wrong"},
+            "feedback=any": {"group": "g3", "feedback": "any"},
             "newest page, all groups": {}}
     out: dict[str, float] = {}
     try:
@@ -131,6 +135,7 @@ def timed_queries(url: str, data: Path, fsdi: list[str] | None = None) -> dict[s
                     best = min(best, time.perf_counter() - t0)
                     assert r.status_code == 200, r.text
                 out[name] = best * 1e3
+            out["newest page, a key of 2 groups"] = scoped_page(c)
             t0 = time.perf_counter()
             lines = 0
             with c.stream("GET", "/api/v1/results.csv",
@@ -143,6 +148,22 @@ def timed_queries(url: str, data: Path, fsdi: list[str] | None = None) -> dict[s
     finally:
         srv.stop()
     return out
+
+
+def scoped_page(c: httpx.Client) -> float:
+    """Best of 3 ms for the newest page of a key scoped to g3 and g4; NaN where the
+    server has no scoped keys (before 0010)."""
+    r = c.post("/api/v1/keys", json={"role": "operator", "groups": ["g3", "g4"]})
+    if r.status_code != 201:
+        return float("nan")
+    key = r.json()["key"]
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        got = c.get("/api/v1/results", headers={"Authorization": f"Bearer {key}"})
+        best = min(best, time.perf_counter() - t0)
+        assert got.status_code == 200, got.text
+    return best * 1e3
 
 
 def write_load(url: str, seconds: float | None, stop: object = None, writers: int = 4

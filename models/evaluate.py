@@ -15,8 +15,8 @@ import torch
 
 from models import reporting
 from models.backbones import Backbone
-from models.calibration import CalibrationConfig
 from models.data.episodes import EpisodeSampler
+from models.inference import ServingConfig
 from models.meta import ProjectionHead, global_pool
 from models.methods.protonet import squared_distances
 from models.progress import progress
@@ -92,25 +92,22 @@ REJECTION_SETUP = {  # home benchmark -> (n_way, the unrelated set its foreign i
 }
 
 
-def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: CalibrationConfig,
-                     app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
-                     seed: int, out_dir: Path, rank_by: str = "metric") -> str:
-    """Unknown rejection with the service's calibration (and ranking, `rank_by`) on
-    held-out classes: how many
-    genuine images are accepted with the right class or falsely rejected, and how many
-    images of an unrelated set are rejected. Writes rejection.{json,md}."""
+def rejection_report(data: dict[str, np.ndarray], embed: Embed, config: ServingConfig,
+                     shots: tuple[int, ...], episodes: int, seed: int, out_dir: Path) -> str:
+    """Unknown rejection on held-out classes, groups built as the service builds them
+    (`config`: its settings): how many genuine images are accepted with the right class
+    or falsely rejected, and how many images of an unrelated set are rejected. Writes
+    rejection.{json,md} and novelty.{json,md}."""
     parts = {b: (embed(data[f"{b}_x"]), unit(global_pool(data[f"{b}_x"])))
              for b in (*REJECTION_SETUP, "novel_eval")}
-    rows = rejection_rows({"": parts}, data, metric_cfg, app_cfg, shots, episodes, seed,
-                          rank_by)
+    rows = rejection_rows({"": parts}, data, config, shots, episodes, seed)
     md = write_rejection(rows, out_dir / "rejection")
     from models.openset import novelty_rates
 
     novel = [{"shots": k, "known": "ok + 2 defect types", "novel": "the other 3",
               "episodes": episodes} | {m: round(v, 4) for m, v in novelty_rates(
                   *parts["novel_eval"], data["novel_eval_y"], data["novel_eval_g"],
-                  metric_cfg, app_cfg, k, 2, episodes, seed + 500 + k,
-                  rank_by=rank_by).items()}
+                  config, k, 2, episodes, seed + 500 + k).items()}
              for k in shots]
     table = reporting.write(out_dir / "novelty", novel, reporting.markdown(
         ["shots", "known classes accepted, right class", "known falsely rejected",
@@ -122,9 +119,9 @@ def rejection_report(data: dict[str, np.ndarray], embed: Embed, metric_cfg: Cali
 
 
 def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
-                   labels: dict[str, np.ndarray], metric_cfg: CalibrationConfig,
-                   app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
-                   seed: int, rank_by: str = "metric") -> list[dict[str, object]]:
+                   labels: dict[str, np.ndarray], config: ServingConfig,
+                   shots: tuple[int, ...], episodes: int, seed: int
+                   ) -> list[dict[str, object]]:
     """parts[name][bench] = (metric, appearance) embeddings; `labels` holds `<bench>_y`
     and, where episodes stay inside a group, `<bench>_g`. Same episodes for every name."""
     from models.openset import rejection_rates
@@ -134,8 +131,8 @@ def rejection_rows(parts: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
         for k in shots:
             for name, by_bench in parts.items():
                 r = rejection_rates(*by_bench[bench], labels[f"{bench}_y"], by_bench[foreign],
-                                    metric_cfg, app_cfg, k, ways, episodes, seed + k,
-                                    groups=labels.get(f"{bench}_g"), rank_by=rank_by)
+                                    config, k, ways, episodes, seed + k,
+                                    groups=labels.get(f"{bench}_g"))
                 rows.append({"benchmark": bench, "foreign": foreign, "shots": k,
                              "n_way": ways, "episodes": episodes}
                             | ({"embedding": name} if name else {})
@@ -179,9 +176,9 @@ def served_embeddings(backbone: Backbone, precisions: tuple[str, ...],
 
 
 def precision_report(backbone_name: str, precision: str, images: dict[str, tuple[np.ndarray,
-                     np.ndarray]], groups: dict[str, np.ndarray], metric_cfg: CalibrationConfig,
-                     app_cfg: CalibrationConfig, shots: tuple[int, ...], episodes: int,
-                     seed: int, cache_dir: Path, out_dir: Path) -> str:
+                     np.ndarray]], groups: dict[str, np.ndarray], config: ServingConfig,
+                     shots: tuple[int, ...], episodes: int, seed: int, cache_dir: Path,
+                     out_dir: Path) -> str:
     """fp32 vs `precision`, both served by ONNX Runtime, on the same episodes: few-shot
     accuracy of the metric part and unknown rejection of the whole embedding. Writes
     precision.{json,md} and precision_rejection.{json,md}."""
@@ -201,7 +198,7 @@ def precision_report(backbone_name: str, precision: str, images: dict[str, tuple
                          reporting.accuracy_table(rows, "benchmark", "embedding"))
     parts = {p: {b: (unit(e[:, :metric_dim]), unit(e[:, metric_dim:]) if e.shape[1] > metric_dim
                      else unit(e)) for b, e in by_set.items()} for p, by_set in served.items()}
-    rej = rejection_rows(parts, labels, metric_cfg, app_cfg, shots, episodes // 2, seed + 2000)
+    rej = rejection_rows(parts, labels, config, shots, episodes // 2, seed + 2000)
     return md + "\n" + write_rejection(rej, out_dir / "precision_rejection")
 
 
@@ -217,12 +214,7 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
 
     from models.calibration import expected_calibration_error
     from models.data import elpv
-    from models.inference import (
-        THRESHOLD_RULES,
-        EnrolledClass,
-        ServingConfig,
-        build_served_group,
-    )
+    from models.inference import THRESHOLD_RULES, EnrolledClass, build_served_group
     from models.openset import episode_index, served_decisions
     from models.patchcore.evaluate import served_features
 
@@ -234,11 +226,11 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     full, app = f.embeddings, unit(f.appearance)
     two_parts = f.metric_dim < full.shape[1]
     served_cfg = ServingConfig()
-    layouts = {r: replace(served_cfg, rank_by=r).layout(f.metric_dim, full.shape[1])
+    configs = {r: replace(served_cfg, rank_by=r)
                for r in (("appearance", "metric") if two_parts else ("metric",))}
     rows: list[dict[str, object]] = []
     for k in shots:
-        served = {r: np.empty(episodes) for r in layouts}
+        served = {r: np.empty(episodes) for r in configs}
         base = np.empty(episodes)
         good = {rule: np.empty(episodes) for rule in THRESHOLD_RULES}
         # the verdict path's scores against "the answer is right" (verdict right and a
@@ -247,8 +239,9 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
         sampler = EpisodeSampler(labels, 2, k, q_query, seed + k)
         for e in progress(range(episodes), desc=f"ELPV {k}-shot", leave=False):
             ep = sampler.sample()
-            for r, lay in layouts.items():
-                index = episode_index(full[ep.support], ep.support_labels, 2, lay)
+            for r, cfg in configs.items():
+                index = episode_index(full[ep.support], ep.support_labels, 2, cfg,
+                                      f.metric_dim)
                 winner, _ = served_decisions(index, full[ep.query])
                 served[r][e] = (winner == ep.query_labels).mean()
             # The same support, the good images enrolled as a good class (kind "good"):
@@ -317,7 +310,6 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
     )
     from models.data import synthetic
     from models.data.sources import FMNIST_DIR, FMNIST_TRAIN, fashion_mnist
-    from models.inference import ServingConfig
     from models.openset import episode_index
     from models.patchcore.evaluate import served_features
 
@@ -333,12 +325,12 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
     curves: list[tuple[np.ndarray, float, np.ndarray]] = []
     for images, labels, groups in sets:
         f = served_features(images, backbone, cache_dir, desc="training source")
-        layout = ServingConfig().layout(f.metric_dim, f.embeddings.shape[1])
         for k in shots:
             sampler = EpisodeSampler(labels, 5, k, q_query, seed + k, groups)
             for _ in progress(range(episodes), desc=f"prior fit {k}-shot", leave=False):
                 ep = sampler.sample()
-                index = episode_index(f.embeddings[ep.support], ep.support_labels, 5, layout)
+                index = episode_index(f.embeddings[ep.support], ep.support_labels, 5,
+                                      ServingConfig(), f.metric_dim)
                 protos = index.app_prototypes
                 assert protos is not None
                 scale = prior_temperature(protos, scale=1.0)
@@ -384,7 +376,7 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     from models.calibration import expected_calibration_error, reliability
     from models.data import elpv, synthetic
     from models.data.sources import FMNIST_DIR, fashion_mnist
-    from models.inference import GroupIndex, ServingConfig
+    from models.inference import GroupIndex
     from models.openset import episode_index
     from models.patchcore.evaluate import served_features
     from models.train import FMNIST_EVAL
@@ -404,8 +396,7 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     plot_k = shots[len(shots) // 2] if 5 not in shots else 5
     for name, images, labels, n_way, groups in sets:
         f = served_features(images, backbone, cache_dir, desc=name.split(",")[0])
-        layout = replace(ServingConfig(), rank_by=rank_by).layout(f.metric_dim,
-                                                                  f.embeddings.shape[1])
+        config = replace(ServingConfig(), rank_by=rank_by)
         for k in shots:
             sampler = EpisodeSampler(labels, n_way, k, q_query, seed + k, groups)
             got: dict[str, tuple[list[float], list[bool]]] = {
@@ -416,11 +407,11 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
                           leave=False):
                 ep = sampler.sample()
                 fitted = episode_index(f.embeddings[ep.support], ep.support_labels, n_way,
-                                       layout)
+                                       config, f.metric_dim)
                 fixed = GroupIndex.build("eval", fitted.entries, f.metric_dim,
-                                         rank_by=layout.rank_by, calibrate=False)
+                                         rank_by=config.rank_by, calibrate=False)
                 no_prior = GroupIndex.build("eval", fitted.entries, f.metric_dim,
-                                            rank_by=layout.rank_by, prior=False)
+                                            rank_by=config.rank_by, prior=False)
                 for mode, index in (("fixed temperature 0.05", fixed),
                                     ("fitted per group, maximum likelihood (no prior)",
                                      no_prior),

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.calibration import CalibrationConfig
-from models.inference import EmbeddingLayout, GroupIndex, make_entry
+from models.inference import EnrolledClass, GroupIndex, ServingConfig, build_served_group
 
 
 def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray,
-                    foreign: tuple[np.ndarray, np.ndarray], metric_cfg: CalibrationConfig,
-                    app_cfg: CalibrationConfig, k_shot: int, n_way: int, episodes: int,
-                    seed: int, groups: np.ndarray | None = None, q_query: int = 10,
-                    foreign_per_episode: int = 30, rank_by: str = "metric"
-                    ) -> dict[str, float]:
-    """Enrol n_way classes from k_shot images each, calibrated as the service does, then
+                    foreign: tuple[np.ndarray, np.ndarray], config: ServingConfig,
+                    k_shot: int, n_way: int, episodes: int, seed: int,
+                    groups: np.ndarray | None = None, q_query: int = 10,
+                    foreign_per_episode: int = 30) -> dict[str, float]:
+    """Enrol n_way classes from k_shot images each, built as the service builds them
+    (`config`: its settings), then
     judge q_query held-out images of each class and foreign_per_episode images of an
     unrelated set. Returns the fractions: accepted with the right class, falsely
     rejected (a genuine member called unknown), and foreign rejected."""
@@ -24,11 +23,11 @@ def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarr
     sampler = EpisodeSampler(labels, n_way, k_shot, q_query, seed, groups=groups)
     rng = np.random.default_rng(seed + 1)
     full, foreign_full = _joined(metric, appearance), _joined(*foreign)
-    layout = _layout(metric, metric_cfg, app_cfg, rank_by)
     right = false_reject = foreign_reject = 0
     for _ in range(episodes):
         ep = sampler.sample()
-        index = episode_index(full[ep.support], ep.support_labels, n_way, layout)
+        index = episode_index(full[ep.support], ep.support_labels, n_way, config,
+                              metric.shape[1])
         best, unk = served_decisions(index, full[ep.query])
         right += int(((best == ep.query_labels) & ~unk).sum())
         false_reject += int(unk.sum())
@@ -40,9 +39,8 @@ def rejection_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarr
 
 
 def novelty_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray,
-                  groups: np.ndarray, metric_cfg: CalibrationConfig,
-                  app_cfg: CalibrationConfig, k_shot: int, known_defects: int,
-                  episodes: int, seed: int, q_query: int = 10, rank_by: str = "metric"
+                  groups: np.ndarray, config: ServingConfig, k_shot: int,
+                  known_defects: int, episodes: int, seed: int, q_query: int = 10
                   ) -> dict[str, float]:
     """Open set on one part: inside one group (surface), enrol label 0 ("ok") and
     `known_defects` random other labels from k_shot images each; then judge held-out
@@ -50,7 +48,7 @@ def novelty_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray
     enrolled). Returns: known accepted with the right class, known falsely rejected, and
     novel rejected (what an honest "unknown" should catch)."""
     rng = np.random.default_rng(seed)
-    full, layout = _joined(metric, appearance), _layout(metric, metric_cfg, app_cfg, rank_by)
+    full = _joined(metric, appearance)
     right = false_reject = novel_reject = n_known = n_novel = 0
     defects = [int(c) for c in np.unique(labels) if c != 0]
     for _ in range(episodes):
@@ -64,7 +62,7 @@ def novelty_rates(metric: np.ndarray, appearance: np.ndarray, labels: np.ndarray
             queries.append(idx[k_shot:k_shot + q_query])
             qlab.append(np.full(len(queries[-1]), i))
         index = episode_index(full[np.concatenate(sups)], np.concatenate(sup_lab), len(known),
-                       layout)
+                              config, metric.shape[1])
         q, ql = np.concatenate(queries), np.concatenate(qlab)
         best, unk = served_decisions(index, full[q])
         right += int(((best == ql) & ~unk).sum())
@@ -83,17 +81,14 @@ def _joined(metric: np.ndarray, appearance: np.ndarray) -> np.ndarray:
     return np.concatenate([metric, appearance], axis=1).astype(np.float32)
 
 
-def _layout(metric: np.ndarray, metric_cfg: CalibrationConfig, app_cfg: CalibrationConfig,
-            rank_by: str = "metric") -> EmbeddingLayout:
-    return EmbeddingLayout(metric.shape[1], metric_cfg, app_cfg, rank_by)
-
-
-def episode_index(support: np.ndarray, labels: np.ndarray, n_way: int, layout: EmbeddingLayout
-           ) -> GroupIndex:
-    """An episode's classes enrolled as the service enrols them."""
-    entries = [make_entry(c, f"class{c}", "eval", list(np.flatnonzero(labels == c)),
-                          support[labels == c], layout) for c in range(n_way)]
-    return GroupIndex.build("eval", entries, layout.metric_dim, rank_by=layout.rank_by)
+def episode_index(support: np.ndarray, labels: np.ndarray, n_way: int, config: ServingConfig,
+                  metric_dim: int) -> GroupIndex:
+    """An episode's classes (stored vectors, `metric_dim` of them ranking) through the
+    served builder (models.inference.build_served_group): the index /classify decides by."""
+    classes = [EnrolledClass(c, f"class{c}", "defect",
+                             tuple(int(i) for i in np.flatnonzero(labels == c)),
+                             support[labels == c]) for c in range(n_way)]
+    return build_served_group("eval", classes, metric_dim, config).index
 
 
 def served_decisions(index: GroupIndex, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
-from sqlalchemy import ColumnElement, Table, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, Table, delete, func, insert, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from storage.notify import notify_change
@@ -480,10 +480,53 @@ class HistoryRow:
 def results_page(s: Session, f: ResultFilter, before_id: int | None, limit: int
                  ) -> list[HistoryRow]:
     """Newest first (by id, which only grows), at most `limit`, ids below `before_id`
-    (keyset paging: a page costs the same at any depth)."""
-    q = _history(select(ClassificationResult, Feedback.correct, Feedback.class_id), f,
-                 before_id).limit(limit)
-    return [HistoryRow(r, c, k) for r, c, k in s.execute(q).tuples()]
+    (keyset paging: a page costs the same at any depth).
+
+    The page's ids come first, from results alone (each filter's index answers them
+    index-only); then its rows and the latest feedback on each of them. Reading whole
+    rows in the first query lets the planner walk the primary key backwards instead,
+    filtering by group, which is a full scan of every newer row of other groups; joining
+    the latest feedback per result would aggregate the whole feedback table per page."""
+    r = ClassificationResult
+    # Each index reaches one group's (and one feedback verdict's) newest ids in order; a
+    # scoped key's groups, or feedback of either verdict, are merged from one walk per
+    # value. Filtering a walk of every id instead reads every newer row of the others.
+    parts = [_where(select(r.id), v, before_id).order_by(r.id.desc()).limit(limit)
+             for v in _variants(f)]
+    if not parts:
+        return []
+    if len(parts) == 1:
+        q = parts[0]
+    else:
+        merged = union_all(*(select(p.subquery().c.id) for p in parts)).subquery()
+        q = select(merged.c.id).order_by(merged.c.id.desc()).limit(limit)
+    ids = list(s.scalars(q))
+    if not ids:
+        return []
+    rows = {x.id: x for x in s.scalars(select(r).where(r.id.in_(ids)))}
+    latest = latest_feedback(s, ids)
+    # an id may be gone between the two reads (an archive deleting old rows)
+    return [HistoryRow(rows[i], *latest.get(i, (None, None))) for i in ids if i in rows]
+
+
+def _variants(f: ResultFilter) -> list[ResultFilter]:
+    """`f` as filters of one group and one feedback verdict each, where it names several."""
+    groups: list[str | None] = ([None] if f.group is not None or f.groups is None
+                                else list(f.groups))
+    verdicts = ["correct", "wrong"] if f.feedback == "any" else [f.feedback]
+    return [replace(f, group=f.group if g is None else g,
+                    groups=f.groups if g is None else None, feedback=v)
+            for g in groups for v in verdicts]
+
+
+def latest_feedback(s: Session, result_ids: Sequence[int]
+                    ) -> dict[int, tuple[bool, int | None]]:
+    """result id -> (correct, class id) of its latest feedback, for those that have one."""
+    newest = (select(func.max(Feedback.id)).where(Feedback.result_id.in_(result_ids))
+              .group_by(Feedback.result_id))
+    q = select(Feedback.result_id, Feedback.correct, Feedback.class_id).where(
+        Feedback.id.in_(newest))
+    return {rid: (correct, cid) for rid, correct, cid in s.execute(q).tuples()}
 
 
 # The columns of `stream_results`' rows, in order.
@@ -532,30 +575,39 @@ def _window_ids(f: ResultFilter) -> list[ColumnElement[bool]]:
 
 def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
     """`q` (over results, with their latest feedback's columns) filtered by `f`, below
-    `before_id`, newest first."""
+    `before_id`, newest first: the export's one query, which reads every matching row."""
     latest = (select(Feedback.result_id, func.max(Feedback.id).label("fid"))
               .group_by(Feedback.result_id).subquery())
     q = (q.select_from(ClassificationResult)
          .outerjoin(latest, latest.c.result_id == ClassificationResult.id)
          .outerjoin(Feedback, Feedback.id == latest.c.fid))
+    return _where(q, f, before_id).order_by(ClassificationResult.id.desc())
+
+
+def _where(q: Any, f: ResultFilter, before_id: int | None) -> Any:
+    """`q` (over results) restricted to `f` and ids below `before_id`."""
+    r = ClassificationResult
     if f.group is not None:
-        q = q.where(ClassificationResult.group_name == f.group)
+        q = q.where(r.group_name == f.group)
     if f.groups is not None:
-        q = q.where(ClassificationResult.group_name.in_(f.groups))
+        q = q.where(r.group_name.in_(f.groups))
     if f.label is not None:
-        q = q.where(ClassificationResult.label == f.label)
+        q = q.where(r.label == f.label)
     if f.unknown is not None:
-        q = q.where(ClassificationResult.unknown.is_(f.unknown))
+        q = q.where(r.unknown.is_(f.unknown))
     if f.since is not None or f.until is not None:
         q = q.where(*_window(f)).where(*_window_ids(f))
     if f.feedback == "none":
-        q = q.where(latest.c.fid.is_(None))
+        q = q.where(r.feedback_correct.is_(None))
     elif f.feedback == "any":
-        q = q.where(latest.c.fid.is_not(None))
+        q = q.where(r.feedback_correct.is_not(None))
     elif f.feedback in ("correct", "wrong"):
-        q = q.where(Feedback.correct.is_(f.feedback == "correct"))
+        # IS NOT NULL spelt out: PostgreSQL writes "= false" as NOT, which it cannot see
+        # implies the judged-only index's predicate
+        q = q.where(r.feedback_correct.is_not(None),
+                    r.feedback_correct == (f.feedback == "correct"))
     if f.verdict is not None:
-        q = q.where(ClassificationResult.verdict == f.verdict)
+        q = q.where(r.verdict == f.verdict)
     if before_id is not None:
-        q = q.where(ClassificationResult.id < before_id)
-    return q.order_by(ClassificationResult.id.desc())
+        q = q.where(r.id < before_id)
+    return q

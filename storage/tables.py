@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -168,6 +169,13 @@ class ClassificationResult(Base):
         Index("ix_results_group_verdict_id", "group_name", "verdict", "id"),
         Index("ix_results_group_unknown_id", "group_name", "unknown", "id"),
         Index("ix_results_group_label_id", "group_name", "label", "id"),
+        # Only judged results (operators judge few): small, and reached by each verdict.
+        Index("ix_results_group_feedback_id", "group_name", "feedback_correct", "id",
+              postgresql_where=text("feedback_correct IS NOT NULL"),
+              sqlite_where=text("feedback_correct IS NOT NULL")),
+        Index("ix_results_feedback_id", "feedback_correct", "id",
+              postgresql_where=text("feedback_correct IS NOT NULL"),
+              sqlite_where=text("feedback_correct IS NOT NULL")),
         # Time windows: a day's rows of a group are read from here (index-only) rather
         # than by walking the group's newer ids down to them.
         Index("ix_results_group_time", "group_name", "created_at", "id"),
@@ -195,6 +203,10 @@ class ClassificationResult(Base):
     verdict: Mapped[str | None] = mapped_column(String(8), nullable=True)
     anomaly_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     anomaly_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The latest feedback's verdict (NULL: none yet), kept by a trigger on feedback
+    # (migration 0011) so that the history's feedback filter is an index like the others.
+    # The feedback rows stay the record; this is their index.
+    feedback_correct: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class Feedback(Base):

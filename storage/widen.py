@@ -240,24 +240,34 @@ def _swap(conn: Connection, table: str, column: str, twin: str, indexes: list[_I
     steps += [f'ALTER TABLE "{t}" ADD CONSTRAINT "{n}" {d} NOT VALID' for t, n, d, _ in fks]
     if guard is not None:
         steps.append(guard.strict)
-    # One DO statement is one transaction even on an autocommit connection.
-    block = "DO $swap$ BEGIN " + "".join(f"EXECUTE {_literal(step)}; " for step in steps) \
-        + "END $swap$"
-    # lock_timeout stays below PostgreSQL's deadlock_timeout (1 s): when the swap and a
-    # writer wait on each other, the swap gives up first and the writer never fails.
+    briefly(conn, do_block(steps), lock_timeout_ms)
+    return [(t, n) for t, n, _, _ in fks]
+
+
+def briefly(conn: Connection, statement: str, lock_timeout_ms: int = 300) -> None:
+    """Run one statement that takes a strong lock (a DO block is one transaction even on
+    an autocommit connection) without holding writers up: it waits at most
+    `lock_timeout_ms` for its locks, and tries again after a rest, up to 100 times.
+    lock_timeout stays below PostgreSQL's deadlock_timeout (1 s): when it and a writer
+    wait on each other, it gives up first and the writer never fails."""
     for attempt in range(100):
         try:
             conn.exec_driver_sql(f"SET lock_timeout = '{lock_timeout_ms}ms'")
             try:
-                conn.exec_driver_sql(block)
+                conn.exec_driver_sql(statement)
             finally:
                 conn.exec_driver_sql("RESET lock_timeout")
-            return [(t, n) for t, n, _, _ in fks]
+            return
         except Exception as e:  # a transaction held a table past lock_timeout: try again
             if not re.search("lock timeout|deadlock detected", str(e)) or attempt == 99:
                 raise
             time.sleep(min(2.0, 0.05 * (attempt + 1)))
-    raise AssertionError("unreachable")
+
+
+def do_block(steps: list[str]) -> str:
+    """`steps` as one DO statement: one transaction."""
+    return "DO $swap$ BEGIN " + "".join(f"EXECUTE {_literal(step)}; " for step in steps) \
+        + "END $swap$"
 
 
 def _literal(sql: str) -> str:

@@ -603,7 +603,6 @@ def test_query_image_packs_past_retention_are_removed(client: TestClient,
 def test_evaluation_and_classify_decide_identically(client: TestClient) -> None:
     """`fsdi evaluate`'s path (models.calibration builds a GroupIndex from the stored
     vectors and asks decide) gives /classify's answers on the same embeddings."""
-    from app.services.runtime import layout_for
     from models.openset import episode_index, served_decisions
     from models.preprocess import load_for_backbone
 
@@ -621,7 +620,8 @@ def test_evaluation_and_classify_decide_identically(client: TestClient) -> None:
     support = np.stack([row.vector for row in rows]).astype(np.float32)
     labels = np.array([order.index(row.class_id) for row in rows])
     bb = rt.backbone
-    index = episode_index(support, labels, len(order), layout_for(bb, rt.settings))
+    index = episode_index(support, labels, len(order), rt.settings.serving_config(),
+                          bb.metric_dim)
     x = np.stack([load_for_backbone(b, bb.preprocess, 10**8) for b in queries])
     best, unknown = served_decisions(index, rt.embedder.embed(x))
     assert [x["unknown"] for x in served] == unknown.tolist()

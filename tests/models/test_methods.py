@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.calibration import CalibrationConfig, class_threshold, loo_distances
+from models.inference import ServingConfig
 from models.methods import available_methods, create_method
 from models.methods.protonet import euclidean, prototypes
 from models.openset import novelty_rates, rejection_rates
@@ -56,12 +57,13 @@ def test_rejection_rates_tell_foreign_images_from_members() -> None:
     members = unit(centres[labels] + rng.normal(size=(120, 16)) * 0.3)
     far = unit(-np.abs(rng.normal(size=(40, 16))) - 3)  # another region of the sphere
     cfg = CalibrationConfig(margin=1.5, k_std=3, floor=0.05, ceiling=1.0, fallback=0.5)
-    r = rejection_rates(members, members, labels, (far, far), cfg, cfg, k_shot=5, n_way=4,
+    served = ServingConfig(metric_calib=cfg, app_calib=cfg, rank_by="metric")
+    r = rejection_rates(members, members, labels, (far, far), served, k_shot=5, n_way=4,
                         episodes=30, seed=1)
     assert r["accepted_correct"] > 0.9 and r["falsely_rejected"] < 0.1
     assert r["foreign_rejected"] > 0.9
     # "Foreign" images drawn from the enrolled classes themselves are not rejected.
-    same = rejection_rates(members, members, labels, (members, members), cfg, cfg, k_shot=5,
+    same = rejection_rates(members, members, labels, (members, members), served, k_shot=5,
                            n_way=6, episodes=30, seed=1)
     assert same["foreign_rejected"] < 0.2
 
@@ -71,6 +73,7 @@ def test_novelty_rates_catch_far_unseen_classes_only() -> None:
     groups = np.repeat(np.arange(2), 4 * 20)  # two parts, four classes each: "ok" = 0
     labels = np.tile(np.repeat(np.arange(4), 20), 2)
     cfg = CalibrationConfig(margin=1.5, k_std=3, floor=0.05, ceiling=1.0, fallback=0.5)
+    served = ServingConfig(metric_calib=cfg, app_calib=cfg, rank_by="metric")
 
     def unit(x: np.ndarray) -> np.ndarray:
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -78,13 +81,13 @@ def test_novelty_rates_catch_far_unseen_classes_only() -> None:
     # Every class its own direction: the one defect type left out (of 1..3) is far from
     # "ok" and the two enrolled ones, and comes back unknown.
     far = unit(rng.normal(size=(2, 4, 16))[groups, labels] + rng.normal(size=(160, 16)) * 0.05)
-    r = novelty_rates(far, far, labels, groups, cfg, cfg, k_shot=5, known_defects=2,
+    r = novelty_rates(far, far, labels, groups, served, k_shot=5, known_defects=2,
                       episodes=40, seed=2)
     assert r["accepted_correct"] > 0.9 and r["falsely_rejected"] < 0.1
     assert r["novel_rejected"] > 0.9
     # Defects that look like "ok": nothing tells the unseen one apart.
     same = unit(rng.normal(size=(2, 1, 16))[groups, 0] + rng.normal(size=(160, 16)) * 0.05)
-    r = novelty_rates(same, same, labels, groups, cfg, cfg, k_shot=5, known_defects=2,
+    r = novelty_rates(same, same, labels, groups, served, k_shot=5, known_defects=2,
                       episodes=40, seed=2)
     assert r["novel_rejected"] < 0.2
 

@@ -412,12 +412,65 @@ def test_a_time_window_finds_exactly_its_rows_when_ids_and_clocks_disagree(db_ur
     engine.dispose()
 
 
+def test_history_merges_a_keys_groups_and_both_verdicts_by_the_latest_feedback(
+        db_url: str) -> None:
+    """A scoped key's groups and "any feedback" are read as one walk per group and
+    verdict, merged: pages come newest first across them, without gaps or repeats, and a
+    result's verdict is its latest feedback's (a second judgement overrides the first)."""
+    from storage.tables import Feedback
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    row: repo.ResultRow = {"group_name": "g", "filename": "f", "sha256": "0" * 64,
+                           "class_id": None, "label": "a", "unknown": False, "score": 0.5,
+                           "method": "protonet", "model_version": "m", "key_id": None}
+    with sessions.begin() as s:
+        ids = repo.add_classifications(
+            s, [{**row, "group_name": "abc"[i % 3]} for i in range(40)], "a")
+        for i, rid in enumerate(ids):
+            if i % 4 == 0:
+                s.add(Feedback(result_id=rid, correct=i % 8 == 0))
+        s.flush()
+        s.add(Feedback(result_id=ids[8], correct=False))  # judged again: now wrong
+    latest = {rid: i % 8 == 0 and i != 8 for i, rid in enumerate(ids) if i % 4 == 0}
+    in_ab = [rid for i, rid in enumerate(ids) if i % 3 != 2]
+
+    def every_page(f: repo.ResultFilter) -> list[tuple[int, bool | None]]:
+        got: list[tuple[int, bool | None]] = []
+        cursor = None
+        with sessions() as s:
+            while page := repo.results_page(s, f, cursor, 3):
+                got += [(h.result.id, h.feedback_correct) for h in page]
+                cursor = page[-1].result.id
+        return got
+
+    ab = ("a", "b")
+    assert every_page(repo.ResultFilter(groups=ab)) == [
+        (r, latest.get(r)) for r in reversed(in_ab)]
+    assert every_page(repo.ResultFilter(groups=ab, feedback="any")) == [
+        (r, latest[r]) for r in reversed(in_ab) if r in latest]
+    assert every_page(repo.ResultFilter(groups=ab, feedback="wrong")) == [
+        (r, False) for r in reversed(in_ab) if latest.get(r) is False]
+    assert every_page(repo.ResultFilter(feedback="correct")) == [
+        (r, True) for r in reversed(ids) if latest.get(r) is True]
+    assert every_page(repo.ResultFilter(group="c", feedback="none")) == [
+        (r, None) for i, r in reversed(list(enumerate(ids))) if i % 3 == 2 and r not in latest]
+    assert every_page(repo.ResultFilter(group="c", groups=ab)) == []
+    wrong_c = every_page(repo.ResultFilter(group="c", feedback="wrong"))
+    assert wrong_c == [(r, False) for i, r in reversed(list(enumerate(ids)))
+                       if i % 3 == 2 and latest.get(r) is False]
+    assert (ids[8], False) in wrong_c  # right at first, judged wrong since
+    engine.dispose()
+
+
 def test_ids_widen_to_64_bit_while_results_keep_being_written_and_read(pg_url: str) -> None:
     """PostgreSQL at 0008 with results, feedback and audit rows: the upgrade to head runs
     while two writers store classifications with feedback and a reader pages the history
-    (each with the service's own engine, prepared statements and all). No write or read
-    fails, every row keeps its id and its feedback, ids past 2^31 are stored afterwards,
-    the audit log still refuses changes, and no index or constraint is left behind."""
+    as the previous release does (each with the service's own engine, prepared statements
+    and all). No write or read fails, every row keeps its id and its feedback, each result
+    carries its latest feedback's verdict, ids past 2^31 are stored afterwards, the audit
+    log still refuses changes, and no index or constraint is left behind."""
     import threading
 
     from sqlalchemy import text
@@ -455,9 +508,11 @@ def test_ids_widen_to_64_bit_while_results_keep_being_written_and_read(pg_url: s
     def reader() -> None:
         try:
             while not stop.is_set():
-                with sessions() as s:
-                    page = repo.results_page(s, repo.ResultFilter(group="g"), None, 50)
-                    assert page and page[0].result.id >= first[-1]
+                with sessions() as s:  # the columns every revision on the way has
+                    r = ClassificationResult
+                    page = s.execute(select(r.id, r.label).where(r.group_name == "g")
+                                     .order_by(r.id.desc()).limit(50)).all()
+                    assert page and page[0].id >= first[-1]
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
@@ -498,6 +553,12 @@ def test_ids_widen_to_64_bit_while_results_keep_being_written_and_read(pg_url: s
         assert n == (30_000 + len(written), 30_000 + len(written))
         assert conn.execute(text("SELECT count(*) FROM feedback")).scalar() == \
             300 + len(written)
+        # copied over for the rows judged before, set by the trigger for those judged since
+        assert conn.execute(text(
+            "SELECT count(*) FILTER (WHERE feedback_correct IS NOT NULL), count(*) FILTER "
+            "(WHERE feedback_correct IS DISTINCT FROM (SELECT f.correct FROM feedback f "
+            "WHERE f.result_id = r.id ORDER BY f.id DESC LIMIT 1)) FROM "
+            "classification_results r")).one() == (300 + len(written), 0)
     with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
         conn.execute(text("UPDATE audit_events SET detail = 'x'"))
     big = 2**31 + 7
@@ -511,6 +572,8 @@ def test_ids_widen_to_64_bit_while_results_keep_being_written_and_read(pg_url: s
         assert repo.get_result(s, first[0]) is not None
         page = repo.results_page(s, repo.ResultFilter(group="g"), None, 3)
         assert [h.result.id for h in page][:1] == [big]
+        wrong = repo.results_page(s, repo.ResultFilter(group="g", feedback="wrong"), None, 3)
+        assert [(h.result.id, h.feedback_correct) for h in wrong][:1] == [(big, False)]
         assert after > max(written)
     with engine.begin() as conn:  # the foreign key still cascades
         conn.execute(text("DELETE FROM classification_results WHERE id = :i"), {"i": big})
