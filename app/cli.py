@@ -120,8 +120,20 @@ def train(
                                "other registered method trains its own meta-parameters "
                                "over the shipped head's embeddings"),
     method_episodes: int = 1000,
+    verify_calibration: bool = typer.Option(
+        False, "--verify-calibration", help="only fit /verify's global calibration (the "
+        "Siamese pair logit on the meta-training sources) into "
+        "models/weights/methods/siamese.verify.json"),
 ) -> None:
     """Meta-train with episodes (see models/MODEL_CARD.md)."""
+    if verify_calibration:
+        from models.verify import GLOBAL_PATH
+        from models.verify_eval import fit_global
+
+        cal = fit_global(get_settings().backbone, seed=seed, cache_dir=cache / "onnx")
+        typer.echo(f"wrote {GLOBAL_PATH}: slope {cal.slope:.4f}, intercept "
+                   f"{cal.intercept:.4f} ({cal.pairs:,} pairs)")
+        return
     from models.train import TrainConfig
     from models.train import train as run
 
@@ -243,6 +255,18 @@ def methods(name: str = typer.Argument("all", help="'all', or one method's name"
     from models.methods.training import evaluate_all
 
     typer.echo(evaluate_all(name, head, cache, out, episodes, _shots(shots), seed))
+
+
+@evaluate_cli.command()
+def verify(out: Path = Out, cache: Path = Cache, episodes: int = 100, shots: str = Shots,
+           seed: int = 0) -> None:
+    """/verify's same-or-different on held-out pairs: the group's own calibration against
+    the global one, same episodes (synthetic held-out types, Fashion-MNIST held-out
+    classes, the ELPV mono cells where installed)."""
+    from models.verify_eval import verify_report
+
+    typer.echo(verify_report(out, get_settings().backbone, _shots(shots), episodes,
+                             seed=seed, cache_dir=cache / "onnx"))
 
 
 @evaluate_cli.command()

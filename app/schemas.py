@@ -269,7 +269,9 @@ class GroupList(BaseModel):
 
 class VerifyResponse(BaseModel):
     same: bool
-    score: float
+    score: float  # the probability of "same"
+    calibration: Literal["group", "global"]
+    warning: str | None = None
 
 
 class FeedbackCreate(Strict):

@@ -214,22 +214,7 @@ class GroupIndex:
         ranking part exceeds its threshold there (or `threshold`, which overrides every
         class's), or, with no override, when its distance in the other part (if any)
         exceeds its threshold there."""
-        q = np.ascontiguousarray(embeddings[:, :self.metric_dim], dtype=np.float32)
-        a = embeddings[:, self.metric_dim:]
-        app_p, app_t = self.app_prototypes, self.app_thresholds
-        other: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        if method == ProtoNet.name and self.rank_by == "appearance" \
-                and app_p is not None and app_t is not None:
-            dist = euclidean(np.ascontiguousarray(a, dtype=np.float32), app_p, self.app_sq)
-            scores, thresholds = score_from_distances(dist, self.temperature), app_t
-            other = (q, self.prototypes, self.thresholds)
-        else:
-            out = self.method(method).predict(q)
-            scores, thresholds = out.scores, self.thresholds
-            dist = (out.distances if method == ProtoNet.name
-                    else euclidean(q, self.prototypes, self.proto_sq))
-            if app_p is not None and app_t is not None:
-                other = (a, app_p, app_t)
+        q, scores, dist, thresholds, other = self._rank(embeddings, method)
         k = min(top_k, len(self.entries))
         decisions = []
         for i in range(q.shape[0]):
@@ -248,6 +233,35 @@ class GroupIndex:
                     > float(thr[best.index])
             decisions.append(Decision(top, unknown))
         return decisions
+
+    def posteriors(self, embeddings: np.ndarray) -> np.ndarray:
+        """(Q, D_full) -> (Q, N): each query's probability of each class, as /classify
+        scores them with the default method (the entries' order)."""
+        scores = self._rank(embeddings, ProtoNet.name)[1]
+        return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
+
+    def _rank(self, embeddings: np.ndarray, method: str) -> tuple[
+            np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+            tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """(metric part, scores, distances, thresholds in the ranking part, the other
+        part's (queries, prototypes, thresholds) where there is one)."""
+        q = np.ascontiguousarray(embeddings[:, :self.metric_dim], dtype=np.float32)
+        a = embeddings[:, self.metric_dim:]
+        app_p, app_t = self.app_prototypes, self.app_thresholds
+        other: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if method == ProtoNet.name and self.rank_by == "appearance" \
+                and app_p is not None and app_t is not None:
+            dist = euclidean(np.ascontiguousarray(a, dtype=np.float32), app_p, self.app_sq)
+            scores, thresholds = score_from_distances(dist, self.temperature), app_t
+            other = (q, self.prototypes, self.thresholds)
+        else:
+            out = self.method(method).predict(q)
+            scores, thresholds = out.scores, self.thresholds
+            dist = (out.distances if method == ProtoNet.name
+                    else euclidean(q, self.prototypes, self.proto_sq))
+            if app_p is not None and app_t is not None:
+                other = (a, app_p, app_t)
+        return q, scores, dist, thresholds, other
 
     def _evidence(self, c: int, q: np.ndarray) -> tuple[tuple[int, float], ...]:
         e = self.entries[c]

@@ -8,7 +8,18 @@ from datetime import datetime
 from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
-from sqlalchemy import ColumnElement, Table, delete, func, insert, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    any_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.orm import Session
 
 from storage.notify import notify_change
@@ -491,7 +502,8 @@ def results_page(s: Session, f: ResultFilter, before_id: int | None, limit: int
     # Each index reaches one group's (and one feedback verdict's) newest ids in order; a
     # scoped key's groups, or feedback of either verdict, are merged from one walk per
     # value. Filtering a walk of every id instead reads every newer row of the others.
-    parts = [_where(select(r.id), v, before_id).order_by(r.id.desc()).limit(limit)
+    pg = s.get_bind().dialect.name == "postgresql"
+    parts = [_where(select(r.id), v, before_id, pg).order_by(*_newest_first(v)).limit(limit)
              for v in _variants(f)]
     if not parts:
         return []
@@ -543,7 +555,8 @@ def stream_results(s: Session, f: ResultFilter, before_id: int | None = None,
     r = ClassificationResult
     q = _history(select(r.id, r.created_at, r.group_name, r.filename, r.label, r.class_id,
                         r.unknown, r.score, r.method, Feedback.correct, Feedback.class_id,
-                        r.verdict, r.anomaly_score, r.anomaly_threshold), f, before_id)
+                        r.verdict, r.anomaly_score, r.anomaly_threshold), f, before_id,
+                 s.get_bind().dialect.name == "postgresql")
     result = s.execute(q.execution_options(stream_results=True, yield_per=batch))
     for part in result.partitions(batch):
         yield [tuple(row) for row in part]
@@ -562,18 +575,19 @@ def _window(f: ResultFilter) -> list[ColumnElement[bool]]:
 
 
 def _window_ids(f: ResultFilter) -> list[ColumnElement[bool]]:
-    """The lowest and highest id in the group's time window, read from its time index, as
-    bounds on the id: newest-first paging then starts inside the window instead of walking
-    every newer id of the group down to it (ids and times rise together, but the planner
-    cannot know it). `id + 0` keeps min / max an aggregate over the window's index entries
-    rather than a walk of the id index looking for the first row inside it."""
+    """The lowest and highest id in the group's time window, read together from its time
+    index, as bounds on the id: newest-first paging then starts inside the window instead
+    of walking every newer id of the group down to it (ids and times rise together, but
+    the planner cannot know it). `id + 0` keeps min / max an aggregate over the window's
+    index entries rather than a walk of the id index looking for the first row inside it."""
     r = ClassificationResult
-    window = _window(f)
-    return [r.id >= select(func.min(r.id + 0)).where(*window).scalar_subquery(),
-            r.id <= select(func.max(r.id + 0)).where(*window).scalar_subquery()]
+    bounds = select(func.min(r.id + 0).label("lo"), func.max(r.id + 0).label("hi")).where(
+        *_window(f)).cte("window_ids")
+    return [r.id >= select(bounds.c.lo).scalar_subquery(),
+            r.id <= select(bounds.c.hi).scalar_subquery()]
 
 
-def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
+def _history(q: Any, f: ResultFilter, before_id: int | None, pg: bool) -> Any:
     """`q` (over results, with their latest feedback's columns) filtered by `f`, below
     `before_id`, newest first: the export's one query, which reads every matching row."""
     latest = (select(Feedback.result_id, func.max(Feedback.id).label("fid"))
@@ -581,14 +595,26 @@ def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
     q = (q.select_from(ClassificationResult)
          .outerjoin(latest, latest.c.result_id == ClassificationResult.id)
          .outerjoin(Feedback, Feedback.id == latest.c.fid))
-    return _where(q, f, before_id).order_by(ClassificationResult.id.desc())
+    return _where(q, f, before_id, pg).order_by(*_newest_first(f))
 
 
-def _where(q: Any, f: ResultFilter, before_id: int | None) -> Any:
-    """`q` (over results) restricted to `f` and ids below `before_id`."""
+def _newest_first(f: ResultFilter) -> list[ColumnElement[Any]]:
+    """Newest first; within one group, spelt (group, id): see `_where`."""
+    r = ClassificationResult
+    return [r.group_name.desc(), r.id.desc()] if f.group is not None else [r.id.desc()]
+
+
+def _where(q: Any, f: ResultFilter, before_id: int | None, pg: bool) -> Any:
+    """`q` (over results) restricted to `f` and ids below `before_id`.
+
+    On PostgreSQL the group is matched as `= ANY(ARRAY[group])` and the order spelt
+    (group, id): written as `group = 'g'`, the planner drops the group from the order
+    and may walk the primary key backwards, filtering by group, which reads every newer
+    row of every other group (it expects the group's rows evenly spread, and a busy
+    line's burst proves it wrong). Only the (group, …, id) indexes give this order."""
     r = ClassificationResult
     if f.group is not None:
-        q = q.where(r.group_name == f.group)
+        q = q.where(r.group_name == any_(array([f.group])) if pg else r.group_name == f.group)
     if f.groups is not None:
         q = q.where(r.group_name.in_(f.groups))
     if f.label is not None:

@@ -9,15 +9,26 @@ import time
 import numpy as np
 from fastapi import UploadFile
 
-from app.errors import Conflict, Unprocessable
-from app.schemas import AnomalyPublic, ClassifyResponse, Evidence, ModelInfo, Result, TopK
+from app.errors import Conflict, NotFound, Unprocessable
+from app.schemas import (
+    AnomalyPublic,
+    ClassifyResponse,
+    Evidence,
+    ModelInfo,
+    Result,
+    TopK,
+    VerifyResponse,
+)
+from app.services import scope
 from app.services.keys import Principal
 from app.services.results import PendingResults
 from app.services.runtime import Runtime
 from app.services.uploads import Upload, decode_all, read_parts
-from models.inference import Anomaly, Decision, GroupIndex, Inspection
+from models.inference import Anomaly, Decision, EnrolledClass, GroupIndex, Inspection
 from models.patchcore.anomaly_map import heatmap_png
 from models.patchcore.memory import spread_search
+from models.verify import MIN_PAIRS
+from storage import repositories as repo
 
 
 def check_method(rt: Runtime, method: str | None) -> str:
@@ -127,13 +138,47 @@ async def classify(
     return response
 
 
-async def verify(rt: Runtime, a: UploadFile, b: UploadFile) -> tuple[bool, float]:
-    """Siamese same/different decision for two images."""
+async def verify(rt: Runtime, a: UploadFile, b: UploadFile, group: str | None,
+                 who: Principal) -> VerifyResponse:
+    """Are images a and b the same class? The Siamese pair logit, calibrated on `group`'s
+    own enrolment where it is large enough (models.verify), else globally."""
     if rt.siamese is None:
         raise Conflict(f"no Siamese model for {rt.backbone.version}", code="unavailable")
+    served = None
+    if group is not None:
+        scope.check_group(rt, who, group)
+        served = rt.cache.served(group)
+        if served is None:
+            raise NotFound(f"group {group!r} not found")
     parts = await read_parts([a, b], rt.settings)
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
-    full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
-    p = rt.siamese.same_probability(full[0, :rt.backbone.metric_dim],
-                                    full[1, :rt.backbone.metric_dim])
-    return p >= 0.5, p
+    for u in uploads:
+        if float(np.ptp(u.tensor)) == 0.0:
+            raise Unprocessable(f"{u.filename}: the image is blank (one colour): there is "
+                                "nothing to compare", code="blank_image")
+    full, _ = rt.unpack(await rt.batcher.embed(np.stack([u.tensor for u in uploads])))
+    verifier = rt.siamese
+    cal = None
+    if group is not None and served is not None:
+        cal = await asyncio.to_thread(verifier.calibration, group, served,
+                                      lambda: enrolled_classes(rt, group))
+    warning = None
+    if group is not None and cal is None:
+        warning = (f"group {group!r} is too small to calibrate verification (it needs "
+                   f"{MIN_PAIRS} pairs of images of one class and {MIN_PAIRS} of two "
+                   "classes): the global calibration decided")
+    p = verifier.probability(full[0], full[1], served, cal)
+    return VerifyResponse(same=p >= 0.5, score=round(p, 6),
+                          calibration="global" if cal is None else "group", warning=warning)
+
+
+def enrolled_classes(rt: Runtime, group: str) -> list[EnrolledClass]:
+    """The group's classes with their stored vectors (this backbone's), by id."""
+    with rt.sessions() as s:
+        classes = {c.id: c for c in repo.list_classes(s, group)}
+        vectors: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for e in repo.embeddings_for(s, rt.backbone.version, list(classes)):
+            vectors.setdefault(e.class_id, []).append((e.image_id, e.vector))
+    return [EnrolledClass(cid, classes[cid].name, classes[cid].kind,
+                          tuple(i for i, _ in rows), np.stack([v for _, v in rows]))
+            for cid, rows in sorted(vectors.items())]

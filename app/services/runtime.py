@@ -7,10 +7,11 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, text
@@ -27,9 +28,16 @@ from app.services.threadnames import name_this_thread
 from app.settings import Settings
 from models.backbones import Backbone
 from models.embedder import Embedder, make_embedder, unpack
-from models.inference import EmbeddingLayout
-from models.methods import available_methods, create_method, usable_methods
+from models.inference import EmbeddingLayout, EnrolledClass, ServedGroup, ServingConfig
+from models.methods import available_methods, usable_methods
 from models.patchcore.memory import set_search_threads
+from models.verify import (
+    Calibration,
+    PairModel,
+    agreement_logits,
+    group_calibration,
+    load_global,
+)
 from models.zoo import create_backbone, describe_backbone
 from storage import repositories as repo
 from storage.archive import prune_results
@@ -55,18 +63,41 @@ def _built(part: T | None, missing: str) -> T:
 
 
 class Verifier:
-    """The Siamese model, built (in torch) on the first /verify, not at start-up."""
+    """Same or different (models.verify). In a group large enough to calibrate: the two
+    images' probability of falling in one of its classes, calibrated on its own
+    enrolment; else the Siamese pair logit, calibrated globally. A group's calibration is
+    computed on its first /verify after each change (from the stored vectors, so every
+    replica computes the same) and kept until the group's served snapshot changes."""
 
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
-        self._model: Any = None
+    def __init__(self, config: ServingConfig, metric_dim: int) -> None:
+        self.model = PairModel()
+        self.global_calibration = load_global()
+        self.config, self.metric_dim = config, metric_dim
+        self._groups: dict[str, tuple[ServedGroup, Calibration | None]] = {}
         self._lock = threading.Lock()
 
-    def same_probability(self, a: np.ndarray, b: np.ndarray) -> float:
+    def calibration(self, group: str, served: ServedGroup,
+                    read: Callable[[], list[EnrolledClass]]) -> Calibration | None:
+        """The group's own calibration (None: too small to calibrate); `read` gives its
+        enrolled classes."""
         with self._lock:
-            if self._model is None:
-                self._model = create_method("siamese", dim=self.dim)
-        return float(self._model.same_probability(a, b))
+            known = self._groups.get(group)
+        if known is not None and known[0] is served:
+            return known[1]
+        cal = group_calibration(read(), self.metric_dim, self.config)
+        with self._lock:
+            self._groups[group] = (served, cal)
+        return cal
+
+    def probability(self, a: np.ndarray, b: np.ndarray, served: ServedGroup | None,
+                    cal: Calibration | None) -> float:
+        """p(same) for two full embeddings: on the group's classes with its own `cal`,
+        else the Siamese pair logit with the global calibration."""
+        if served is not None and cal is not None:
+            post = served.index.posteriors(np.stack([a, b]))
+            return float(cal.probability(agreement_logits(post[:1], post[1:]))[0])
+        z = self.model.logits(a[None, :self.metric_dim], b[None, :self.metric_dim])
+        return float(self.global_calibration.probability(z[0, 0]))
 
 
 @dataclass(frozen=True)
@@ -225,7 +256,8 @@ class Runtime:
         if s.default_method not in self.methods:
             raise ValueError(f"FSDI_DEFAULT_METHOD={s.default_method!r} has no weights "
                              f"for {backbone.version}")
-        siamese = Verifier(backbone.metric_dim) if "siamese" in self.methods else None
+        siamese = (Verifier(s.serving_config(), backbone.metric_dim)
+                   if "siamese" in self.methods else None)
         return backbone, embedder, siamese
 
     def _missing_embeddings(self, backbone: Backbone) -> str:

@@ -244,6 +244,7 @@ function renderResults(res, group) {
     }
     if (evidence.children.length) info.append(el("div", {}, "Nearest support images:"), evidence);
     if (state.role !== "machine") info.append(feedbackBar(r, group));
+    if (file && state.role !== "machine") info.append(compareBar(file, group));
     grid.append(el("div", { class: "result", "data-result-id": r.id,
                             "data-verdict": r.verdict || "" }, frame, info));
   });
@@ -295,6 +296,55 @@ function feedbackBar(r, group) {
     pickc.focus();
   });
   bar.append(ok, wrong);
+  return bar;
+}
+
+// ---- compare with an enrolled image: /verify on the group's own calibration --------------
+function compareBar(file, group) {
+  const bar = el("div", { class: "compare" });
+  const open = el("button", { type: "button", class: "small cmp-open" }, "Compare with…");
+  const out = el("div", { class: "cmp-result", "aria-live": "polite" });
+  const compare = async (imageId) => {
+    out.textContent = "comparing…";
+    try {
+      const enrolled = await api(`/api/v1/images/${imageId}?size=512`);
+      const form = new FormData();
+      form.append("a", file, file.name);
+      form.append("b", enrolled, `image-${imageId}.jpg`);
+      const v = await api(`/api/v1/verify?group=${encodeURIComponent(group)}`,
+                          { method: "POST", body: form });
+      out.replaceChildren(
+        el("span", { class: `verdict small ${v.same ? "ok" : "defect"}`, "data-same": String(v.same) },
+           v.same ? "SAME" : "DIFFERENT"),
+        ` p(same) = ${v.score.toFixed(3)} · ${v.calibration} calibration`,
+        ...(v.warning ? [el("div", { class: "hint" }, v.warning)] : []));
+    } catch (e) { out.textContent = ""; showError("#inspect-error", e); }
+  };
+  open.addEventListener("click", async () => {
+    let classes = [];
+    try { classes = (await api(`/api/v1/classes?group=${encodeURIComponent(group)}`)).items; }
+    catch (e) { showError("#inspect-error", e); return; }
+    const pickc = el("select", { class: "cmp-class", "aria-label": "class to compare with" },
+      el("option", { value: "" }, "compare with a class…"),
+      ...classes.filter((c) => c.image_count).map((c) => el("option", { value: String(c.id) }, c.name)));
+    const thumbs = el("div", { class: "evidence cmp-images" });
+    pickc.addEventListener("change", async () => {
+      thumbs.replaceChildren();
+      out.textContent = "";
+      if (!pickc.value) return;
+      try {
+        for (const i of (await api(`/api/v1/classes/${pickc.value}/images`)).slice(0, 12)) {
+          const b = el("button", { type: "button", class: "cmp-pick", "data-image-id": i.id,
+                                   title: `compare with ${i.original_name}` }, await thumb(i.id, 72));
+          b.addEventListener("click", () => compare(i.id));
+          thumbs.append(b);
+        }
+      } catch (e) { showError("#inspect-error", e); }
+    });
+    bar.replaceChildren(pickc, thumbs, out);
+    pickc.focus();
+  });
+  bar.append(open);
   return bar;
 }
 

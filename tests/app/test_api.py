@@ -369,20 +369,6 @@ def test_every_method_serves(client: TestClient, method: str) -> None:
     assert r.status_code == 200 and r.json()["results"][0]["top_k"][0]["score"] == 1.0
 
 
-def test_verify_same_and_different(client: TestClient) -> None:
-    same = client.post("/api/v1/verify", files=[
-        ("a", ("a.png", sample("gravel", "hole", 1), "image/png")),
-        ("b", ("b.png", sample("gravel", "hole", 1), "image/png"))])
-    assert same.status_code == 200, same.text
-    assert same.json()["same"] is True and 0.5 <= same.json()["score"] <= 1
-    diff = client.post("/api/v1/verify", files=[
-        ("a", ("a.png", flat((255, 255, 255)), "image/png")),
-        ("b", ("b.png", sample("grass", None, 2), "image/png"))])
-    assert diff.status_code == 200 and diff.json()["score"] < same.json()["score"]
-    r = client.post("/api/v1/verify", files=[("a", ("a.png", flat(), "image/png"))])
-    assert r.status_code == 422
-
-
 def test_console_endpoints(client: TestClient) -> None:
     grp = group()
     ids = enrol(client, grp, shots=1)

@@ -1,6 +1,6 @@
 """A serving process whose ONNX export is cached never loads torch: it starts, enrols a
 good class and a defect class (ProtoNet, the default), classifies with a verdict and a
-heatmap, and torch is still not in sys.modules."""
+heatmap, verifies a pair, and torch is still not in sys.modules."""
 
 from __future__ import annotations
 
@@ -44,6 +44,11 @@ with TestClient(create_app(s)) as c:
     res = r.json()["results"]
     assert [x["verdict"] for x in res] == ["defect", "ok"], res
     assert res[0]["label"] == "scratch" and res[0].get("heatmap"), res[0].keys()
+    for params in ({}, {"group": "g"}):  # the global and the group's calibration
+        v = c.post("/api/v1/verify", params=params, files=[
+            ("a", ("a.png", sample("brick", "scratch", 30), "image/png")),
+            ("b", ("b.png", sample("brick", "scratch", 31), "image/png"))])
+        assert v.status_code == 200, v.text
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 assert not loaded, f"serving loaded torch: {loaded[:5]}"
 print("served without torch")

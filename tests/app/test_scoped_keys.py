@@ -79,7 +79,10 @@ RULES: dict[tuple[str, str], tuple[str | None, Ask | None]] = {
     ("get", "/metrics"): (None, None),
     ("get", "/"): (None, None),
     ("get", "/api/v1/me"): (None, None),
-    ("post", "/api/v1/verify"): (None, None),  # two uploaded images, no group's data
+    ("post", "/api/v1/verify"): ("404", lambda c, h, o: c.post(
+        "/api/v1/verify", params={"group": o.group}, files=[
+            ("a", ("a.png", sample("brick", None, 1), "image/png")),
+            ("b", ("b.png", sample("brick", None, 2), "image/png"))], headers=h)),
     ("post", "/api/v1/keys"): ("403", lambda c, h, o: c.post(
         "/api/v1/keys", json={"role": "machine"}, headers=h)),
     ("get", "/api/v1/keys"): ("403", lambda c, h, o: c.get("/api/v1/keys", headers=h)),

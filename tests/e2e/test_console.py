@@ -433,3 +433,37 @@ def test_feedback_promote_history_and_csv(browser, server: Server, shots: Path, 
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 392
     browser.save_screenshot(str(shots / "12-history-phone.png"))
     browser.set_window_size(1280, 900)
+
+
+def test_compare_a_result_with_an_enrolled_image(browser, server: Server, shots: Path,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
+    """On a result, "Compare with…" an enrolled image: /verify on the group's own
+    calibration, the verdict and p(same) shown beside it."""
+    group = f"cmp-{uuid.uuid4().hex[:6]}"
+    h = {"Authorization": f"Bearer {KEY}"}
+    for name, surf, defect, base in (("scratch", "brick", "scratch", 0),
+                                     ("stain", "grass", "stain", 100),
+                                     ("hole", "gravel", "hole", 200)):
+        c = httpx.post(f"{server.url}/api/v1/classes", json={"name": name, "group": group},
+                       headers=h).json()
+        r = httpx.post(f"{server.url}/api/v1/classes/{c['id']}/images", headers=h, files=[
+            ("files", (f"{name}{s}.png", sample(surf, defect, s), "image/png"))
+            for s in range(base, base + 4)], timeout=60)
+        assert r.status_code == 201, r.text
+    sign_in(browser, server, KEY)
+    wait(browser, lambda d: css(d, "#role")[0].text == "admin")
+    inspect(browser, group, write_images(tmp_path, "brick", "scratch", range(600, 601)))
+    wait(browser, lambda d: css(d, ".result .cmp-open"))
+    css(browser, ".result .cmp-open")[0].click()
+    for name, same in (("scratch", "true"), ("hole", "false")):
+        classes = {o.text: o.get_attribute("value") for o in
+                   wait(browser, lambda d: [o for o in css(d, ".cmp-class option")
+                                            if o.get_attribute("value")])}
+        choose(browser, ".cmp-class", classes[name])
+        wait(browser, lambda d: len(css(d, ".cmp-pick img")) == 4 and all(
+            i.get_property("naturalWidth") > 0 for i in css(d, ".cmp-pick img")))
+        css(browser, ".cmp-pick")[0].click()
+        verdict = wait(browser, lambda d: css(d, ".cmp-result [data-same]"))[0]
+        assert verdict.get_attribute("data-same") == same, (name, verdict.text)
+        assert "group calibration" in css(browser, ".cmp-result")[0].text
+        browser.save_screenshot(str(shots / f"10-compare-{name}.png"))

@@ -60,11 +60,13 @@ async def classify(
 
 
 @router.post("/verify", response_model=VerifyResponse)
-async def verify(rt: RuntimeDep, _: Classifier, a: Annotated[UploadFile, File()],
-                 b: Annotated[UploadFile, File()]) -> VerifyResponse:
-    """Is this the same defect? The Siamese model's pair decision for images a and b."""
-    same, score = await svc.verify(rt, a, b)
-    return VerifyResponse(same=same, score=round(score, 6))
+async def verify(rt: RuntimeDep, who: Classifier, a: Annotated[UploadFile, File()],
+                 b: Annotated[UploadFile, File()], group: GroupFilter = None
+                 ) -> VerifyResponse:
+    """Are images a and b the same class? The Siamese model's pair decision; `score` is
+    the probability of "same", calibrated on `group`'s own enrolled classes where it has
+    enough of them, else on the meta-training sources (`calibration` says which)."""
+    return await svc.verify(rt, a, b, group, who)
 
 
 @router.get("/feedback/stats", response_model=FeedbackStats)

@@ -1,0 +1,195 @@
+"""Verification: are two images the same class? Two scores, each turned into a
+probability of "same" by a calibration fitted on pairs of images (Platt scaling):
+
+- in a group (`/verify?group=G`): the probability that both images fall in one of G's
+  classes, sum_c p(c | a) p(c | b), with p as /classify scores them. Its calibration is
+  G's own: every pair of its enrolled images, each image held out of the group it is
+  scored by (models.inference.build_served_group without it), pairs within a class
+  ("same") against pairs across classes ("different"). Measured (`fsdi evaluate
+  verify`), it separates same from different better than the Siamese pair logit on
+  every set tried, real images included.
+- without a group, or in a group too small to calibrate: the Siamese network's pair
+  logit (models/methods/siamese.py, computed here in NumPy from its shipped weights, so
+  serving needs no torch), calibrated once on pairs from the meta-training sources only
+  (synthetic training defect types inside one surface, Fashion-MNIST training classes),
+  shipped as `models/weights/methods/siamese.verify.json` (`fsdi train
+  --verify-calibration`).
+
+p(same) = sigmoid(slope * score + intercept), "same" when p >= 0.5: same and different
+pairs are weighed to equal prior, so this is the balanced decision. The slope is kept
+positive (a calibration may sharpen or soften a score, never reverse it), and a weak
+prior pulls both towards the identity (1, 0) so that a handful of pairs cannot fit
+noise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from models.inference import EnrolledClass, ServingConfig, build_served_group
+
+WEIGHTS = Path(__file__).parent / "weights" / "methods"
+GLOBAL_PATH = WEIGHTS / "siamese.verify.json"
+SCALE = 10.0  # the Siamese network's distance scale (models.methods.siamese.SCALE)
+# The fewest same and different pairs a group must give for its own calibration.
+MIN_PAIRS = 6
+PRIOR_STRENGTH = 1.0  # pairs' worth of pull towards slope 1, intercept 0
+MAX_PER_CLASS = 20  # a class's images a group calibration holds out at most
+
+
+class PairModel:
+    """The Siamese network's pair logit, bias - SCALE * |a - b|^2 + gate * g([|a - b|, a*b]),
+    from its shipped safetensors (NumPy: no torch)."""
+
+    def __init__(self, path: Path = WEIGHTS / "siamese.safetensors") -> None:
+        from safetensors.numpy import load_file
+
+        w = load_file(str(path))
+        self.w1, self.b1 = w["g.0.weight"].T.copy(), w["g.0.bias"]
+        self.w2, self.b2 = w["g.2.weight"][0].copy(), float(w["g.2.bias"][0])
+        self.gate, self.bias = float(w["gate"]), float(w["bias"])
+        self.dim = self.w1.shape[0] // 2
+
+    def logits(self, a: np.ndarray, b: np.ndarray, rows: int = 16) -> np.ndarray:
+        """(A, D), (B, D) -> (A, B) pair logits, `rows` of A at a time (bounded memory)."""
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        out = np.empty((len(a), len(b)), np.float64)
+        for i in range(0, len(a), rows):
+            x = a[i:i + rows, None]
+            diff = x - b[None]
+            feats = np.concatenate([np.abs(diff), x * b[None]], axis=-1)
+            hidden = np.maximum(feats @ self.w1 + self.b1, 0.0)
+            out[i:i + rows] = self.bias - SCALE * (diff * diff).sum(-1) \
+                + self.gate * (hidden @ self.w2 + self.b2)
+        return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    slope: float
+    intercept: float
+    source: str  # "group" | "global"
+    pairs: int = 0  # the pairs it was fitted on
+
+    def probability(self, logit: np.ndarray | float) -> np.ndarray:
+        z = self.slope * np.asarray(logit, np.float64) + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+
+def fit(logits: np.ndarray, same: np.ndarray, source: str,
+        prior: float = PRIOR_STRENGTH) -> Calibration:
+    """Platt scaling of pair logits: same and different pairs weighed to equal prior, a
+    Gaussian pull of `prior` pairs' weight towards the identity, the slope kept
+    positive."""
+    x = np.asarray(logits, np.float64)
+    y = np.asarray(same, bool)
+    if y.all() or not y.any():
+        raise ValueError("a calibration needs same and different pairs")
+    slope, intercept = logistic(x[:, None], y, np.array([1.0, 0.0]), prior)
+    return Calibration(float(max(slope, 1e-3)), float(intercept), source, int(len(y)))
+
+
+def logistic(x: np.ndarray, y: np.ndarray, centre: np.ndarray, prior: float) -> np.ndarray:
+    """Weights (one per column of x, then the intercept) of a logistic regression of y on
+    x, the two classes weighed equally, with a Gaussian pull of `prior` rows' weight
+    towards `centre`: Newton steps with a backtracking line search (the objective is
+    convex, so each step that does not lower it is halved)."""
+    a = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    wts = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum()) * len(y)
+    t = y.astype(np.float64)
+
+    def loss(theta: np.ndarray) -> float:
+        z = a @ theta
+        return float(wts @ (np.logaddexp(0, z) - t * z)
+                     + prior / 2 * ((theta - centre) ** 2).sum())
+
+    theta = centre.astype(np.float64).copy()
+    current = loss(theta)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a @ theta, -60, 60)))
+        grad = a.T @ (wts * (p - t)) + prior * (theta - centre)
+        hess = (a * (wts * p * (1 - p))[:, None]).T @ a + prior * np.eye(len(theta))
+        step = np.linalg.solve(hess + 1e-9 * np.eye(len(theta)), grad)
+        for _ in range(30):
+            new = loss(theta - step)
+            if new <= current:
+                break
+            step = step / 2
+        else:
+            break
+        theta, gain, current = theta - step, current - new, new
+        if gain < 1e-10 * max(1.0, abs(current)):
+            break
+    return theta
+
+
+def enrolled_pairs(model: PairModel, vectors: np.ndarray, labels: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair of images: (logits, same class). The pair logit is
+    symmetric: the upper triangle holds each pair once."""
+    z = model.logits(vectors, vectors)
+    i, j = np.triu_indices(len(vectors), k=1)
+    return z[i, j], labels[i] == labels[j]
+
+
+def agreement_logits(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """(n, N), (n, N) class probabilities -> (n,) log-odds that each pair shows one class:
+    the probability that both fall in the same class, sum_c pa_c * pb_c."""
+    p = np.clip((pa * pb).sum(axis=-1), 1e-9, 1 - 1e-9)
+    return np.asarray(np.log(p) - np.log1p(-p), np.float64)
+
+
+def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
+                      config: ServingConfig, per_class: int = MAX_PER_CLASS
+                      ) -> Calibration | None:
+    """The group's own calibration of `agreement_logits`, from its enrolled images, or
+    None when they give fewer than MIN_PAIRS same or different pairs (then the global
+    one decides). Each image is held out in turn: its class probabilities come from the
+    group built as served (models.inference.build_served_group) without it, so no pair
+    is scored by prototypes that contain it. A class with more than `per_class` images
+    gives that many, evenly spread over its enrolment order: the same on every replica,
+    and a bounded cost for a good class of thousands."""
+    ordered = sorted(classes, key=lambda c: c.class_id)
+    picks = [(c, j) for c, cls in enumerate(ordered) for j in
+             _spread(len(cls.image_ids), per_class)]
+    counts = np.bincount([c for c, _ in picks], minlength=len(ordered))
+    same_pairs = int((counts * (counts - 1) // 2).sum())
+    different_pairs = (len(picks) * (len(picks) - 1)) // 2 - same_pairs
+    if same_pairs < MIN_PAIRS or different_pairs < MIN_PAIRS:
+        return None
+    position = {c.class_id: k for k, c in enumerate(ordered)}
+    probs = np.zeros((len(picks), len(ordered)))
+    for row, (c, j) in enumerate(picks):
+        cls = ordered[c]
+        keep = np.arange(len(cls.image_ids)) != j
+        rest = [o for o in ordered if o is not cls]
+        if keep.any():
+            rest.append(replace(cls, image_ids=tuple(np.asarray(cls.image_ids)[keep]),
+                                vectors=cls.vectors[keep], patches=None))
+        rest = [replace(o, patches=None) for o in rest]  # classes only, no good parts
+        index = build_served_group("verify", rest, metric_dim, config).index
+        cols = [position[e.class_id] for e in index.entries]
+        probs[row, cols] = index.posteriors(cls.vectors[j:j + 1])[0]
+    labels = np.array([c for c, _ in picks])
+    a, b = np.triu_indices(len(picks), k=1)
+    return fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group")
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """At most k of range(n), evenly spread."""
+    return list(range(n)) if n <= k else \
+        sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+def load_global(path: Path = GLOBAL_PATH) -> Calibration:
+    d = json.loads(path.read_text())
+    return Calibration(float(d["slope"]), float(d["intercept"]), "global", int(d["pairs"]))
+
+
+def save_global(c: Calibration, fitted_on: str, path: Path = GLOBAL_PATH) -> None:
+    path.write_text(json.dumps(asdict(c) | {"fitted_on": fitted_on}, indent=1) + "\n")

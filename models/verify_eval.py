@@ -1,0 +1,152 @@
+"""Verification off the serving path: the global calibration's fit (meta-training
+sources only) and `fsdi evaluate verify` (held-out sets, the ELPV mono cells where
+installed), both through the served code (models.verify, models.inference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+
+from models import reporting
+from models.calibration import expected_calibration_error
+from models.data.episodes import EpisodeSampler
+from models.inference import EnrolledClass, ServingConfig, build_served_group
+from models.progress import progress
+from models.reporting import mean_ci
+from models.verify import (
+    Calibration,
+    PairModel,
+    agreement_logits,
+    fit,
+    group_calibration,
+    load_global,
+    save_global,
+)
+
+# (name, n_way) of the sets each side uses; the images come from `_sets`.
+FIT_SETS = (("synthetic training defect types, one surface", 5),
+            ("Fashion-MNIST training classes", 5))
+EVAL_SETS = (("synthetic held-out defect types, one surface", 5),
+             ("Fashion-MNIST held-out classes", 5),
+             ("ELPV mono, good vs defective", 2))
+
+
+def _sets(names: tuple[tuple[str, int], ...], per_class: int, seed: int
+          ) -> list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(name, n_way, images, labels, surfaces or None) for each set that is installed."""
+    from models.data import elpv, synthetic
+    from models.data.sources import (
+        FMNIST_DIR,
+        FMNIST_EVAL,
+        FMNIST_TRAIN,
+        fashion_mnist,
+    )
+
+    have_fmnist = (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+    out: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    for name, n_way in names:
+        if name.startswith("synthetic training"):
+            x, y, g = synthetic.make_surface_set(synthetic.TRAIN_TYPES, per_class, seed)
+            out.append((name, n_way, x, y, g))
+        elif name.startswith("synthetic held-out"):
+            x, y, g = synthetic.make_surface_set(("ok", *synthetic.EVAL_TYPES), per_class,
+                                                 seed + 6)
+            out.append((name, n_way, x, y, g))
+        elif name.startswith("Fashion-MNIST") and have_fmnist:
+            classes = FMNIST_TRAIN if "training" in name else FMNIST_EVAL
+            fx, fy, _ = fashion_mnist(classes, per_class, seed + 2)
+            out.append((name, n_way, fx, fy, None))
+        elif name.startswith("ELPV") and elpv.available():
+            ex, ey = elpv.load_mono()
+            out.append((name, n_way, ex, ey, None))
+    return out
+
+
+def fit_global(backbone: str = "fsdi_lite0_meta", per_class: int = 60, episodes: int = 200,
+               seed: int = 0, cache_dir: Path = Path("runs/cache/onnx")) -> Calibration:
+    """The Siamese pair logit's calibration from the meta-training sources alone (every
+    pair inside episodes of 5 classes x 10 images), written to the shipped file."""
+    from models.patchcore.evaluate import served_features
+
+    pm = PairModel()
+    logits, same = [], []
+    for name, n_way, x, y, g in _sets(FIT_SETS, per_class, seed):
+        f = served_features(x, backbone, cache_dir, desc=name.split(",")[0])
+        sampler = EpisodeSampler(y, n_way, 10, 0, seed + 11, g)
+        for _ in range(episodes):
+            ep = sampler.sample()
+            v = f.embeddings[ep.support, :f.metric_dim]
+            z = pm.logits(v, v)
+            a, b = np.triu_indices(len(v), k=1)
+            logits.append(z[a, b])
+            same.append(ep.support_labels[a] == ep.support_labels[b])
+    cal = fit(np.concatenate(logits), np.concatenate(same), "global")
+    save_global(cal, "; ".join(n for n, _ in FIT_SETS) + f" (seed {seed}, {episodes} "
+                "episodes each of 5 classes x 10 images, every pair)")
+    return cal
+
+
+def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
+                  shots: tuple[int, ...] = (1, 5, 10), episodes: int = 100,
+                  q_query: int = 10, seed: int = 0, per_class: int = 60,
+                  cache_dir: Path = Path("runs/cache/onnx")) -> str:
+    """Same or different on held-out pairs (every pair of an episode's held-out images),
+    group against global calibration on the same episodes: balanced accuracy (mean and
+    95% CI over episodes) and ECE (pooled; all same pairs with as many different ones
+    drawn at random). Writes verify.{json,md}."""
+    from models.patchcore.evaluate import served_features
+
+    pm, glob, config = PairModel(), load_global(), ServingConfig()
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for name, n_way, x, y, g in _sets(EVAL_SETS, per_class, seed):
+        f = served_features(x, backbone, cache_dir, desc=name.split(",")[0])
+        for k in shots:
+            sampler = EpisodeSampler(y, n_way, k, q_query, seed + k, g)
+            got: dict[str, tuple[list[float], list[np.ndarray], list[np.ndarray]]] = {
+                m: ([], [], []) for m in ("group", "global")}
+            fell_back = 0
+            for _ in progress(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
+                              leave=False):
+                ep = sampler.sample()
+                classes = [EnrolledClass(c, f"class{c}", "defect",
+                                         tuple(int(i) for i in ep.support[ep.support_labels == c]),
+                                         f.embeddings[ep.support[ep.support_labels == c]])
+                           for c in range(n_way)]
+                own = group_calibration(classes, f.metric_dim, config)
+                q = f.embeddings[ep.query]
+                a, b = np.triu_indices(len(q), k=1)
+                same = ep.query_labels[a] == ep.query_labels[b]
+                siamese = pm.logits(q[:, :f.metric_dim], q[:, :f.metric_dim])[a, b]
+                if own is None:
+                    fell_back += 1
+                    p_group = glob.probability(siamese)
+                else:
+                    post = build_served_group("eval", classes, f.metric_dim,
+                                              config).index.posteriors(q)
+                    p_group = own.probability(agreement_logits(post[a], post[b]))
+                for mode, p in (("group", p_group), ("global", glob.probability(siamese))):
+                    said = p >= 0.5
+                    got[mode][0].append(float(said[same].mean() + (~said[~same]).mean()) / 2)
+                    pick = np.concatenate([np.flatnonzero(same), rng.choice(
+                        np.flatnonzero(~same), same.sum(), replace=False)])
+                    got[mode][1].append(np.maximum(p[pick], 1 - p[pick]))
+                    got[mode][2].append(said[pick] == same[pick])
+            for mode, (ba, conf, right) in got.items():
+                m, ci = mean_ci(np.asarray(ba))
+                rows.append({"set": name, "shots": k, "calibration": mode,
+                             "balanced_accuracy": round(m, 4), "ci95": round(ci, 4),
+                             "ece": round(expected_calibration_error(
+                                 np.concatenate(conf), np.concatenate(right)), 4),
+                             "episodes": episodes,
+                             "fell_back_to_global": fell_back if mode == "group" else 0})
+    table = reporting.markdown(
+        ["set", "shots", "calibration", "balanced accuracy", "ECE", "group fell back"],
+        [[str(r["set"]), str(r["shots"]), str(r["calibration"]),
+          f"{100 * cast(float, r['balanced_accuracy']):.1f} ± "
+          f"{100 * cast(float, r['ci95']):.1f}", f"{cast(float, r['ece']):.3f}",
+          f"{r['fell_back_to_global']}/{episodes}" if r["calibration"] == "group" else ""]
+         for r in rows])
+    return reporting.write(out / "verify", rows, table)

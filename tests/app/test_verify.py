@@ -1,0 +1,138 @@
+"""/verify: same or different, calibrated on a group's own classes where it has enough of
+them, else globally; bad input is a 4xx."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from bench.imagegen import CLASSES, flat, sample
+from models.inference import EnrolledClass, ServingConfig
+from models.verify import MIN_PAIRS, PairModel, fit, group_calibration, load_global
+from tests.app.test_api import enrol, error_of, group
+
+
+def pair(a: bytes, b: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("a", ("a.png", a, "image/png")), ("b", ("b.png", b, "image/png"))]
+
+
+def test_globally_two_crops_of_a_texture_are_the_same_and_two_textures_differ(
+        client: TestClient) -> None:
+    for surface in ("brick", "grass", "gravel"):
+        r = client.post("/api/v1/verify", files=pair(sample(surface, None, 1),
+                                                     sample(surface, None, 2)))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["same"] is True and 0.5 <= body["score"] <= 1, (surface, body)
+        assert body["calibration"] == "global" and body.get("warning") is None
+    for a, b in (("brick", "gravel"), ("brick", "grass"), ("grass", "gravel")):
+        r = client.post("/api/v1/verify", files=pair(sample(a, None, 3), sample(b, None, 4)))
+        assert r.json()["same"] is False and r.json()["score"] < 0.5, (a, b, r.json())
+
+
+def test_a_group_decides_on_its_own_calibration_and_recalibrates_when_it_changes(
+        client: TestClient) -> None:
+    grp = group()
+    enrol(client, grp, shots=4)  # 3 classes x 4 images: 18 same pairs, 48 different
+    held = {name: sample(s, d, 900 + i) for i, (name, (s, d)) in enumerate(CLASSES.items())}
+    held2 = {name: sample(s, d, 950 + i) for i, (name, (s, d)) in enumerate(CLASSES.items())}
+    same = client.post("/api/v1/verify", params={"group": grp},
+                       files=pair(held["brick-scratch"], held2["brick-scratch"]))
+    assert same.status_code == 200, same.text
+    assert same.json()["calibration"] == "group" and same.json().get("warning") is None
+    assert same.json()["same"] is True
+    diff = client.post("/api/v1/verify", params={"group": grp},
+                       files=pair(held["brick-scratch"], held2["gravel-hole"]))
+    assert diff.json()["same"] is False and diff.json()["calibration"] == "group"
+    # Another class changes the group: its calibration is computed again, from the
+    # group as it now stands (a different score for the same two images).
+    r = client.post("/api/v1/classes", json={"name": "grass-clean", "group": grp})
+    client.post(f"/api/v1/classes/{r.json()['id']}/images", files=[
+        ("files", (f"c{i}.png", sample("grass", None, 700 + i), "image/png"))
+        for i in range(4)])
+    again = client.post("/api/v1/verify", params={"group": grp},
+                        files=pair(held["brick-scratch"], held2["gravel-hole"]))
+    assert again.json()["calibration"] == "group"
+    assert again.json()["score"] != diff.json()["score"]
+
+
+def test_a_group_too_small_falls_back_to_the_global_calibration_with_a_warning(
+        client: TestClient) -> None:
+    grp = group()
+    r = client.post("/api/v1/classes", json={"name": "only", "group": grp})
+    client.post(f"/api/v1/classes/{r.json()['id']}/images", files=[
+        ("files", (f"o{i}.png", sample("brick", "scratch", i), "image/png")) for i in range(3)])
+    a, b = sample("brick", None, 1), sample("brick", None, 2)
+    r = client.post("/api/v1/verify", params={"group": grp}, files=pair(a, b))
+    assert r.status_code == 200, r.text
+    assert r.json()["calibration"] == "global" and "too small" in r.json()["warning"]
+    plain = client.post("/api/v1/verify", files=pair(a, b)).json()
+    assert r.json()["score"] == plain["score"] and r.json()["same"] == plain["same"]
+
+
+def test_bad_input_is_a_4xx_envelope_never_a_5xx(client: TestClient) -> None:
+    good = sample("brick", None, 1)
+    cases = {
+        "one part missing": [("a", ("a.png", good, "image/png"))],
+        "not an image": pair(good, b"this is not an image"),
+        "a blank image": pair(good, flat((255, 255, 255))),
+        "empty part": pair(b"", good),
+    }
+    for what, files in cases.items():
+        r = client.post("/api/v1/verify", files=files)
+        assert 400 <= r.status_code < 500, (what, r.status_code, r.text)
+        assert error_of(r)["message"], what
+    blank = client.post("/api/v1/verify", files=pair(good, flat()))
+    assert blank.status_code == 422 and error_of(blank)["code"] == "blank_image"
+    missing = client.post("/api/v1/verify", params={"group": group()}, files=pair(good, good))
+    assert missing.status_code == 404 and "not found" in error_of(missing)["message"]
+
+
+def test_a_scoped_key_verifies_only_in_its_own_groups(client: TestClient) -> None:
+    mine, theirs = group(), group()
+    enrol(client, mine, shots=3)
+    enrol(client, theirs, shots=3)
+    r = client.post("/api/v1/keys", json={"role": "machine", "groups": [mine]})
+    h = {"Authorization": f"Bearer {r.json()['key']}"}
+    files = pair(sample("brick", None, 1), sample("brick", None, 2))
+    assert client.post("/api/v1/verify", params={"group": mine}, files=files,
+                       headers=h).status_code == 200
+    other = client.post("/api/v1/verify", params={"group": theirs}, files=files, headers=h)
+    assert other.status_code == 404
+    assert error_of(other)["message"] == f"group {theirs!r} not found"
+
+
+def test_group_calibration_is_a_pure_function_of_the_enrolment() -> None:
+    """Every replica computes the same calibration: it depends on the enrolled vectors
+    alone, not on the order they are given in; too few pairs give none."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 32))
+
+    def cls(c: int, n: int) -> EnrolledClass:
+        v = centres[c] + 0.3 * rng.normal(size=(n, 32))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        return EnrolledClass(10 + c, f"c{c}", "defect", tuple(range(100 * c, 100 * c + n)),
+                             np.concatenate([v, v], axis=1).astype(np.float32))
+
+    classes = [cls(0, 5), cls(1, 5), cls(2, 4)]
+    config = ServingConfig()
+    one = group_calibration(classes, 32, config)
+    two = group_calibration(list(reversed(classes)), 32, config)
+    assert one is not None and one == two and one.source == "group"
+    assert one.slope > 0
+    # one class, or too few pairs of one class: no calibration of its own
+    assert group_calibration([cls(0, 6)], 32, config) is None
+    assert group_calibration([cls(0, 2), cls(1, 2), cls(2, 1)], 32, config) is None
+    assert MIN_PAIRS > 1
+
+
+def test_platt_fit_recovers_a_known_calibration_and_the_global_one_is_shipped() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=20_000) * 3
+    y = rng.random(20_000) < 1 / (1 + np.exp(-(0.5 * x - 1.0)))
+    c = fit(x, y, "test", prior=0.0)
+    # balanced weighting moves the intercept by the log prior odds, not the slope
+    assert abs(c.slope - 0.5) < 0.05
+    glob = load_global()
+    assert glob.source == "global" and glob.slope > 0 and glob.pairs > 100_000
+    assert PairModel().dim == 256
