@@ -93,9 +93,10 @@ def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
                   q_query: int = 10, seed: int = 0, per_class: int = 60,
                   cache_dir: Path = Path("runs/cache/onnx")) -> str:
     """Same or different on held-out pairs (every pair of an episode's held-out images),
-    group against global calibration on the same episodes: balanced accuracy (mean and
-    95% CI over episodes) and ECE (pooled; all same pairs with as many different ones
-    drawn at random). Writes verify.{json,md}."""
+    group against global calibration, and the Siamese probability uncalibrated ("none"),
+    on the same episodes: balanced accuracy (mean and 95% CI over episodes) and ECE
+    (pooled; all same pairs with as many different ones drawn at random). Writes
+    verify.{json,md}."""
     from models.patchcore.evaluate import served_features
 
     pm, glob, config = PairModel(), load_global(), ServingConfig()
@@ -106,7 +107,7 @@ def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
         for k in shots:
             sampler = EpisodeSampler(y, n_way, k, q_query, seed + k, g)
             got: dict[str, tuple[list[float], list[np.ndarray], list[np.ndarray]]] = {
-                m: ([], [], []) for m in ("group", "global")}
+                m: ([], [], []) for m in ("group", "global", "none")}
             fell_back = 0
             for _ in progress(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
                               leave=False):
@@ -127,7 +128,9 @@ def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
                     post = build_served_group("eval", classes, f.metric_dim,
                                               config).index.posteriors(q)
                     p_group = own.probability(agreement_logits(post[a], post[b]))
-                for mode, p in (("group", p_group), ("global", glob.probability(siamese))):
+                raw = Calibration(1.0, 0.0, "none").probability(siamese)
+                for mode, p in (("group", p_group), ("global", glob.probability(siamese)),
+                                ("none", raw)):
                     said = p >= 0.5
                     got[mode][0].append(float(said[same].mean() + (~said[~same]).mean()) / 2)
                     pick = np.concatenate([np.flatnonzero(same), rng.choice(

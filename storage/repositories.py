@@ -503,7 +503,7 @@ def results_page(s: Session, f: ResultFilter, before_id: int | None, limit: int
     # scoped key's groups, or feedback of either verdict, are merged from one walk per
     # value. Filtering a walk of every id instead reads every newer row of the others.
     pg = s.get_bind().dialect.name == "postgresql"
-    parts = [_where(select(r.id), v, before_id, pg).order_by(*_newest_first(v)).limit(limit)
+    parts = [_where(select(r.id), v, before_id, pg).order_by(*_newest_first(v, pg)).limit(limit)
              for v in _variants(f)]
     if not parts:
         return []
@@ -553,10 +553,12 @@ def stream_results(s: Session, f: ResultFilter, before_id: int | None = None,
     a time from one server-side cursor (PostgreSQL; SQLite steps its own): flat memory
     and one query, however many rows."""
     r = ClassificationResult
+    # The group as a plain equality, ordered by id: with `_where`'s spelling for a page,
+    # PostgreSQL plans this cursor for a fast start, a walk of the group's id index down
+    # to a time window that reads every newer row of the group first.
     q = _history(select(r.id, r.created_at, r.group_name, r.filename, r.label, r.class_id,
                         r.unknown, r.score, r.method, Feedback.correct, Feedback.class_id,
-                        r.verdict, r.anomaly_score, r.anomaly_threshold), f, before_id,
-                 s.get_bind().dialect.name == "postgresql")
+                        r.verdict, r.anomaly_score, r.anomaly_threshold), f, before_id)
     result = s.execute(q.execution_options(stream_results=True, yield_per=batch))
     for part in result.partitions(batch):
         yield [tuple(row) for row in part]
@@ -587,7 +589,7 @@ def _window_ids(f: ResultFilter) -> list[ColumnElement[bool]]:
             r.id <= select(bounds.c.hi).scalar_subquery()]
 
 
-def _history(q: Any, f: ResultFilter, before_id: int | None, pg: bool) -> Any:
+def _history(q: Any, f: ResultFilter, before_id: int | None) -> Any:
     """`q` (over results, with their latest feedback's columns) filtered by `f`, below
     `before_id`, newest first: the export's one query, which reads every matching row."""
     latest = (select(Feedback.result_id, func.max(Feedback.id).label("fid"))
@@ -595,13 +597,13 @@ def _history(q: Any, f: ResultFilter, before_id: int | None, pg: bool) -> Any:
     q = (q.select_from(ClassificationResult)
          .outerjoin(latest, latest.c.result_id == ClassificationResult.id)
          .outerjoin(Feedback, Feedback.id == latest.c.fid))
-    return _where(q, f, before_id, pg).order_by(*_newest_first(f))
+    return _where(q, f, before_id, pg=False).order_by(*_newest_first(f, pg=False))
 
 
-def _newest_first(f: ResultFilter) -> list[ColumnElement[Any]]:
-    """Newest first; within one group, spelt (group, id): see `_where`."""
+def _newest_first(f: ResultFilter, pg: bool) -> list[ColumnElement[Any]]:
+    """Newest first; within one group on PostgreSQL, spelt (group, id): see `_where`."""
     r = ClassificationResult
-    return [r.group_name.desc(), r.id.desc()] if f.group is not None else [r.id.desc()]
+    return [r.group_name.desc(), r.id.desc()] if pg and f.group is not None else [r.id.desc()]
 
 
 def _where(q: Any, f: ResultFilter, before_id: int | None, pg: bool) -> Any:
