@@ -428,8 +428,8 @@ def results_archive(
                                "(ISO 8601, e.g. 2026-11-01; a date is midnight UTC)"),
     to: str = typer.Option(..., help="where the Parquet files go: a local directory or "
                            "s3://BUCKET/PREFIX (FSDI_S3_ENDPOINT_URL for a non-AWS server)"),
-    batch: int = typer.Option(5000, min=100, help="rows deleted per transaction"),
-    duty: float = typer.Option(0.5, min=0.05, max=1.0, help="share of the time it works; "
+    batch: int = typer.Option(1000, min=100, help="rows deleted per transaction"),
+    duty: float = typer.Option(0.2, min=0.05, max=1.0, help="share of the time it works; "
                                "it rests the rest, so classification on the same machine "
                                "keeps its latency"),
 ) -> None:

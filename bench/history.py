@@ -279,8 +279,8 @@ def classify_load(url: str, key: str, group: str, seconds: float, clients: int =
     return sorted(lat), errors[0]
 
 
-def archive_under_load(url: str, tmp: Path, seconds: float = 15, duty: float = 0.5,
-                       batch: int = 5000, clients: int = 4) -> None:
+def archive_under_load(url: str, tmp: Path, seconds: float = 15, duty: float = 0.2,
+                       batch: int = 1000, clients: int = 4) -> None:
     """Step 4: the oldest day archived while classification runs."""
     import threading
 
@@ -341,8 +341,8 @@ def main() -> None:
         "FSDI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--archive-only", metavar="URL",
                     help="only step 4, on a database an earlier run left (its oldest day)")
-    ap.add_argument("--duty", type=float, default=0.5, help="the archive's share of time")
-    ap.add_argument("--batch", type=int, default=5000, help="rows the archive deletes at once")
+    ap.add_argument("--duty", type=float, default=0.2, help="the archive's share of time")
+    ap.add_argument("--batch", type=int, default=1000, help="rows the archive deletes at once")
     ap.add_argument("--no-archive", action="store_true", help="skip step 4")
     ap.add_argument("--clients", type=int, default=4, help="step 4's classifying clients")
     a = ap.parse_args()

@@ -64,8 +64,8 @@ def _table(rows: list[tuple[object, ...]]):  # type: ignore[no-untyped-def]
 
 
 def archive(sessions: sessionmaker[Session], store: ObjectStore, before: datetime,
-            batch: int = 5000, progress: Callable[[int], None] | None = None,
-            duty: float = 0.5) -> ArchiveReport:
+            batch: int = 1000, progress: Callable[[int], None] | None = None,
+            duty: float = 0.2) -> ArchiveReport:
     """Write every result older than `before` to Parquet in `store`, check each file, then
     delete its rows `batch` at a time. A rerun after an interruption writes the rows left
     (a file whose rows were not all deleted is written again under its own name: its
