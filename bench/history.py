@@ -1,7 +1,7 @@
 """Years of results: history pages, CSV export and the 64-bit migration at millions of rows
 on PostgreSQL, the schema before (revision 0008) and after (head) in the same run.
 
-    python -m bench.history --before REV [--rows 5000000] [--pg postgresql+psycopg://…/db]
+    python -m bench.history [--before REV] [--rows 5000000] [--pg postgresql+psycopg://…/db]
 
 1. Migrates a fresh database to 0008 and writes N results straight into it with COPY: 10
    groups, 30 days, newest last; about 5% unknown and 5% defect verdicts, group g9 with no
@@ -335,8 +335,9 @@ def archive_under_load(url: str, tmp: Path, seconds: float = 15, duty: float = 0
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=5_000_000)
-    ap.add_argument("--before", required=True,
-                    help="the commit whose code (schema 0008) serves the 'before' column")
+    ap.add_argument("--before", default="",
+                    help="the commit whose code (schema 0008) serves the 'before' column "
+                    "(none: the 'before' column is not measured)")
     ap.add_argument("--pg", default=os.environ.get(
         "FSDI_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
     ap.add_argument("--archive-only", metavar="URL",
@@ -353,20 +354,24 @@ def main() -> None:
     url = fresh_database(a.pg)
     migrate_to(url, "0008")
     print(f"filled {a.rows:,} results in {fill(url, a.rows):.1f} s")
-    tree = tmp / "tree"
-    try:
-        before = timed_queries(url, tmp / "before" / "data", checkout(a.before, tree))
-    finally:
-        remove_checkout(tree)
+    before: dict[str, float] = {}
+    if a.before:
+        tree = tmp / "tree"
+        try:
+            before = timed_queries(url, tmp / "before" / "data", checkout(a.before, tree))
+        finally:
+            remove_checkout(tree)
     upgrade_under_writes(url, a.rows)
     after = timed_queries(url, tmp / "after" / "data")
+    nan = float("nan")
     print(f"{'first page (ms, best of 3)':<34} {'before':>10} {'after':>10}")
-    for name in before:
+    for name in after:
         if name.startswith("csv"):
             continue
-        print(f"{name:<34} {before[name]:10.1f} {after[name]:10.1f}")
+        print(f"{name:<34} {before.get(name, nan):10.1f} {after[name]:10.1f}")
     print(f"results.csv of g3's defects ({after['csv rows']:,.0f} rows): before "
-          f"{before['csv rows/s']:,.0f} rows/s, after {after['csv rows/s']:,.0f} rows/s")
+          f"{before.get('csv rows/s', nan):,.0f} rows/s, after {after['csv rows/s']:,.0f} "
+          "rows/s")
     if not a.no_archive:
         archive_under_load(url, tmp, duty=a.duty, batch=a.batch, clients=a.clients)
 
