@@ -8,6 +8,7 @@ prototype (ProtoNet rule) on unit vectors; mean accuracy and 95% CI over episode
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,11 @@ import torch
 
 from models import reporting
 from models.backbones import Backbone
-from models.data.episodes import EpisodeSampler
+from models.data.episodes import Episode, EpisodeSampler
 from models.inference import ServingConfig
 from models.meta import ProjectionHead, global_pool
 from models.methods.protonet import squared_distances
+from models.patchcore.evaluate import Features
 from models.progress import progress
 from models.reporting import mean_ci
 
@@ -157,8 +159,6 @@ def served_embeddings(backbone: Backbone, precisions: tuple[str, ...],
                       threads: int = 2) -> dict[str, dict[str, np.ndarray]]:
     """Embed each set with the network exactly as served (ONNX Runtime, each precision):
     out[precision][set] = (N, D) full served embeddings."""
-    from dataclasses import replace
-
     from models.embedder import OrtEmbedder
     from models.features import served_input
 
@@ -210,12 +210,9 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     served decision (`GroupIndex.decide` on the served network's stored vectors, as
     /classify answers) against the frozen ImageNet global pool (nearest mean, the
     appearance part of the same vectors) on the same episodes. Writes real.{json,md,png}."""
-    from dataclasses import replace
-
     from models.calibration import expected_calibration_error
     from models.data import elpv
-    from models.inference import THRESHOLD_RULES, EnrolledClass, build_served_group
-    from models.openset import episode_index, served_decisions
+    from models.inference import THRESHOLD_RULES
     from models.patchcore.evaluate import served_features
 
     if not elpv.available():
@@ -223,10 +220,8 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
                            "elpv-dataset (evaluation only, never a runtime dependency)")
     images, labels = elpv.load_mono()
     f = served_features(images, backbone, cache_dir, desc="ELPV")
-    full, app = f.embeddings, unit(f.appearance)
-    two_parts = f.metric_dim < full.shape[1]
-    served_cfg = ServingConfig()
-    configs = {r: replace(served_cfg, rank_by=r)
+    two_parts = f.metric_dim < f.embeddings.shape[1]
+    configs = {r: replace(ServingConfig(), rank_by=r)
                for r in (("appearance", "metric") if two_parts else ("metric",))}
     rows: list[dict[str, object]] = []
     for k in shots:
@@ -238,34 +233,14 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
         claims: dict[str, tuple[list[float], list[bool]]] = {r: ([], []) for r in good}
         sampler = EpisodeSampler(labels, 2, k, q_query, seed + k)
         for e in progress(range(episodes), desc=f"ELPV {k}-shot", leave=False):
-            ep = sampler.sample()
-            for r, cfg in configs.items():
-                index = episode_index(full[ep.support], ep.support_labels, 2, cfg,
-                                      f.metric_dim)
-                winner, _ = served_decisions(index, full[ep.query])
-                served[r][e] = (winner == ep.query_labels).mean()
-            # The same support, the good images enrolled as a good class (kind "good"):
-            # the good parts decide OK/NG, as /classify answers in such a group (the
-            # served builder, models.inference.build_served_group).
-            ids = ep.support
-            is_good = labels[ids] == 0
-            classes = [EnrolledClass(0, "ok", "good", tuple(int(i) for i in ids[is_good]),
-                                     full[ids[is_good]], f.patches[ids[is_good]]),
-                       EnrolledClass(1, "defect", "defect",
-                                     tuple(int(i) for i in ids[~is_good]),
-                                     full[ids[~is_good]], f.patches[ids[~is_good]])]
-            for rule, accs in good.items():
-                group = build_served_group("eval", classes, f.metric_dim,
-                                           replace(served_cfg, threshold_rule=rule))
-                got = group.inspect(full[ep.query], f.patches[ep.query], top_k=1)
-                said = np.array([i.verdict == "defect" for i in got])
-                accs[e] = (said == (labels[ep.query] == 1)).mean()
-                claims[rule][0].extend(i.score for i in got)
-                claims[rule][1].extend(bool(s == t) and not i.unknown for i, s, t in zip(
-                    got, said, labels[ep.query] == 1, strict=True))
-            protos = np.stack([app[ep.support][ep.support_labels == c].mean(0) for c in (0, 1)])
-            d = squared_distances(app[ep.query], protos)
-            base[e] = (d.argmin(1) == ep.query_labels).mean()
+            one = _real_episode(sampler.sample(), f, labels, configs)
+            for r, acc in one.served.items():
+                served[r][e] = acc
+            for rule, (acc, scores, right) in one.verdicts.items():
+                good[rule][e] = acc
+                claims[rule][0].extend(scores)
+                claims[rule][1].extend(right)
+            base[e] = one.baseline
         named = [(f"served, both as defect classes, ProtoNet ranked by the {r} part"
                   + (" (FSDI_RANK_BY default)" if r == rank_by else ""), accs)
                  for r, accs in served.items()]
@@ -286,6 +261,92 @@ def real_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int, 
     table = reporting.accuracy_table(rows, "benchmark", "embedding",
                                      ("ECE of the score (verdict path; 1/5/10-shot)", "ece"))
     return reporting.write(out / "real", rows, table, plot=("benchmark", "embedding"))
+
+
+@dataclass(frozen=True)
+class RealEpisode:
+    served: dict[str, float]  # ranked by each part: accuracy, both as defect classes
+    verdicts: dict[str, tuple[float, list[float], list[bool]]]  # per threshold rule:
+    # accuracy of the verdict, the scores, and whether each answer was right
+    baseline: float  # the frozen global pool's nearest mean
+
+
+def _real_episode(ep: Episode, f: Features, labels: np.ndarray,
+                  configs: dict[str, ServingConfig]) -> RealEpisode:
+    """One ELPV episode: the served decision with both classes as defect classes (ranked
+    by each part), the good images as a good class (the verdict, per threshold rule), and
+    the baseline, all on the same support and queries."""
+    from models.inference import THRESHOLD_RULES, EnrolledClass, build_served_group
+    from models.openset import episode_index, served_decisions
+
+    full, app = f.embeddings, unit(f.appearance)
+    served = {}
+    for r, cfg in configs.items():
+        index = episode_index(full[ep.support], ep.support_labels, 2, cfg, f.metric_dim)
+        served[r] = float((served_decisions(index, full[ep.query])[0] == ep.query_labels).mean())
+    # The same support, the good images enrolled as a good class (kind "good"): the good
+    # parts decide OK/NG, as /classify answers in such a group.
+    ids = ep.support
+    is_good = labels[ids] == 0
+    classes = [EnrolledClass(0, "ok", "good", tuple(int(i) for i in ids[is_good]),
+                             full[ids[is_good]], f.patches[ids[is_good]]),
+               EnrolledClass(1, "defect", "defect", tuple(int(i) for i in ids[~is_good]),
+                             full[ids[~is_good]], f.patches[ids[~is_good]])]
+    truth = labels[ep.query] == 1
+    verdicts = {}
+    for rule in THRESHOLD_RULES:
+        group = build_served_group("eval", classes, f.metric_dim,
+                                   replace(ServingConfig(), threshold_rule=rule))
+        got = group.inspect(full[ep.query], f.patches[ep.query], top_k=1)
+        said = np.array([i.verdict == "defect" for i in got])
+        verdicts[rule] = (float((said == truth).mean()), [i.score for i in got],
+                          [bool(s == t) and not i.unknown
+                           for i, s, t in zip(got, said, truth, strict=True)])
+    protos = np.stack([app[ep.support][ep.support_labels == c].mean(0) for c in (0, 1)])
+    base = float((squared_distances(app[ep.query], protos).argmin(1) == ep.query_labels).mean())
+    return RealEpisode(served, verdicts, base)
+
+
+def _score_sets(seed: int, synth_per_class: int, fmnist_per_class: int
+                ) -> list[tuple[str, np.ndarray, np.ndarray, int, np.ndarray | None]]:
+    """(name, images, labels, n_way, surfaces) of the held-out sets that are installed."""
+    from models.data import elpv, synthetic
+    from models.data.sources import FMNIST_DIR, fashion_mnist
+    from models.train import FMNIST_EVAL
+
+    sets: list[tuple[str, np.ndarray, np.ndarray, int, np.ndarray | None]] = []
+    x, y, g = synthetic.make_surface_set(("ok", *synthetic.EVAL_TYPES), synth_per_class,
+                                         seed + 6)
+    sets.append(("synthetic defect types, one surface (5-way)", x, y, 5, g))
+    if (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        fx, fy, _ = fashion_mnist(FMNIST_EVAL, fmnist_per_class, seed + 3)
+        sets.append(("Fashion-MNIST held-out classes (5-way)", fx, fy, 5, None))
+    if elpv.available():
+        ex, ey = elpv.load_mono()
+        sets.append(("ELPV mono, good vs defective (2-way)", ex, ey, 2, None))
+    return sets
+
+
+def _scores_episode(ep: Episode, f: Features, n_way: int, config: ServingConfig
+                    ) -> dict[str, list[tuple[float, bool]]]:
+    """One episode's (top score, right?) per query, per way of setting the temperature:
+    fixed, fitted per group without the prior, fitted against it (served)."""
+    from models.inference import GroupIndex
+    from models.openset import episode_index
+
+    fitted = episode_index(f.embeddings[ep.support], ep.support_labels, n_way, config,
+                           f.metric_dim)
+    fixed = GroupIndex.build("eval", fitted.entries, f.metric_dim, rank_by=config.rank_by,
+                             calibrate=False)
+    no_prior = GroupIndex.build("eval", fitted.entries, f.metric_dim,
+                                rank_by=config.rank_by, prior=False)
+    out: dict[str, list[tuple[float, bool]]] = {}
+    for mode, index in (("fixed temperature 0.05", fixed),
+                        ("fitted per group, maximum likelihood (no prior)", no_prior),
+                        ("fitted per group against the prior (served)", fitted)):
+        out[mode] = [(d.best.score, bool(d.best.index == truth)) for d, truth in zip(
+            index.decide(f.embeddings[ep.query], top_k=1), ep.query_labels, strict=True)]
+    return out
 
 
 def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = (1, 5, 10),
@@ -371,26 +432,10 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
     Fashion-MNIST (if the Debian data is installed) and the ELPV mono development set (if
     its package is). Writes scores.{json,md,png}; the PNG is the reliability plot at 5
     shots (or the middle shot count)."""
-    from dataclasses import replace
-
     from models.calibration import expected_calibration_error, reliability
-    from models.data import elpv, synthetic
-    from models.data.sources import FMNIST_DIR, fashion_mnist
-    from models.inference import GroupIndex
-    from models.openset import episode_index
     from models.patchcore.evaluate import served_features
-    from models.train import FMNIST_EVAL
 
-    sets: list[tuple[str, np.ndarray, np.ndarray, int, np.ndarray | None]] = []
-    x, y, g = synthetic.make_surface_set(("ok", *synthetic.EVAL_TYPES), synth_per_class,
-                                         seed + 6)
-    sets.append(("synthetic defect types, one surface (5-way)", x, y, 5, g))
-    if (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        fx, fy, _ = fashion_mnist(FMNIST_EVAL, fmnist_per_class, seed + 3)
-        sets.append(("Fashion-MNIST held-out classes (5-way)", fx, fy, 5, None))
-    if elpv.available():
-        ex, ey = elpv.load_mono()
-        sets.append(("ELPV mono, good vs defective (2-way)", ex, ey, 2, None))
+    sets = _score_sets(seed, synth_per_class, fmnist_per_class)
     rows: list[dict[str, object]] = []
     curves: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
     plot_k = shots[len(shots) // 2] if 5 not in shots else 5
@@ -405,21 +450,10 @@ def scores_report(out: Path, backbone: str = "fsdi_lite0_meta", shots: tuple[int
                 "fitted per group against the prior (served)": ([], [])}
             for _ in progress(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
                           leave=False):
-                ep = sampler.sample()
-                fitted = episode_index(f.embeddings[ep.support], ep.support_labels, n_way,
-                                       config, f.metric_dim)
-                fixed = GroupIndex.build("eval", fitted.entries, f.metric_dim,
-                                         rank_by=config.rank_by, calibrate=False)
-                no_prior = GroupIndex.build("eval", fitted.entries, f.metric_dim,
-                                            rank_by=config.rank_by, prior=False)
-                for mode, index in (("fixed temperature 0.05", fixed),
-                                    ("fitted per group, maximum likelihood (no prior)",
-                                     no_prior),
-                                    ("fitted per group against the prior (served)", fitted)):
-                    for d, truth in zip(index.decide(f.embeddings[ep.query], top_k=1),
-                                        ep.query_labels, strict=True):
-                        got[mode][0].append(d.best.score)
-                        got[mode][1].append(d.best.index == truth)
+                for mode, answers in _scores_episode(sampler.sample(), f, n_way,
+                                                     config).items():
+                    got[mode][0].extend(score for score, _ in answers)
+                    got[mode][1].extend(right for _, right in answers)
             for mode, (conf, right) in got.items():
                 c, r = np.asarray(conf), np.asarray(right)
                 rows.append({"set": name, "shots": k, "scores": mode,

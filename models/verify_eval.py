@@ -11,8 +11,9 @@ import numpy as np
 
 from models import reporting
 from models.calibration import expected_calibration_error
-from models.data.episodes import EpisodeSampler
+from models.data.episodes import Episode, EpisodeSampler
 from models.inference import EnrolledClass, ServingConfig, build_served_group
+from models.patchcore.evaluate import Features
 from models.progress import progress
 from models.reporting import mean_ci
 from models.verify import (
@@ -88,6 +89,30 @@ def fit_global(backbone: str = "fsdi_lite0_meta", per_class: int = 60, episodes:
     return cal
 
 
+def _verify_episode(ep: Episode, f: Features, n_way: int, pm: PairModel, glob: Calibration,
+                    config: ServingConfig
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, Calibration | None]:
+    """One episode's held-out pairs: p(same) by mode (the group's own calibration, or the
+    global one where the group is too small; the global one; the Siamese probability
+    uncalibrated), whether each pair is the same class, and the group's calibration."""
+    classes = [EnrolledClass(c, f"class{c}", "defect",
+                             tuple(int(i) for i in ep.support[ep.support_labels == c]),
+                             f.embeddings[ep.support[ep.support_labels == c]])
+               for c in range(n_way)]
+    own = group_calibration(classes, f.metric_dim, config)
+    q = f.embeddings[ep.query]
+    a, b = np.triu_indices(len(q), k=1)
+    siamese = pm.logits(q[:, :f.metric_dim], q[:, :f.metric_dim])[a, b]
+    if own is None:
+        p_group = glob.probability(siamese)
+    else:
+        post = build_served_group("eval", classes, f.metric_dim, config).index.posteriors(q)
+        p_group = own.probability(agreement_logits(post[a], post[b]))
+    return ({"group": p_group, "global": glob.probability(siamese),
+             "none": Calibration(1.0, 0.0, "none").probability(siamese)},
+            ep.query_labels[a] == ep.query_labels[b], own)
+
+
 def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
                   shots: tuple[int, ...] = (1, 5, 10), episodes: int = 100,
                   q_query: int = 10, seed: int = 0, per_class: int = 60,
@@ -111,26 +136,10 @@ def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
             fell_back = 0
             for _ in progress(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
                               leave=False):
-                ep = sampler.sample()
-                classes = [EnrolledClass(c, f"class{c}", "defect",
-                                         tuple(int(i) for i in ep.support[ep.support_labels == c]),
-                                         f.embeddings[ep.support[ep.support_labels == c]])
-                           for c in range(n_way)]
-                own = group_calibration(classes, f.metric_dim, config)
-                q = f.embeddings[ep.query]
-                a, b = np.triu_indices(len(q), k=1)
-                same = ep.query_labels[a] == ep.query_labels[b]
-                siamese = pm.logits(q[:, :f.metric_dim], q[:, :f.metric_dim])[a, b]
-                if own is None:
-                    fell_back += 1
-                    p_group = glob.probability(siamese)
-                else:
-                    post = build_served_group("eval", classes, f.metric_dim,
-                                              config).index.posteriors(q)
-                    p_group = own.probability(agreement_logits(post[a], post[b]))
-                raw = Calibration(1.0, 0.0, "none").probability(siamese)
-                for mode, p in (("group", p_group), ("global", glob.probability(siamese)),
-                                ("none", raw)):
+                probs, same, own = _verify_episode(sampler.sample(), f, n_way, pm, glob,
+                                                   config)
+                fell_back += own is None
+                for mode, p in probs.items():
                     said = p >= 0.5
                     got[mode][0].append(float(said[same].mean() + (~said[~same]).mean()) / 2)
                     pick = np.concatenate([np.flatnonzero(same), rng.choice(

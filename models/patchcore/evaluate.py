@@ -328,6 +328,39 @@ def defect_type_episodes(labels: np.ndarray, surfaces: np.ndarray, task: str, sh
     return out
 
 
+def _defect_type_episode(f: Features, surfaces: np.ndarray, task: str, good: np.ndarray,
+                         sup: np.ndarray, sup_c: np.ndarray, qry: np.ndarray,
+                         truth: np.ndarray) -> tuple[dict[str, float], float]:
+    """One episode built by the served builder (the good images as good classes, one per
+    product; the defect images as their classes, with patches): the share of defective
+    queries flagged *and* given their class, with the defect classes ranked on their
+    stored vectors or region-fused as served; and the share flagged."""
+    from models.inference import EnrolledClass, ServedGroup, ServingConfig, build_served_group
+
+    goods = ([good] if task == "types" else
+             [good[surfaces[good] == s] for s in np.unique(surfaces[good])])
+    classes = [EnrolledClass(100 + j, f"ok{j}", "good", tuple(int(i) for i in g),
+                             f.embeddings[g], f.patches[g]) for j, g in enumerate(goods)]
+    classes += [EnrolledClass(int(c), f"defect{c}", "defect",
+                              tuple(int(i) for i in sup[sup_c == c]),
+                              f.embeddings[sup[sup_c == c]], f.patches[sup[sup_c == c]])
+                for c in np.unique(sup_c)]
+    served = build_served_group("eval", classes, f.metric_dim, ServingConfig())
+    assert served.good_parts is not None
+    right: dict[str, float] = {}
+    caught = 0.0
+    for mode, group in (("stored vectors (global look)",
+                         ServedGroup.build(served.index, served.good_parts)),
+                        ("region-fused (served)", served)):
+        said = group.inspect(f.embeddings[qry], f.patches[qry], top_k=1)
+        right[mode] = float(np.mean([i.verdict == "defect" and i.entry is not None
+                                     and i.entry.class_id == int(t)
+                                     for i, t in zip(said, truth, strict=True)]))
+        if group is served:
+            caught = float(np.mean([i.verdict == "defect" for i in said]))
+    return right, caught
+
+
 def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: int = 10,
                        count: int = 70, seed: int = 0, backbone: str = "fsdi_lite0_meta",
                        cache_dir: Path = Path("runs/cache/onnx"), per_class: int = 25,
@@ -341,15 +374,6 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
     ELPV has no defect types, so this is synthetic only. Writes defect_types.{json,md}."""
     from models import reporting
     from models.data import synthetic
-    from models.inference import (
-        GoodParts,
-        GroupIndex,
-        ServedGroup,
-        ServingConfig,
-        make_entry,
-        region_descriptors,
-        region_entries,
-    )
 
     if features is None:
         images, labels, surfaces = synthetic.make_surface_set(
@@ -357,7 +381,6 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
         features = (served_features(images, backbone, cache_dir, desc="defect types"),
                     labels, surfaces)
     f, labels, surfaces = features
-    layout = ServingConfig().layout(f.metric_dim, f.embeddings.shape[1])
     rows: list[dict[str, Any]] = []
     for task, name in (("types", "defect types within one product (5-way)"),
                        ("products", "one defect type on two products (2-way)")):
@@ -365,32 +388,13 @@ def defect_type_report(out_dir: Path, shots: tuple[int, ...] = (1, 5), n_good: i
             got: dict[str, list[float]] = {"stored vectors (global look)": [],
                                            "region-fused (served)": []}
             flagged: list[float] = []
-            for good, sup, sup_c, qry, truth in progress(defect_type_episodes(
+            for episode in progress(defect_type_episodes(
                     labels, surfaces, task, k, n_good, 10, count, seed + k),
                     desc=f"{task} {k}-shot", leave=False):
-                goods = ([(0, good)] if task == "types" else
-                         [(j, good[surfaces[good] == s])
-                          for j, s in enumerate(np.unique(surfaces[good]))])
-                entries = [make_entry(100 + j, f"ok{j}", "eval", [int(i) for i in g],
-                                      f.embeddings[g], layout, "good") for j, g in goods]
-                entries += [make_entry(c, f"defect{c}", "eval", [int(i) for i in sup[sup_c == c]],
-                                       f.embeddings[sup[sup_c == c]], layout)
-                            for c in np.unique(sup_c)]
-                index = GroupIndex.build("eval", entries, f.metric_dim, rank_by=layout.rank_by)
-                gp = GoodParts.build(f.patches[good], [int(i) for i in good], 0.02,
-                                     f.patches[sup])
-                fused = region_entries(
-                    index.entries, {int(i): f.embeddings[i] for i in sup},
-                    region_descriptors(gp, {int(i): f.patches[i] for i in sup}), layout)
-                for mode, group in (("stored vectors (global look)", ServedGroup.build(index, gp)),
-                                    ("region-fused (served)", ServedGroup.build(index, gp, fused))):
-                    said = group.inspect(f.embeddings[qry], f.patches[qry], top_k=1)
-                    right = [i.verdict == "defect" and i.entry is not None
-                             and i.entry.class_id == int(t) for i, t in zip(said, truth,
-                                                                            strict=True)]
-                    got[mode].append(float(np.mean(right)))
-                    if mode.startswith("region"):
-                        flagged.append(float(np.mean([i.verdict == "defect" for i in said])))
+                right, caught = _defect_type_episode(f, surfaces, task, *episode)
+                for mode, acc in right.items():
+                    got[mode].append(acc)
+                flagged.append(caught)
             for mode, accs in got.items():
                 rows.append({"benchmark": name, "shots": k, "embedding": mode,
                              "accuracy": round(float(np.mean(accs)), 4), "ci95": _ci(accs),
