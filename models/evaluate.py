@@ -349,6 +349,33 @@ def _scores_episode(ep: Episode, f: Features, n_way: int, config: ServingConfig
     return out
 
 
+def _prior_episode(ep: Episode, f: Features, log_t: np.ndarray
+                   ) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """One 5-way episode of a training source: its support images' held-out negative
+    log-likelihood at each grid temperature, the prior's length scale for its
+    prototypes, and its queries' negative log-likelihood at each (None: no scale)."""
+    from models.calibration import _nll, held_out_distances, prior_temperature
+    from models.openset import episode_index
+
+    index = episode_index(f.embeddings[ep.support], ep.support_labels, 5, ServingConfig(),
+                          f.metric_dim)
+    protos = index.app_prototypes
+    assert protos is not None
+    scale = prior_temperature(protos, scale=1.0)
+    held = [e.app_probes for e in index.entries if e.app_probes is not None]
+    if scale is None or len(held) != len(index.entries):
+        return None
+    d2, own = held_out_distances(held, protos, None)
+    support_nll = np.zeros_like(log_t)
+    if len(own):
+        support_nll = np.array([len(own) * _nll(d2, own, float(np.exp(t))) for t in log_t])
+    q = f.embeddings[ep.query][:, f.metric_dim:]
+    dq = squared_distances(q, protos)
+    query_nll = np.array([len(q) * _nll(dq, ep.query_labels.astype(np.int64),
+                                        float(np.exp(t))) for t in log_t])
+    return support_nll, scale, query_nll
+
+
 def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = (1, 5, 10),
                     episodes: int = 150, q_query: int = 15, seed: int = 100,
                     cache_dir: Path = Path("runs/cache/onnx"),
@@ -363,15 +390,9 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
     every episode's group takes its maximum a posteriori temperature (its held-out support
     images against the prior, as served, on a fine grid of temperatures), and the pair
     whose temperatures give the held-out queries the highest likelihood wins."""
-    from models.calibration import (
-        TEMPERATURE_RANGE,
-        _nll,
-        held_out_distances,
-        prior_temperature,
-    )
+    from models.calibration import TEMPERATURE_RANGE
     from models.data import synthetic
     from models.data.sources import FMNIST_DIR, FMNIST_TRAIN, fashion_mnist
-    from models.openset import episode_index
     from models.patchcore.evaluate import served_features
 
     sets: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
@@ -381,35 +402,15 @@ def fit_score_prior(backbone: str = "fsdi_lite0_meta", shots: tuple[int, ...] = 
         fx, fy, _ = fashion_mnist(FMNIST_TRAIN, fmnist_per_class, seed + 2)
         sets.append((fx, fy, None))
     log_t = np.linspace(np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1]), 240)
-    # per episode: the held-out images' negative log-likelihood at each grid temperature,
-    # the prior's length scale s, and the queries' negative log-likelihood at each
     curves: list[tuple[np.ndarray, float, np.ndarray]] = []
     for images, labels, groups in sets:
         f = served_features(images, backbone, cache_dir, desc="training source")
         for k in shots:
             sampler = EpisodeSampler(labels, 5, k, q_query, seed + k, groups)
             for _ in progress(range(episodes), desc=f"prior fit {k}-shot", leave=False):
-                ep = sampler.sample()
-                index = episode_index(f.embeddings[ep.support], ep.support_labels, 5,
-                                      ServingConfig(), f.metric_dim)
-                protos = index.app_prototypes
-                assert protos is not None
-                scale = prior_temperature(protos, scale=1.0)
-                if scale is None:
-                    continue
-                held = [e.app_probes for e in index.entries if e.app_probes is not None]
-                if len(held) != len(index.entries):
-                    continue
-                d2, own = held_out_distances(held, protos, None)
-                support_nll = np.zeros_like(log_t)
-                if len(own):
-                    support_nll = np.array([len(own) * _nll(d2, own, float(np.exp(t)))
-                                            for t in log_t])
-                q = f.embeddings[ep.query][:, f.metric_dim:]
-                dq = squared_distances(q, protos)
-                query_nll = np.array([len(q) * _nll(dq, ep.query_labels.astype(np.int64),
-                                                    float(np.exp(t))) for t in log_t])
-                curves.append((support_nll, scale, query_nll))
+                curve = _prior_episode(sampler.sample(), f, log_t)
+                if curve is not None:
+                    curves.append(curve)
 
     def total(c: float, w: float) -> float:
         out = 0.0
