@@ -31,7 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.inference import EnrolledClass, ServingConfig, build_served_group
+from models.inference import (
+    ClassEntry,
+    EnrolledClass,
+    GroupIndex,
+    ServingConfig,
+    build_served_group,
+)
 
 WEIGHTS = Path(__file__).parent / "weights" / "methods"
 GLOBAL_PATH = WEIGHTS / "siamese.verify.json"
@@ -40,6 +46,7 @@ SCALE = 10.0  # the Siamese network's distance scale (models.methods.siamese.SCA
 MIN_PAIRS = 6
 PRIOR_STRENGTH = 1.0  # pairs' worth of pull towards slope 1, intercept 0
 MAX_PER_CLASS = 20  # a class's images a group calibration holds out at most
+MAX_HELD_OUT = 200  # and all its classes' together (each class keeps at least 2)
 
 
 class PairModel:
@@ -145,39 +152,54 @@ def agreement_logits(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
 
 
 def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
-                      config: ServingConfig, per_class: int = MAX_PER_CLASS
-                      ) -> Calibration | None:
+                      config: ServingConfig, per_class: int = MAX_PER_CLASS,
+                      most: int = MAX_HELD_OUT) -> Calibration | None:
     """The group's own calibration of `agreement_logits`, from its enrolled images, or
     None when they give fewer than MIN_PAIRS same or different pairs (then the global
-    one decides). Each image is held out in turn: its class probabilities come from the
-    group built as served (models.inference.build_served_group) without it, so no pair
-    is scored by prototypes that contain it. A class with more than `per_class` images
-    gives that many, evenly spread over its enrolment order: the same on every replica,
-    and a bounded cost for a good class of thousands."""
+    one decides). The group is built as served (models.inference.build_served_group);
+    each image is then held out in turn: its class's prototypes become the mean of the
+    class's other images (a class of one image leaves the group), the group's fitted
+    temperature is kept, and its class probabilities come from that index, so no pair
+    is scored by prototypes that contain it. At most `per_class` images of a class and
+    `most` in all take part, evenly spread over each class's enrolment order: the same
+    on every replica, and a bounded cost for a good class of thousands or a group of
+    hundreds of classes."""
     ordered = sorted(classes, key=lambda c: c.class_id)
+    take = max(2, min(per_class, most // max(1, len(ordered))))
     picks = [(c, j) for c, cls in enumerate(ordered) for j in
-             _spread(len(cls.image_ids), per_class)]
+             _spread(len(cls.image_ids), take)]
     counts = np.bincount([c for c, _ in picks], minlength=len(ordered))
     same_pairs = int((counts * (counts - 1) // 2).sum())
     different_pairs = (len(picks) * (len(picks) - 1)) // 2 - same_pairs
     if same_pairs < MIN_PAIRS or different_pairs < MIN_PAIRS:
         return None
-    position = {c.class_id: k for k, c in enumerate(ordered)}
+    served = build_served_group("verify", [replace(c, patches=None) for c in ordered],
+                                metric_dim, config).index
     probs = np.zeros((len(picks), len(ordered)))
     for row, (c, j) in enumerate(picks):
-        cls = ordered[c]
-        keep = np.arange(len(cls.image_ids)) != j
-        rest = [o for o in ordered if o is not cls]
-        if keep.any():
-            rest.append(replace(cls, image_ids=tuple(np.asarray(cls.image_ids)[keep]),
-                                vectors=cls.vectors[keep], patches=None))
-        rest = [replace(o, patches=None) for o in rest]  # classes only, no good parts
-        index = build_served_group("verify", rest, metric_dim, config).index
-        cols = [position[e.class_id] for e in index.entries]
-        probs[row, cols] = index.posteriors(cls.vectors[j:j + 1])[0]
+        x = ordered[c].vectors[j]
+        entries = list(served.entries)
+        cols = list(range(len(ordered)))
+        if len(entries[c].image_ids) > 1:
+            entries[c] = _without(entries[c], x, metric_dim)
+        else:
+            del entries[c], cols[c]
+        held = GroupIndex.build("verify", entries, metric_dim, served.temperature,
+                                served.runtime, served.rank_by, calibrate=False)
+        probs[row, cols] = held.posteriors(x[None])[0]
     labels = np.array([c for c, _ in picks])
     a, b = np.triu_indices(len(picks), k=1)
     return fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group")
+
+
+def _without(entry: ClassEntry, vector: np.ndarray, metric_dim: int) -> ClassEntry:
+    """`entry` without one of its images as far as ranking goes: each part's prototype
+    is the mean of the other images (the posteriors use no threshold)."""
+    n = len(entry.image_ids)
+    proto = ((entry.prototype * n - vector[:metric_dim]) / (n - 1)).astype(np.float32)
+    app = None if entry.app_prototype is None else (
+        (entry.app_prototype * n - vector[metric_dim:]) / (n - 1)).astype(np.float32)
+    return replace(entry, prototype=proto, app_prototype=app)
 
 
 def _spread(n: int, k: int) -> list[int]:
