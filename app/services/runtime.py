@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ class Verifier:
         self.model = PairModel()
         self.global_calibration = load_global()
         self.config, self.metric_dim = config, metric_dim
-        self._groups: dict[str, tuple[ServedGroup, Calibration | None]] = {}
+        # group -> (its snapshot, weakly: a replaced one is not kept alive; calibration)
+        self._groups: dict[str, tuple[weakref.ref[ServedGroup], Calibration | None]] = {}
         self._lock = threading.Lock()
 
     def calibration(self, group: str, served: ServedGroup,
@@ -82,11 +84,11 @@ class Verifier:
         enrolled classes."""
         with self._lock:
             known = self._groups.get(group)
-        if known is not None and known[0] is served:
+        if known is not None and known[0]() is served:
             return known[1]
         cal = group_calibration(read(), self.metric_dim, self.config)
         with self._lock:
-            self._groups[group] = (served, cal)
+            self._groups[group] = (weakref.ref(served), cal)
         return cal
 
     def probability(self, a: np.ndarray, b: np.ndarray, served: ServedGroup | None,
