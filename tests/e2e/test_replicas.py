@@ -67,6 +67,12 @@ def test_enrolment_on_one_replica_is_used_by_the_other_within_a_second(
             assert time.monotonic() - acked < 1.0, f"replica B missed {name}: {labels}"
             time.sleep(0.05)
     assert classify_labels(b.url, "line")[0] == "brick-scratch"  # type: ignore[index]
+    # /verify on the group's own calibration: both replicas answer alike
+    pair = [("a", ("a.png", sample("brick", "scratch", 901), "image/png")),
+            ("b", ("b.png", sample("gravel", "hole", 902), "image/png"))]
+    said = [httpx.post(f"{r.url}/api/v1/verify", params={"group": "line"}, files=pair,
+                       headers=H, timeout=30).json() for r in (a, b)]
+    assert said[0]["calibration"] == "group" and said[0] == said[1], said
     assert httpx.delete(f"{b.url}/api/v1/classes/{ids['brick-scratch']}",
                         headers=H).status_code == 204
     gone = time.monotonic()
