@@ -65,10 +65,11 @@ async def sync_loop(runtime: Runtime) -> None:
 
 async def housekeeping_loop(runtime: Runtime, interval_s: float = 3600.0) -> None:
     """Every `interval_s`: remove the query-image packs and the result rows past their
-    retention."""
+    retention, and the answers kept for idempotent requests past a day."""
     while True:
         await asyncio.sleep(interval_s)
-        for step in (runtime.prune_query_images, runtime.prune_results):
+        for step in (runtime.prune_query_images, runtime.prune_results,
+                     runtime.prune_idempotent):
             try:
                 await asyncio.to_thread(step)
             except Exception:  # a hiccup of the disk or database must not end the loop

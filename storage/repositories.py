@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
@@ -32,6 +32,7 @@ from storage.tables import (
     Feedback,
     GroupSetting,
     GroupVersion,
+    IdempotentRequest,
     PatchFeatures,
     PushTarget,
     SupportImage,
@@ -639,3 +640,62 @@ def _where(q: Any, f: ResultFilter, before_id: int | None, pg: bool) -> Any:
     if before_id is not None:
         q = q.where(r.id < before_id)
     return q
+
+
+# ---- idempotent requests ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claiming an idempotency key found: `response` (the first answer, to replay),
+    `running` (claimed by a request still under way), `mismatch` (the key came with a
+    different request); none of them: the caller now holds the claim."""
+
+    response: str | None = None
+    running: bool = False
+    mismatch: bool = False
+
+
+def add_idempotent(s: Session, scope: int, key: str, request_hash: str) -> None:
+    """Claim (`scope`, `key`): an IntegrityError at commit means it was claimed before."""
+    s.add(IdempotentRequest(key_scope=scope, idem_key=key, request_hash=request_hash))
+
+
+def existing_idempotent(s: Session, scope: int, key: str, request_hash: str,
+                        stale_before: datetime) -> Claim:
+    """What a claimed (`scope`, `key`) holds. A claim left running since before
+    `stale_before` (its server died) is taken over."""
+    row = s.scalars(select(IdempotentRequest).where(
+        IdempotentRequest.key_scope == scope, IdempotentRequest.idem_key == key)
+        .with_for_update()).one_or_none()
+    if row is None:  # released meanwhile: the caller may try again
+        return Claim(running=True)
+    if row.request_hash != request_hash:
+        return Claim(mismatch=True)
+    if row.response is not None:
+        return Claim(response=row.response)
+    if row.created_at >= stale_before:
+        return Claim(running=True)
+    row.created_at = utcnow()
+    return Claim()
+
+
+def finish_idempotent(s: Session, scope: int, key: str, response: str | None) -> None:
+    """Keep the answer of a claimed request; `response` None: it failed, release the key
+    so that a retry runs it."""
+    q = (IdempotentRequest.key_scope == scope, IdempotentRequest.idem_key == key)
+    if response is None:
+        s.execute(delete(IdempotentRequest).where(*q, IdempotentRequest.response.is_(None)))
+    else:
+        row = s.scalars(select(IdempotentRequest).where(*q)).one_or_none()
+        if row is not None:
+            row.response = response
+
+
+# How long the answer to an idempotent request is kept for its retries.
+IDEMPOTENCY_KEEP = timedelta(days=1)
+
+
+def prune_idempotent(s: Session, older_than: datetime) -> int:
+    res = s.execute(delete(IdempotentRequest).where(IdempotentRequest.created_at < older_than))
+    return int(res.rowcount or 0)  # type: ignore[attr-defined]

@@ -266,3 +266,22 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class IdempotentRequest(Base):
+    """A /classify request sent with an `Idempotency-Key`: claimed before it runs, its
+    answer kept once it has, so that a client that retries (after a timeout, a restart)
+    gets the first answer back instead of a second classification. Kept a day."""
+
+    __tablename__ = "idempotent_requests"
+    __table_args__ = (UniqueConstraint("key_scope", "idem_key", name="uq_idempotent_key"),
+                      Index("ix_idempotent_created", "created_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # The API key's id (0: the bootstrap admin key): one client's keys never meet another's.
+    key_scope: Mapped[int] = mapped_column(Integer)
+    idem_key: Mapped[str] = mapped_column(String(128))
+    # sha256 of what was asked (group, options, every file's name and bytes)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)  # None: running
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -367,6 +367,12 @@ class Runtime:
                      removed, days)
         return removed
 
+    def prune_idempotent(self) -> int:
+        """Forget the answers kept for idempotent requests (app.services.idempotency)
+        older than a day."""
+        with self.sessions.begin() as s:
+            return repo.prune_idempotent(s, datetime.now(UTC) - repo.IDEMPOTENCY_KEEP)
+
     def prune_results(self) -> int:
         """Delete the result rows past RESULT_RETENTION_DAYS (0: keep all)."""
         days = self.settings.result_retention_days

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Header, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import (
@@ -16,7 +17,7 @@ from app.api.deps import (
     Operator,
     RuntimeDep,
 )
-from app.errors import Unprocessable
+from app.errors import Conflict, Unprocessable
 from app.schemas import (
     TOP_K_LIMIT,
     ClassifyResponse,
@@ -28,7 +29,9 @@ from app.schemas import (
 )
 from app.services import classification as svc
 from app.services import feedback as fb_svc
+from app.services import idempotency as idem
 from app.services import scope
+from app.services.uploads import read_parts
 
 router = APIRouter(prefix="/api/v1", tags=["classify"])
 
@@ -45,6 +48,10 @@ async def classify(
     heatmap: Annotated[bool, Query(description=(
         "add each image's anomaly heatmap (grey PNG data URL) in groups with good images"
     ))] = False,
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:~+/=-]+$",
+        description="a retry with the same key (and the same request) gets the first "
+        "answer back instead of classifying again (kept a day, per API key)")] = None,
 ) -> Response:
     """Classify each uploaded image; `threshold` overrides every class's calibrated
     rejection distance; `evidence=true` adds the nearest support images per class. In a
@@ -53,10 +60,34 @@ async def classify(
     if top_k > rt.settings.max_top_k:
         raise Unprocessable(f"top_k must be at most {rt.settings.max_top_k} (FSDI_MAX_TOP_K)",
                             code="top_k_too_large")
-    out = await svc.classify(rt, files, group, top_k, method, threshold, evidence, who,
-                             heatmap)
-    # Built and typed by the service already: serialise once, skip re-validation.
-    return Response(out.model_dump_json(), media_type="application/json")
+    if idempotency_key is None:
+        out = await svc.classify(rt, files, group, top_k, method, threshold, evidence, who,
+                                 heatmap)
+        # Built and typed by the service already: serialise once, skip re-validation.
+        return Response(out.model_dump_json(), media_type="application/json")
+    parts = await read_parts(files, rt.settings)
+    for f in files:
+        await f.seek(0)
+    asked = idem.fingerprint(group, {"top_k": top_k, "method": method, "threshold": threshold,
+                                     "evidence": evidence, "heatmap": heatmap}, parts)
+    got = await asyncio.to_thread(idem.claim, rt, who, idempotency_key, asked)
+    if got.mismatch:
+        raise Unprocessable("this Idempotency-Key was sent before with a different request "
+                            "(group, options or files)", code="idempotency_key_reused")
+    if got.running:
+        raise Conflict("a request with this Idempotency-Key is still running; retry in a "
+                       "moment", code="in_progress", headers={"Retry-After": "1"})
+    if got.response is not None:
+        return Response(got.response, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+    try:
+        body = (await svc.classify(rt, files, group, top_k, method, threshold, evidence, who,
+                                   heatmap)).model_dump_json()
+    except BaseException:
+        await asyncio.to_thread(idem.finish, rt, who, idempotency_key, None)
+        raise
+    await asyncio.to_thread(idem.finish, rt, who, idempotency_key, body)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/verify", response_model=VerifyResponse)
