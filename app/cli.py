@@ -365,6 +365,30 @@ def demo(
 
 
 @cli.command()
+def watch(
+    folder: Path = typer.Argument(..., metavar="DIR", help="the folder the camera writes to"),
+    group: str = typer.Option(..., help="the group its parts are classified in"),
+    url: str = typer.Option("http://127.0.0.1:8000", help="the running service"),
+    key: str = typer.Option(..., envvar="FSDI_WATCH_KEY",
+                            help="a key of role machine or above (scoped to the group: "
+                            "--groups when it is created)"),
+    settle: float = typer.Option(1.0, min=0.0, help="seconds a file's size and time must "
+                                 "stay unchanged before it counts as written"),
+    once: bool = typer.Option(False, help="stop when the folder holds no image"),
+) -> None:
+    """A hot folder: classify each image that appears in DIR once it is completely
+    written; move it to DIR/done/ with NAME.json (the answer) beside it, or to
+    DIR/failed/ with NAME.error.txt. Each file is classified once, across restarts of the
+    watcher or the service; while the service is away it waits and tries again."""
+    from app.watch import main
+
+    if not folder.is_dir():
+        typer.echo(f"{folder} is not a directory", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(main(folder, group, url, key, settle, once))
+
+
+@cli.command()
 def reembed(batch: int = 32, prune: bool = typer.Option(
         False, help="drop embeddings of other versions once every image has the new one")
             ) -> None:
