@@ -31,7 +31,7 @@ import httpx
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 STATE = ".fsdi-watch"
-RETRY_STATUS = (409, 429, 502, 503, 504)  # 409: the same key still running
+RETRY_STATUS = (429, 502, 503, 504)
 
 
 @dataclass
@@ -132,7 +132,9 @@ class Watcher:
                         r.json()["results"][0], indent=1))
                     self.tally.done += 1
                     return
-                if r.status_code not in RETRY_STATUS:
+                # 409 in_progress: this file's first try still runs (retry); any other
+                # refusal is this file's or the group's and is not cured by waiting
+                if r.status_code not in RETRY_STATUS and _code(r) != "in_progress":
                     self._finish(name, self.failed_dir, name + ".error.txt",
                                  f"{r.status_code} {_message(r)}\n")
                     self.tally.failed += 1
@@ -163,6 +165,13 @@ class Watcher:
         _fsync_dir(where)
         _fsync_dir(self.folder)
         (self.state / (name + ".key")).unlink(missing_ok=True)
+
+
+def _code(r: httpx.Response) -> str | None:
+    try:
+        return str(r.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _message(r: httpx.Response) -> str:
