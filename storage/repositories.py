@@ -585,7 +585,7 @@ def _window_ids(f: ResultFilter) -> list[ColumnElement[bool]]:
     index entries rather than a walk of the id index looking for the first row inside it."""
     r = ClassificationResult
     bounds = select(func.min(r.id + 0).label("lo"), func.max(r.id + 0).label("hi")).where(
-        *_window(f)).cte("window_ids")
+        *_window(f)).cte()  # anonymous: a merged page holds one per walk
     return [r.id >= select(bounds.c.lo).scalar_subquery(),
             r.id <= select(bounds.c.hi).scalar_subquery()]
 

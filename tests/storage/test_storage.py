@@ -457,6 +457,10 @@ def test_history_merges_a_keys_groups_and_both_verdicts_by_the_latest_feedback(
     assert every_page(repo.ResultFilter(group="c", feedback="none")) == [
         (r, None) for i, r in reversed(list(enumerate(ids))) if i % 3 == 2 and r not in latest]
     assert every_page(repo.ResultFilter(group="c", groups=ab)) == []
+    # merged walks each with a time window (the window's bounds once per walk)
+    since = datetime(2000, 1, 1, tzinfo=UTC)
+    assert every_page(repo.ResultFilter(groups=ab, feedback="any", since=since)) == [
+        (r, latest[r]) for r in reversed(in_ab) if r in latest]
     wrong_c = every_page(repo.ResultFilter(group="c", feedback="wrong"))
     assert wrong_c == [(r, False) for i, r in reversed(list(enumerate(ids)))
                        if i % 3 == 2 and latest.get(r) is False]
