@@ -88,14 +88,17 @@ def _decide(rt: Runtime, group: str, full: np.ndarray, top_k: int, name: str,
 async def classify(
     rt: Runtime, files: list[UploadFile], group: str, top_k: int, method: str | None,
     threshold: float | None, evidence: bool, who: Principal, heatmap: bool = False,
+    parts: list[tuple[str, bytes]] | None = None,
 ) -> ClassifyResponse:
-    """read -> decode -> embed -> decide (models.inference) -> store -> respond."""
+    """read -> decode -> embed -> decide (models.inference) -> store -> respond. `parts`:
+    the files already read (name, bytes), where the caller needed them first."""
     t0 = time.perf_counter()
     name = check_method(rt, method)
     if rt.cache.served(group) is None:
         raise Conflict(f"group {group!r} has no classes with support images; enrol some first",
                        code="empty_group")
-    parts = await read_parts(files, rt.settings)
+    if parts is None:
+        parts = await read_parts(files, rt.settings)
     uploads = await decode_all(parts, rt.backbone.preprocess, rt.settings, rt.decode_pool)
     full = await rt.batcher.embed(np.stack([u.tensor for u in uploads]))
     # The patch search and any first fitting of a method run off the event loop.

@@ -66,8 +66,6 @@ async def classify(
         # Built and typed by the service already: serialise once, skip re-validation.
         return Response(out.model_dump_json(), media_type="application/json")
     parts = await read_parts(files, rt.settings)
-    for f in files:
-        await f.seek(0)
     asked = idem.fingerprint(group, {"top_k": top_k, "method": method, "threshold": threshold,
                                      "evidence": evidence, "heatmap": heatmap}, parts)
     got = await asyncio.to_thread(idem.claim, rt, who, idempotency_key, asked)
@@ -82,7 +80,7 @@ async def classify(
                         headers={"Idempotent-Replayed": "true"})
     try:
         body = (await svc.classify(rt, files, group, top_k, method, threshold, evidence, who,
-                                   heatmap)).model_dump_json()
+                                   heatmap, parts)).model_dump_json()
     except BaseException:
         await asyncio.to_thread(idem.finish, rt, who, idempotency_key, None)
         raise
