@@ -95,9 +95,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sync = asyncio.create_task(sync_loop(runtime), name="fsdi-replica-sync")
         housekeeping = asyncio.create_task(housekeeping_loop(runtime), name="fsdi-housekeeping")
         await runtime.pusher.start()
+        if settings.opcua_url:
+            from app.services.opcua import LineServer
+
+            runtime.opcua = LineServer(runtime)
+            await runtime.opcua.start()
         try:
             yield
         finally:
+            if runtime.opcua is not None:
+                await runtime.opcua.stop()
+                runtime.opcua = None
             sync.cancel()
             housekeeping.cancel()
             await runtime.pusher.stop()

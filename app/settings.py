@@ -123,6 +123,14 @@ class Settings(BaseSettings):
     # names, addresses or CIDR networks, e.g. "mes.plant.local,10.20.0.0/16").
     push_allow_hosts: str = ""
 
+    # The OPC UA server for PLCs (README, "Connect the line"): off unless a URL is given,
+    # e.g. opc.tcp://0.0.0.0:4840/fsdi. Sessions need a live key as the password unless
+    # anonymous ones are allowed; encrypted_only drops the None endpoint (the password is
+    # encrypted on it too, the values are not).
+    opcua_url: str | None = None
+    opcua_allow_anonymous: bool = False
+    opcua_encrypted_only: bool = False
+
     # Replicas sharing one database poll for each other's changes this often (0: off).
     sync_interval_ms: int = Field(default=500, ge=0)
     # On PostgreSQL, also hear each change at once (LISTEN/NOTIFY). Off: the poll alone,

@@ -2,7 +2,9 @@
 in one run against one `fsdi serve` (SQLite, a group of 3 classes):
 
 - webhook: a local HTTP receiver; MQTT: Mosquitto on 127.0.0.1:1883 and a paho
-  subscriber. Measured from the result's stored time (`created_at`, set as its
+  subscriber; OPC UA: an asyncua client subscribed (publishing interval 10 ms) to the
+  group's LastResult/ResultId, over the None endpoint with a key as its password.
+  Measured from the result's stored time (`created_at`, set as its
   transaction writes it; read back from /results) to arrival, on this machine's clock.
 - hot folder (`fsdi watch`, in this process): from a file renamed into the folder to its
   NAME.json on disk, end to end (the settle wait included: a renamed-in file written a
@@ -14,6 +16,7 @@ in one run against one `fsdi serve` (SQLite, a group of 3 classes):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import tempfile
@@ -27,7 +30,7 @@ import httpx
 import numpy as np
 
 from bench.imagegen import CLASSES, sample
-from bench.server import Server
+from bench.server import Server, free_port
 
 KEY = "connect-bench-admin-key-0123"
 H = {"Authorization": f"Bearer {KEY}"}
@@ -60,7 +63,12 @@ def push_paths(srv: Server, c: httpx.Client, n: int) -> dict[str, list[float]]:
     """Webhook and MQTT arrivals of n classifications, one at a time."""
     import paho.mqtt.client as mqtt
 
-    arrived: dict[str, dict[int, float]] = {"webhook": {}, "MQTT": {}}
+    arrived: dict[str, dict[int, float]] = {"webhook": {}, "MQTT": {}, "OPC UA": {}}
+    opcua_ready, opcua_stop = threading.Event(), threading.Event()
+    plc = threading.Thread(target=lambda: asyncio.run(opcua_client(
+        srv.env["FSDI_OPCUA_URL"], arrived["OPC UA"], opcua_ready, opcua_stop)), daemon=True)
+    plc.start()
+    assert opcua_ready.wait(30), "the OPC UA client did not subscribe"
 
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -108,9 +116,43 @@ def push_paths(srv: Server, c: httpx.Client, n: int) -> dict[str, list[float]]:
                 for path, a in arrived.items()}
     finally:
         c.delete(f"/api/v1/groups/{GROUP}/push")
+        opcua_stop.set()
+        plc.join(10)
         sub.loop_stop()
         sub.disconnect()
         recv.shutdown()
+
+
+async def opcua_client(url: str, arrived: dict[int, float], ready: threading.Event,
+                       stop: threading.Event) -> None:
+    """A PLC: subscribed to LastResult/ResultId of the group until `stop`."""
+    from asyncua import Client, ua
+
+    class Handler:
+        def datachange_notification(self, node: object, val: int, data: object) -> None:
+            if val:
+                arrived[val] = time.time()
+
+    c = Client(url)
+    c.set_user("bench")
+    c.set_password(KEY)
+    async with c:
+        ns = await c.get_namespace_index("urn:fsdi")
+        deadline = time.monotonic() + 10  # the group's nodes appear within a second
+        node = c.get_node(f"ns={ns};s=FSDI/Groups/{GROUP}/LastResult/ResultId")
+        while True:
+            try:
+                await node.read_value()
+                break
+            except ua.UaError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        sub = await c.create_subscription(10, Handler())
+        await sub.subscribe_data_change(node)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
 
 
 def hot_folder(srv: Server, n: int, tmp: Path) -> list[float]:
@@ -149,7 +191,9 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fsdi-connect-"))
     srv = Server(tmp / "data", {"FSDI_ADMIN_KEY": KEY, "FSDI_MQTT_URL": "mqtt://127.0.0.1:1883",
-                                "FSDI_PUSH_ALLOW_HOSTS": "127.0.0.1"}).start()
+                                "FSDI_PUSH_ALLOW_HOSTS": "127.0.0.1",
+                                "FSDI_OPCUA_URL": f"opc.tcp://127.0.0.1:{free_port()}/fsdi"}
+                 ).start()
     try:
         with httpx.Client(base_url=srv.url, headers=H, timeout=60) as c:
             for ci, (name, (surf, defect)) in enumerate(CLASSES.items()):

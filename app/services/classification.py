@@ -128,6 +128,8 @@ async def classify(
     response = ClassifyResponse(results=results, model=ModelInfo(
         backbone=rt.backbone.name, method=name, version=version,
         runtime=rt.embedder.runtime if rt.embedder else "none"))
+    if rt.opcua is not None:
+        await rt.opcua.publish(group, results)
     if rt.pusher.wants(group):
         rt.pusher.submit(group, {"group": group, **response.model_dump(mode="json")})
     m = rt.metrics

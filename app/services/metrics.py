@@ -38,7 +38,8 @@ class Metrics:
             "store unreachable)", registry=r)
         self.auth_refusals = Counter(
             "fsdi_auth_refusals_total", "Requests refused to a valid key: its role "
-            "(reason=role) or its groups (reason=scope)", ["reason"], registry=r)
+            "(reason=role) or its groups (reason=scope); OPC UA sessions refused (reason=opcua)",
+            ["reason"], registry=r)
         self.dependency_up = Gauge(
             "fsdi_dependency_up", "1 when the dependency answered its last check, else 0",
             ["dependency"], registry=r)

@@ -68,6 +68,10 @@ class PrototypeCache:
     def served(self, group: str) -> ServedGroup | None:
         return self._groups.get(group)
 
+    def group_names(self) -> list[str]:
+        """The groups served now (each has at least one class)."""
+        return list(self._groups)
+
     def class_count(self) -> int:
         return sum(len(s.index.entries) for s in self._groups.values())
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from sqlalchemy import Engine, text
@@ -45,6 +45,9 @@ from storage.archive import prune_results
 from storage.migrate import open_migrated
 from storage.objects import StoreUnavailable
 from storage.stores import open_stores
+
+if TYPE_CHECKING:
+    from app.services.opcua import LineServer
 
 log = logging.getLogger("fsdi")
 
@@ -137,6 +140,7 @@ class Runtime:
         self.methods = available_methods()
         self._seen_versions: dict[str, int] = {}
         self.pusher = Pusher(settings, self.metrics.push)
+        self.opcua: LineServer | None = None  # the OPC UA server, when FSDI_OPCUA_URL is set
         self.key_cache = KeyCache(settings.key_cache_s)
         self.results: GroupCommit[PendingResults, list[int]] = GroupCommit(
             self._write_results, name="fsdi-results")
