@@ -49,7 +49,7 @@ log = logging.getLogger("fsdi.opcua")
 
 NAMESPACE = "urn:fsdi"
 SWEEP_S = 5.0  # how often open sessions are checked against revoked keys
-STATE_S = 1.0  # how often Ready, ModelVersion and the group list are refreshed
+STATE_S = 0.2  # how often Ready, ModelVersion and the group list are refreshed
 LAST_RESULT = ("ResultId", "Time", "Verdict", "Ok", "Label", "Unknown", "Score",
                "AnomalyScore", "Threshold")
 COUNTERS = ("Inspected", "Ok", "Defect", "Unknown")

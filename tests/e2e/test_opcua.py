@@ -348,3 +348,38 @@ def test_off_by_default(tmp_path: Path, model_cache: Path) -> None:
         srv.stop()
     assert not (tmp_path / "data" / "opcua").exists()
     assert "OPC UA server on" not in srv.log.read_text()
+
+
+def test_anonymous_and_encrypted_only_when_asked(tmp_path: Path, model_cache: Path) -> None:
+    url = f"opc.tcp://127.0.0.1:{free_port()}/fsdi"
+    srv = Server(tmp_path / "data", {"FSDI_ADMIN_KEY": KEY, "FSDI_OPCUA_URL": url,
+                                     "FSDI_OPCUA_ALLOW_ANONYMOUS": "true",
+                                     "FSDI_OPCUA_ENCRYPTED_ONLY": "true",
+                                     "FSDI_MODEL_CACHE_DIR": str(model_cache)}).start()
+    try:
+        async def go() -> None:
+            endpoints = await Client(url).connect_and_get_server_endpoints()
+            assert {e.SecurityMode for e in endpoints} == {
+                ua.MessageSecurityMode.SignAndEncrypt}
+            with pytest.raises(Exception):  # noqa: B017, PT011 - no None endpoint left
+                async with connect(url, None):
+                    pass
+            ck, cc = tmp_path / "plc-key.pem", tmp_path / "plc-cert.der"
+            await setup_self_signed_certificate(ck, cc, "urn:plc:test", "localhost",
+                                                [ExtendedKeyUsageOID.CLIENT_AUTH],
+                                                {"commonName": "plc"})
+            c = Client(url, timeout=10)  # anonymous, encrypted
+            await c.set_security(
+                SecurityPolicyBasic256Sha256, str(cc), str(ck),
+                server_certificate=str(srv.data_dir / "opcua" / "server-cert.der"),
+                mode=ua.MessageSecurityMode.SignAndEncrypt)
+            async with c:
+                ns = await c.get_namespace_index("urn:fsdi")
+                ready = c.get_node(f"ns={ns};s=FSDI/Ready")
+                deadline = time.monotonic() + 5  # up to STATE_S after /readyz
+                while not await ready.read_value() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert await ready.read_value() is True
+        run(go())
+    finally:
+        srv.stop()
