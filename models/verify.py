@@ -25,7 +25,7 @@ noise.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from models.inference import (
     ClassEntry,
     EnrolledClass,
     GroupIndex,
+    ServedGroup,
     ServingConfig,
     build_served_group,
 )
@@ -77,11 +78,37 @@ class PairModel:
 
 
 @dataclass(frozen=True)
+class VerdictModel:
+    """P(defective | anomaly score) = sigmoid(slope * (score - centre) / scale + intercept),
+    fitted on a group's held-out scores (good and defect images weighed equally)."""
+    centre: float
+    scale: float
+    slope: float
+    intercept: float
+
+    def defect_probability(self, scores: np.ndarray) -> np.ndarray:
+        z = self.slope * (np.asarray(scores, np.float64) - self.centre) / self.scale \
+            + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, defective: np.ndarray,
+            prior: float = PRIOR_STRENGTH) -> VerdictModel:
+        x = np.asarray(scores, np.float64)
+        centre, scale = float(x.mean()), float(x.std()) or 1.0
+        slope, intercept = logistic(((x - centre) / scale)[:, None], np.asarray(defective, bool),
+                                    np.array([1.0, 0.0]), prior)
+        return cls(centre, scale, float(max(slope, 1e-3)), float(intercept))
+
+
+@dataclass(frozen=True)
 class Calibration:
     slope: float
     intercept: float
     source: str  # "group" | "global"
     pairs: int = 0  # the pairs it was fitted on
+    # In a group with good parts and defect images: the verdict's part of p(c | x).
+    verdict: VerdictModel | None = None
 
     def probability(self, logit: np.ndarray | float) -> np.ndarray:
         z = self.slope * np.asarray(logit, np.float64) + self.intercept
@@ -151,9 +178,51 @@ def agreement_logits(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(p) - np.log1p(-p), np.float64)
 
 
+def with_verdict(post: np.ndarray, defect_p: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """(n, N) class posteriors, (n,) P(defective), (N,) which classes are good -> the
+    posteriors with the verdict's say: the good classes share 1 - P(defective) in their
+    own proportions, the defect classes P(defective) (evenly, where a kind's posteriors
+    are all 0)."""
+    out = np.zeros_like(post, dtype=np.float64)
+    for kind, share in ((good, 1.0 - defect_p), (~good, defect_p)):
+        if not kind.any():
+            continue
+        part = post[:, kind].astype(np.float64)
+        total = part.sum(axis=1, keepdims=True)
+        part = np.where(total > 0, part / np.where(total > 0, total, 1.0), 1.0 / kind.sum())
+        out[:, kind] = part * share[:, None]
+    return out
+
+
+def held_out_scores(served: ServedGroup, picks: Sequence[tuple[int, str]],
+                    patches_of: Callable[[list[int]], dict[int, np.ndarray]]
+                    ) -> np.ndarray | None:
+    """(image id, kind) -> each image's anomaly score against the group's good parts
+    without itself (a good image scored without its own patches, a defect image as it
+    is), or None where the group has no good parts or an image has no patch features."""
+    gp = served.good_parts
+    if gp is None:
+        return None
+    got = patches_of([i for i, _ in picks])
+    if any(i not in got for i, _ in picks):
+        return None
+    position = {image_id: k for k, image_id in enumerate(gp.image_ids)}
+    out = np.empty(len(picks), np.float64)
+    for row, (i, kind) in enumerate(picks):
+        p = got[i][None]
+        if kind == "good" and i in position:
+            out[row] = gp.memory.scores_without(p, np.array([position[i]]))[0] \
+                if gp.memory.n_good > 1 else np.nan
+        else:
+            out[row] = gp.memory.image_scores(gp.memory.distances(p))[0]
+    return None if np.isnan(out).any() else out
+
+
 def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
                       config: ServingConfig, per_class: int = MAX_PER_CLASS,
-                      most: int = MAX_HELD_OUT) -> Calibration | None:
+                      most: int = MAX_HELD_OUT, served: ServedGroup | None = None,
+                      patches_of: Callable[[list[int]], dict[int, np.ndarray]] | None = None
+                      ) -> Calibration | None:
     """The group's own calibration of `agreement_logits`, from its enrolled images, or
     None when they give fewer than MIN_PAIRS same or different pairs (then the global
     one decides). The group is built as served (models.inference.build_served_group);
@@ -163,7 +232,9 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
     is scored by prototypes that contain it. At most `per_class` images of a class and
     `most` in all take part, evenly spread over each class's enrolment order: the same
     on every replica, and a bounded cost for a good class of thousands or a group of
-    hundreds of classes."""
+    hundreds of classes. With `served` (the group as served, good parts included) and
+    `patches_of` (image ids -> their patch features), a group with good and defect
+    images also fits its `VerdictModel` on the picked images' held-out anomaly scores."""
     ordered = sorted(classes, key=lambda c: c.class_id)
     take = max(2, min(per_class, most // max(1, len(ordered))))
     picks = [(c, j) for c, cls in enumerate(ordered) for j in
@@ -173,23 +244,32 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
     different_pairs = (len(picks) * (len(picks) - 1)) // 2 - same_pairs
     if same_pairs < MIN_PAIRS or different_pairs < MIN_PAIRS:
         return None
-    served = build_served_group("verify", [replace(c, patches=None) for c in ordered],
-                                metric_dim, config).index
+    index = build_served_group("verify", [replace(c, patches=None) for c in ordered],
+                               metric_dim, config).index
     probs = np.zeros((len(picks), len(ordered)))
     for row, (c, j) in enumerate(picks):
         x = ordered[c].vectors[j]
-        entries = list(served.entries)
+        entries = list(index.entries)
         cols = list(range(len(ordered)))
         if len(entries[c].image_ids) > 1:
             entries[c] = _without(entries[c], x, metric_dim)
         else:
             del entries[c], cols[c]
-        held = GroupIndex.build("verify", entries, metric_dim, served.temperature,
-                                served.runtime, served.rank_by, calibrate=False)
+        held = GroupIndex.build("verify", entries, metric_dim, index.temperature,
+                                index.runtime, index.rank_by, calibrate=False)
         probs[row, cols] = held.posteriors(x[None])[0]
     labels = np.array([c for c, _ in picks])
     a, b = np.triu_indices(len(picks), k=1)
-    return fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group")
+    verdict = None
+    good = np.array([c.kind == "good" for c in ordered])
+    if served is not None and patches_of is not None and good.any() and not good.all():
+        kinds = [(ordered[c].image_ids[j], ordered[c].kind) for c, j in picks]
+        scores = held_out_scores(served, kinds, patches_of)
+        if scores is not None:
+            verdict = VerdictModel.fit(scores, ~good[labels])
+            probs = with_verdict(probs, verdict.defect_probability(scores), good)
+    cal = fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group")
+    return replace(cal, verdict=verdict)
 
 
 def _without(entry: ClassEntry, vector: np.ndarray, metric_dim: int) -> ClassEntry:

@@ -4,6 +4,7 @@ installed), both through the served code (models.verify, models.inference)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -24,6 +25,7 @@ from models.verify import (
     group_calibration,
     load_global,
     save_global,
+    with_verdict,
 )
 
 # (name, n_way) of the sets each side uses; the images come from `_sets`.
@@ -34,9 +36,13 @@ EVAL_SETS = (("synthetic held-out defect types, one surface", 5),
              ("ELPV mono, good vs defective", 2))
 
 
-def _sets(names: tuple[tuple[str, int], ...], per_class: int, seed: int
-          ) -> list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """(name, n_way, images, labels, surfaces or None) for each set that is installed."""
+Set = tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None, int | None]
+
+
+def _sets(names: tuple[tuple[str, int], ...], per_class: int, seed: int) -> list[Set]:
+    """(name, n_way, images, labels, surfaces or None, the label of good parts or None)
+    for each set that is installed. A class of good parts is enrolled as one (kind
+    "good"), as a line enrols its good parts."""
     from models.data import elpv, synthetic
     from models.data.sources import (
         FMNIST_DIR,
@@ -46,22 +52,22 @@ def _sets(names: tuple[tuple[str, int], ...], per_class: int, seed: int
     )
 
     have_fmnist = (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
-    out: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    out: list[Set] = []
     for name, n_way in names:
         if name.startswith("synthetic training"):
             x, y, g = synthetic.make_surface_set(synthetic.TRAIN_TYPES, per_class, seed)
-            out.append((name, n_way, x, y, g))
+            out.append((name, n_way, x, y, g, synthetic.TRAIN_TYPES.index("ok")))
         elif name.startswith("synthetic held-out"):
             x, y, g = synthetic.make_surface_set(("ok", *synthetic.EVAL_TYPES), per_class,
                                                  seed + 6)
-            out.append((name, n_way, x, y, g))
+            out.append((name, n_way, x, y, g, 0))
         elif name.startswith("Fashion-MNIST") and have_fmnist:
             classes = FMNIST_TRAIN if "training" in name else FMNIST_EVAL
             fx, fy, _ = fashion_mnist(classes, per_class, seed + 2)
-            out.append((name, n_way, fx, fy, None))
+            out.append((name, n_way, fx, fy, None, None))
         elif name.startswith("ELPV") and elpv.available():
             ex, ey = elpv.load_mono()
-            out.append((name, n_way, ex, ey, None))
+            out.append((name, n_way, ex, ey, None, 0))  # 0: a good cell
     return out
 
 
@@ -73,7 +79,7 @@ def fit_global(backbone: str = "fsdi_lite0_meta", per_class: int = 60, episodes:
 
     pm = PairModel()
     logits, same = [], []
-    for name, n_way, x, y, g in _sets(FIT_SETS, per_class, seed):
+    for name, n_way, x, y, g, _ in _sets(FIT_SETS, per_class, seed):
         f = served_features(x, backbone, cache_dir, desc=name.split(",")[0])
         sampler = EpisodeSampler(y, n_way, 10, 0, seed + 11, g)
         for _ in range(episodes):
@@ -90,27 +96,44 @@ def fit_global(backbone: str = "fsdi_lite0_meta", per_class: int = 60, episodes:
 
 
 def _verify_episode(ep: Episode, f: Features, n_way: int, pm: PairModel, glob: Calibration,
-                    config: ServingConfig
+                    config: ServingConfig, kinds: list[str]
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, Calibration | None]:
-    """One episode's held-out pairs: p(same) by mode (the group's own calibration, or the
-    global one where the group is too small; the global one; the Siamese probability
-    uncalibrated), whether each pair is the same class, and the group's calibration."""
-    classes = [EnrolledClass(c, f"class{c}", "defect",
+    """One episode's held-out pairs: p(same) by mode (the group's own calibration as
+    served, or the global one where the group is too small; the same on the classes
+    alone, without the good parts' verdict, where the episode has good parts; the global
+    one; the Siamese probability uncalibrated), whether each pair is the same class, and
+    the group's calibration. `kinds`: each episode class's kind ("good" | "defect")."""
+    classes = [EnrolledClass(c, f"class{c}", kinds[c],
                              tuple(int(i) for i in ep.support[ep.support_labels == c]),
-                             f.embeddings[ep.support[ep.support_labels == c]])
+                             f.embeddings[ep.support[ep.support_labels == c]],
+                             f.patches[ep.support[ep.support_labels == c]])
                for c in range(n_way)]
-    own = group_calibration(classes, f.metric_dim, config)
     q = f.embeddings[ep.query]
     a, b = np.triu_indices(len(q), k=1)
     siamese = pm.logits(q[:, :f.metric_dim], q[:, :f.metric_dim])[a, b]
-    if own is None:
-        p_group = glob.probability(siamese)
-    else:
-        post = build_served_group("eval", classes, f.metric_dim, config).index.posteriors(q)
-        p_group = own.probability(agreement_logits(post[a], post[b]))
-    return ({"group": p_group, "global": glob.probability(siamese),
-             "none": Calibration(1.0, 0.0, "none").probability(siamese)},
-            ep.query_labels[a] == ep.query_labels[b], own)
+    out = {"global": glob.probability(siamese),
+           "none": Calibration(1.0, 0.0, "none").probability(siamese)}
+    served = build_served_group("eval", classes, f.metric_dim, config)
+    own = group_calibration(classes, f.metric_dim, config, served=served,
+                            patches_of=lambda ids: {i: f.patches[i] for i in ids})
+    modes = [("group", own)]
+    if "good" in kinds:
+        plain = [replace(c, kind="defect", patches=None) for c in classes]
+        modes.append(("group, classes only", group_calibration(plain, f.metric_dim, config)))
+    for mode, cal in modes:
+        if cal is None:
+            out[mode] = out["global"]
+            continue
+        post = served.index.posteriors(q)
+        if cal.verdict is not None and served.good_parts is not None:
+            gp = served.good_parts
+            scores = gp.memory.image_scores(gp.memory.distances(f.patches[ep.query]))
+            post = with_verdict(post, cal.verdict.defect_probability(scores),
+                                np.array([k == "good" for k in kinds]))
+        out[mode] = cal.probability(agreement_logits(post[a], post[b]))
+    order = ("group", "group, classes only", "global", "none")
+    return ({m: out[m] for m in order if m in out}, ep.query_labels[a] == ep.query_labels[b],
+            own)
 
 
 def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
@@ -127,19 +150,23 @@ def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
     pm, glob, config = PairModel(), load_global(), ServingConfig()
     rng = np.random.default_rng(seed)
     rows: list[dict[str, object]] = []
-    for name, n_way, x, y, g in _sets(EVAL_SETS, per_class, seed):
+    for name, n_way, x, y, g, good in _sets(EVAL_SETS, per_class, seed):
         f = served_features(x, backbone, cache_dir, desc=name.split(",")[0])
         for k in shots:
             sampler = EpisodeSampler(y, n_way, k, q_query, seed + k, g)
-            got: dict[str, tuple[list[float], list[np.ndarray], list[np.ndarray]]] = {
-                m: ([], [], []) for m in ("group", "global", "none")}
+            got: dict[str, tuple[list[float], list[np.ndarray], list[np.ndarray]]] = {}
             fell_back = 0
             for _ in progress(range(episodes), desc=f"{name.split(',')[0]} {k}-shot",
                               leave=False):
-                probs, same, own = _verify_episode(sampler.sample(), f, n_way, pm, glob,
-                                                   config)
+                ep = sampler.sample()
+                # an episode class is good parts when its images are the set's good label
+                kinds = ["good" if good is not None and
+                         y[ep.support[ep.support_labels == c][0]] == good else "defect"
+                         for c in range(n_way)]
+                probs, same, own = _verify_episode(ep, f, n_way, pm, glob, config, kinds)
                 fell_back += own is None
                 for mode, p in probs.items():
+                    got.setdefault(mode, ([], [], []))
                     said = p >= 0.5
                     got[mode][0].append(float(said[same].mean() + (~said[~same]).mean()) / 2)
                     pick = np.concatenate([np.flatnonzero(same), rng.choice(

@@ -161,20 +161,30 @@ async def verify(rt: Runtime, a: UploadFile, b: UploadFile, group: str | None,
         if float(np.ptp(u.tensor)) == 0.0:
             raise Unprocessable(f"{u.filename}: the image is blank (one colour): there is "
                                 "nothing to compare", code="blank_image")
-    full, _ = rt.unpack(await rt.batcher.embed(np.stack([u.tensor for u in uploads])))
+    full, patches = rt.unpack(await rt.batcher.embed(np.stack([u.tensor for u in uploads])))
     verifier = rt.siamese
     cal = None
     if group is not None and served is not None:
         cal = await asyncio.to_thread(verifier.calibration, group, served,
-                                      lambda: enrolled_classes(rt, group))
+                                      lambda: enrolled_classes(rt, group),
+                                      lambda ids: enrolled_patches(rt, ids))
     warning = None
     if group is not None and cal is None:
         warning = (f"group {group!r} is too small to calibrate verification (it needs "
                    f"{MIN_PAIRS} pairs of images of one class and {MIN_PAIRS} of two "
                    "classes): the global calibration decided")
-    p = verifier.probability(full[0], full[1], served, cal)
+    p = await asyncio.to_thread(verifier.probability, full[0], full[1], served, cal, patches)
     return VerifyResponse(same=p >= 0.5, score=round(p, 6),
                           calibration="global" if cal is None else "group", warning=warning)
+
+
+def enrolled_patches(rt: Runtime, image_ids: list[int]) -> dict[int, np.ndarray]:
+    """These enrolled images' patch features (this backbone's), by image id."""
+    version = rt.backbone.patch_version if rt.backbone.patch_layers else None
+    if version is None:
+        return {}
+    with rt.sessions() as s:
+        return {p.image_id: p.patches for p in repo.patches_for_images(s, version, image_ids)}
 
 
 def enrolled_classes(rt: Runtime, group: str) -> list[EnrolledClass]:

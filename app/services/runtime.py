@@ -38,6 +38,7 @@ from models.verify import (
     agreement_logits,
     group_calibration,
     load_global,
+    with_verdict,
 )
 from models.zoo import create_backbone, describe_backbone
 from storage import repositories as repo
@@ -82,24 +83,34 @@ class Verifier:
         self._lock = threading.Lock()
 
     def calibration(self, group: str, served: ServedGroup,
-                    read: Callable[[], list[EnrolledClass]]) -> Calibration | None:
+                    read: Callable[[], list[EnrolledClass]],
+                    patches_of: Callable[[list[int]], dict[int, np.ndarray]] | None = None
+                    ) -> Calibration | None:
         """The group's own calibration (None: too small to calibrate); `read` gives its
-        enrolled classes."""
+        enrolled classes, `patches_of` their images' patch features (for the verdict's
+        part in a group with good parts)."""
         with self._lock:
             known = self._groups.get(group)
         if known is not None and known[0]() is served:
             return known[1]
-        cal = group_calibration(read(), self.metric_dim, self.config)
+        cal = group_calibration(read(), self.metric_dim, self.config, served=served,
+                                patches_of=patches_of)
         with self._lock:
             self._groups[group] = (weakref.ref(served), cal)
         return cal
 
     def probability(self, a: np.ndarray, b: np.ndarray, served: ServedGroup | None,
-                    cal: Calibration | None) -> float:
-        """p(same) for two full embeddings: on the group's classes with its own `cal`,
-        else the Siamese pair logit with the global calibration."""
+                    cal: Calibration | None, patches: np.ndarray | None = None) -> float:
+        """p(same) for two full embeddings (and their patch features): on the group's
+        classes with its own `cal` (and the verdict, where it has one), else the Siamese
+        pair logit with the global calibration."""
         if served is not None and cal is not None:
             post = served.index.posteriors(np.stack([a, b]))
+            gp = served.good_parts
+            if cal.verdict is not None and gp is not None and patches is not None:
+                scores = gp.memory.image_scores(gp.memory.distances(patches))
+                good = np.array([e.kind == "good" for e in served.index.entries])
+                post = with_verdict(post, cal.verdict.defect_probability(scores), good)
             return float(cal.probability(agreement_logits(post[:1], post[1:]))[0])
         z = self.model.logits(a[None, :self.metric_dim], b[None, :self.metric_dim])
         return float(self.global_calibration.probability(z[0, 0]))

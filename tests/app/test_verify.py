@@ -6,9 +6,18 @@ from __future__ import annotations
 import numpy as np
 from fastapi.testclient import TestClient
 
+from app.services.classification import enrolled_classes, enrolled_patches
 from bench.imagegen import CLASSES, flat, sample
 from models.inference import EnrolledClass, ServingConfig
-from models.verify import MIN_PAIRS, PairModel, fit, group_calibration, load_global
+from models.verify import (
+    MIN_PAIRS,
+    PairModel,
+    VerdictModel,
+    fit,
+    group_calibration,
+    load_global,
+    with_verdict,
+)
 from tests.app.test_api import enrol, error_of, group
 
 
@@ -54,6 +63,33 @@ def test_a_group_decides_on_its_own_calibration_and_recalibrates_when_it_changes
                         files=pair(held["brick-scratch"], held2["gravel-hole"]))
     assert again.json()["calibration"] == "group"
     assert again.json()["score"] != diff.json()["score"]
+
+
+def test_in_a_line_with_good_parts_the_verdict_takes_part(client: TestClient) -> None:
+    """A line as a factory enrols it (good parts + a defect class, both on one surface):
+    the group's calibration carries a verdict model fitted on the held-out anomaly scores,
+    two good parts are "same", a good part and a defective one "different"."""
+    grp = group()
+    good = client.post("/api/v1/classes", json={"name": "ok", "group": grp, "kind": "good"})
+    client.post(f"/api/v1/classes/{good.json()['id']}/images", files=[
+        ("files", (f"g{i}.png", sample("brick", None, 300 + i), "image/png"))
+        for i in range(8)])
+    bad = client.post("/api/v1/classes", json={"name": "scratch", "group": grp})
+    client.post(f"/api/v1/classes/{bad.json()['id']}/images", files=[
+        ("files", (f"s{i}.png", sample("brick", "scratch", 400 + i), "image/png"))
+        for i in range(6)])
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    a, b, d = (sample("brick", None, 901), sample("brick", None, 902),
+               sample("brick", "scratch", 903))
+    same = client.post("/api/v1/verify", params={"group": grp}, files=pair(a, b))
+    assert same.status_code == 200, same.text
+    assert same.json()["calibration"] == "group" and same.json()["same"] is True
+    cal = rt.siamese.calibration(grp, rt.cache.served(grp), lambda: enrolled_classes(rt, grp),
+                                 lambda ids: enrolled_patches(rt, ids))
+    assert cal is not None and cal.verdict is not None
+    diff = client.post("/api/v1/verify", params={"group": grp}, files=pair(a, d))
+    assert diff.json()["same"] is False, diff.json()
+    assert diff.json()["score"] < same.json()["score"]
 
 
 def test_a_group_too_small_falls_back_to_the_global_calibration_with_a_warning(
@@ -136,3 +172,17 @@ def test_platt_fit_recovers_a_known_calibration_and_the_global_one_is_shipped() 
     glob = load_global()
     assert glob.source == "global" and glob.slope > 0 and glob.pairs > 100_000
     assert PairModel().dim == 256
+
+
+def test_the_verdict_shares_a_posterior_between_the_kinds() -> None:
+    post = np.array([[0.6, 0.3, 0.1], [0.0, 0.0, 1.0]])
+    good = np.array([True, False, False])
+    out = with_verdict(post, np.array([0.2, 0.9]), good)
+    assert np.allclose(out.sum(axis=1), 1.0)
+    assert np.allclose(out[0], [0.8, 0.2 * 0.75, 0.2 * 0.25])
+    # a good class with no posterior mass still gets the verdict's "good" share
+    assert np.allclose(out[1], [0.1, 0.0, 0.9])
+    v = VerdictModel.fit(np.r_[np.full(20, 0.1), np.full(20, 0.3)],
+                         np.r_[np.zeros(20, bool), np.ones(20, bool)])
+    p = v.defect_probability(np.array([0.05, 0.2, 0.35]))
+    assert p[0] < 0.1 and abs(p[1] - 0.5) < 0.05 and p[2] > 0.9

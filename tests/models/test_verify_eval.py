@@ -1,0 +1,42 @@
+"""`fsdi evaluate verify`'s episode, through the served network and builder: in a set
+with good parts the served group score carries the verdict, and the classes-only score
+(the baseline) is reported beside it on the same pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.data.episodes import EpisodeSampler
+from models.inference import ServingConfig
+from models.patchcore.evaluate import served_features
+from models.verify import PairModel, load_global
+from models.verify_eval import EVAL_SETS, _sets, _verify_episode
+
+
+def test_an_episode_with_good_parts_is_judged_with_the_verdict(model_cache: Path) -> None:
+    name, n_way, x, y, g, good = _sets(EVAL_SETS[:1], per_class=8, seed=0)[0]
+    assert name.startswith("synthetic held-out") and good == 0
+    f = served_features(x, cache_dir=model_cache, threads=2)
+    sampler = EpisodeSampler(y, n_way, 4, 3, seed=1, groups=g)
+    for _ in range(10):  # an episode whose classes include the good parts
+        ep = sampler.sample()
+        kinds = ["good" if y[ep.support[ep.support_labels == c][0]] == good else "defect"
+                 for c in range(n_way)]
+        if "good" in kinds:
+            break
+    probs, same, own = _verify_episode(ep, f, n_way, PairModel(), load_global(),
+                                       ServingConfig(), kinds)
+    assert list(probs) == ["group", "group, classes only", "global", "none"]
+    assert own is not None and own.source == "group" and own.verdict is not None
+    n = len(ep.query)
+    assert same.shape == (n * (n - 1) // 2,) and same.any() and (~same).any()
+    for p in probs.values():
+        assert p.shape == same.shape and np.all((p >= 0) & (p <= 1))
+    assert not np.allclose(probs["group"], probs["group, classes only"])
+    # without good parts the served score is the classes-only one
+    plain, _, own2 = _verify_episode(ep, f, n_way, PairModel(), load_global(),
+                                     ServingConfig(), ["defect"] * n_way)
+    assert "group, classes only" not in plain and own2 is not None and own2.verdict is None
+    assert np.allclose(plain["group"], probs["group, classes only"])
