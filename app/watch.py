@@ -11,7 +11,10 @@ classified twice, and no file leaves DIR before its answer is on disk.
 
 Completely written: its size and modification time unchanged for `settle` seconds (a file
 renamed into place is older than that already). While the service answers 503 or 429, or
-cannot be reached, the same file is tried again after a growing rest (up to 10 s). Memory
+cannot be reached, the same file is tried again after a growing rest (up to 10 s). A key
+the service refuses (unknown, revoked, without the right, or not reaching the group: its
+scope) stops the watcher at once, at start or mid-run, and leaves the files where they
+are: waiting cannot cure it and no file is to blame. Memory
 is a few hundred bytes per waiting file (10,000 waiting: a few megabytes); files are
 read one at a time.
 """
@@ -32,6 +35,10 @@ import httpx
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 STATE = ".fsdi-watch"
 RETRY_STATUS = (429, 502, 503, 504)
+
+
+class KeyRefused(Exception):
+    """The service refuses this key for this group: a setting to fix, not a file's fault."""
 
 
 @dataclass
@@ -68,6 +75,22 @@ class Watcher:
 
     def close(self) -> None:
         self.client.close()
+
+    def check(self) -> None:
+        """Raise KeyRefused when the key is not valid or does not reach the group (a
+        service that cannot be reached yet is not an error: the files wait for it)."""
+        try:
+            r = self.client.get("/api/v1/me")
+        except httpx.TransportError:
+            return
+        if r.status_code in (401, 403):
+            raise KeyRefused(f"the service refuses this key: {_message(r)}")
+        if r.status_code == 200:
+            groups = r.json().get("groups")
+            if groups is not None and self.group not in groups:
+                raise KeyRefused(f"this key reaches the groups {', '.join(sorted(groups))}, "
+                                 f"not {self.group!r} (create one with --groups "
+                                 f"{self.group})")
 
     def ready(self) -> tuple[list[str], int]:
         """Names completely written (oldest first), and how many files are waiting."""
@@ -132,6 +155,11 @@ class Watcher:
                         r.json()["results"][0], indent=1))
                     self.tally.done += 1
                     return
+                # the key (401, 403) or its reach (404: a group out of scope answers as
+                # a missing one): stop, every file would fail alike
+                if r.status_code in (401, 403, 404):
+                    raise KeyRefused(f"the service answered {r.status_code} for group "
+                                     f"{self.group!r}: {_message(r)}")
                 # 409 in_progress: this file's first try still runs (retry); any other
                 # refusal is this file's or the group's and is not cured by waiting
                 if r.status_code not in RETRY_STATUS and _code(r) != "in_progress":
@@ -213,7 +241,11 @@ def main(folder: Path, group: str, url: str, key: str, settle: float, once: bool
     w = Watcher(folder, group, url, key, settle,
                 say=lambda m: print(m, file=sys.stderr, flush=True))
     try:
+        w.check()
         tally = w.run(once=once)
+    except KeyRefused as exc:
+        print(f"fsdi watch stopped: {exc}; the files stay in {folder}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         tally = w.tally
         print("summary: " + tally.line(len(w.seen)), file=sys.stderr)

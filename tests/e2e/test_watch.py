@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.watch import Watcher
+from app.watch import KeyRefused, Watcher
 from bench.imagegen import sample
 from bench.server import Server
 
@@ -145,3 +145,41 @@ def test_each_file_once_across_a_service_restart_and_a_killed_watcher(
     counts = classified(server.url)
     assert {n: counts[n] for n in names} == {n: 1 for n in names}
     assert "trying again" in (first.stderr.read() if first.stderr else "")
+
+
+def test_a_key_that_cannot_reach_the_group_stops_the_watcher_and_moves_nothing(
+        server: Server, tmp_path: Path) -> None:
+    """A scoped key for another line, or a key revoked mid-run: the watcher stops with the
+    reason (exit 2) and every file stays where the camera put it."""
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.png").write_bytes(small_png(20_000 + i))
+    other = httpx.post(f"{server.url}/api/v1/keys", headers=H,
+                       json={"role": "machine", "groups": ["another-line"]}).json()["key"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "app.cli", "watch", str(folder), "--group", GROUP,
+           "--url", server.url, "--settle", "0", "--once", "--key"]
+    scoped = subprocess.run([*cmd, other], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert scoped.returncode == 2, scoped.stderr
+    assert "another-line" in scoped.stderr and repr(GROUP) in scoped.stderr
+    wrong = subprocess.run([*cmd, "not-a-key-0123456789"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert wrong.returncode == 2 and "refuses this key" in wrong.stderr
+    assert sorted(p.name for p in folder.glob("*.png")) == ["p0.png", "p1.png", "p2.png"]
+    assert not list((folder / "failed").glob("*")) and not list((folder / "done").glob("*"))
+    # revoked while it runs: the next file stops it, the rest stay
+    made = httpx.post(f"{server.url}/api/v1/keys", headers=H,
+                      json={"role": "machine", "groups": [GROUP]}).json()
+    w = Watcher(folder, GROUP, server.url, made["key"], settle=0, say=lambda m: None)
+    try:
+        w.check()
+        w.handle("p0.png")
+        assert (folder / "done" / "p0.png").exists()
+        httpx.delete(f"{server.url}/api/v1/keys/{made['id']}", headers=H)
+        with pytest.raises(KeyRefused):
+            w.handle("p1.png")
+    finally:
+        w.close()
+    assert (folder / "p1.png").exists() and not list((folder / "failed").glob("*"))
