@@ -160,7 +160,8 @@ class LineServer:
         for name in ("asyncua", "asyncua.server", "asyncua.server.uaprocessor"):
             logging.getLogger(name).setLevel(logging.WARNING)
         url = self.settings.opcua_url
-        assert url
+        if not url:
+            raise ValueError("FSDI_OPCUA_URL is not set")
         KeyUser = _make_user_class()
         outer = self
 
@@ -355,7 +356,8 @@ class LineServer:
         """Store every value first, then tell the subscribers: a Read in between sees the
         whole set, and the notifications queue before the next publish."""
         from asyncua import ua
-        assert self.server is not None
+        if self.server is None:  # stopped meanwhile
+            return
         aspace = self.server.iserver.aspace
         now = datetime.now(UTC)
         changed = []
