@@ -38,6 +38,7 @@ from models.inference import (
     ServedGroup,
     ServingConfig,
     build_served_group,
+    fuse_region,
 )
 
 WEIGHTS = Path(__file__).parent / "weights" / "methods"
@@ -194,6 +195,57 @@ def with_verdict(post: np.ndarray, defect_p: np.ndarray, good: np.ndarray) -> np
     return out
 
 
+def _posteriors(index: GroupIndex, x: np.ndarray, hold: int | None, metric_dim: int
+                ) -> np.ndarray:
+    """`index`'s posteriors of one vector (its entries' order); `hold`: the entry that
+    vector was enrolled in, taken as the mean of its other images (a class of one image
+    leaves: probability 0)."""
+    if hold is None:
+        return index.posteriors(x[None])[0]
+    entries, cols = list(index.entries), list(range(len(index.entries)))
+    if len(entries[hold].image_ids) > 1:
+        entries[hold] = _without(entries[hold], x, metric_dim)
+    else:
+        del entries[hold], cols[hold]
+    out = np.zeros(len(index.entries))
+    if entries:
+        held = GroupIndex.build(index.group, entries, metric_dim, index.temperature,
+                                index.runtime, index.rank_by, calibrate=False)
+        out[cols] = held.posteriors(x[None])[0]
+    return out
+
+
+def as_served(served: ServedGroup, vectors: np.ndarray, patches: np.ndarray,
+              defect_p: np.ndarray, metric_dim: int,
+              held: Sequence[tuple[int, str] | None] | None = None,
+              exclude: Sequence[int | None] | None = None) -> np.ndarray | None:
+    """(n, D) vectors and (n, h, w, C) patches -> (n, N) class probabilities as /classify
+    decides in a group with good parts (columns: `served.index.entries`): P(defective)
+    shared among the defect classes as its defects index ranks them, on region-fused
+    vectors (the image's own region against the good parts joins its look), the rest
+    among the good classes on their index. `held[i]`: (class_id, kind) an enrolled image
+    is held out of; `exclude[i]`: its position in the memory (a good image's region is
+    found without its own patches). None where the group is not served that way."""
+    gp = served.good_parts
+    if gp is None or served.defects is None or not served.regions:
+        return None
+    col = {e.class_id: k for k, e in enumerate(served.index.entries)}
+    out = np.zeros((len(vectors), len(served.index.entries)))
+    for i, x in enumerate(vectors):
+        spot = None if held is None else held[i]
+        pos = None if exclude is None else exclude[i]
+        dist = gp.memory.distances(patches[i][None], exclude=pos)
+        fused = fuse_region(x[None], gp.memory.regions(patches[i][None], dist), metric_dim)[0]
+        for idx, share, v in ((served.defects, defect_p[i], fused),
+                              (served.goods, 1.0 - defect_p[i], x)):
+            if idx is None:
+                continue
+            ids = [e.class_id for e in idx.entries]
+            hold = ids.index(spot[0]) if spot is not None and spot[0] in ids else None
+            out[i, [col[c] for c in ids]] = share * _posteriors(idx, v, hold, metric_dim)
+    return out
+
+
 def held_out_scores(served: ServedGroup, picks: Sequence[tuple[int, str]],
                     patches_of: Callable[[list[int]], dict[int, np.ndarray]]
                     ) -> np.ndarray | None:
@@ -267,7 +319,16 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
         scores = held_out_scores(served, kinds, patches_of)
         if scores is not None:
             verdict = VerdictModel.fit(scores, ~good[labels])
-            probs = with_verdict(probs, verdict.defect_probability(scores), good)
+            q = verdict.defect_probability(scores)
+            got = patches_of([i for i, _ in kinds])
+            position = {image_id: k for k, image_id in enumerate(served.good_parts.image_ids)} \
+                if served.good_parts is not None else {}
+            fused = as_served(
+                served, np.stack([ordered[c].vectors[j] for c, j in picks]),
+                np.stack([got[i] for i, _ in kinds]), q, metric_dim,
+                held=[(ordered[c].class_id, ordered[c].kind) for c, _ in picks],
+                exclude=[position.get(i) if k == "good" else None for i, k in kinds])
+            probs = with_verdict(probs, q, good) if fused is None else fused
     cal = fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group")
     return replace(cal, verdict=verdict)
 

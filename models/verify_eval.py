@@ -21,6 +21,7 @@ from models.verify import (
     Calibration,
     PairModel,
     agreement_logits,
+    as_served,
     fit,
     group_calibration,
     load_global,
@@ -128,8 +129,10 @@ def _verify_episode(ep: Episode, f: Features, n_way: int, pm: PairModel, glob: C
         if cal.verdict is not None and served.good_parts is not None:
             gp = served.good_parts
             scores = gp.memory.image_scores(gp.memory.distances(f.patches[ep.query]))
-            post = with_verdict(post, cal.verdict.defect_probability(scores),
-                                np.array([k == "good" for k in kinds]))
+            p_defect = cal.verdict.defect_probability(scores)
+            fused = as_served(served, q, f.patches[ep.query], p_defect, f.metric_dim)
+            post = with_verdict(post, p_defect, np.array([k == "good" for k in kinds])) \
+                if fused is None else fused
         out[mode] = cal.probability(agreement_logits(post[a], post[b]))
     order = ("group", "group, classes only", "global", "none")
     return ({m: out[m] for m in order if m in out}, ep.query_labels[a] == ep.query_labels[b],
@@ -165,6 +168,8 @@ def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
                          for c in range(n_way)]
                 probs, same, own = _verify_episode(ep, f, n_way, pm, glob, config, kinds)
                 fell_back += own is None
+                if "good" in kinds and n_way > 2:  # the group score where good parts are
+                    probs["group, episodes with good parts"] = probs["group"]
                 for mode, p in probs.items():
                     got.setdefault(mode, ([], [], []))
                     said = p >= 0.5

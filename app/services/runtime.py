@@ -36,6 +36,7 @@ from models.verify import (
     Calibration,
     PairModel,
     agreement_logits,
+    as_served,
     group_calibration,
     load_global,
     with_verdict,
@@ -109,8 +110,10 @@ class Verifier:
             gp = served.good_parts
             if cal.verdict is not None and gp is not None and patches is not None:
                 scores = gp.memory.image_scores(gp.memory.distances(patches))
+                q = cal.verdict.defect_probability(scores)
+                fused = as_served(served, np.stack([a, b]), patches, q, self.metric_dim)
                 good = np.array([e.kind == "good" for e in served.index.entries])
-                post = with_verdict(post, cal.verdict.defect_probability(scores), good)
+                post = with_verdict(post, q, good) if fused is None else fused
             return float(cal.probability(agreement_logits(post[:1], post[1:]))[0])
         z = self.model.logits(a[None, :self.metric_dim], b[None, :self.metric_dim])
         return float(self.global_calibration.probability(z[0, 0]))
