@@ -25,7 +25,7 @@ noise.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -218,24 +218,25 @@ def _posteriors(index: GroupIndex, x: np.ndarray, hold: int | None, metric_dim: 
 def as_served(served: ServedGroup, vectors: np.ndarray, patches: np.ndarray,
               defect_p: np.ndarray, metric_dim: int,
               held: Sequence[tuple[int, str] | None] | None = None,
-              exclude: Sequence[int | None] | None = None) -> np.ndarray | None:
+              maps: np.ndarray | None = None) -> np.ndarray | None:
     """(n, D) vectors and (n, h, w, C) patches -> (n, N) class probabilities as /classify
     decides in a group with good parts (columns: `served.index.entries`): P(defective)
     shared among the defect classes as its defects index ranks them, on region-fused
     vectors (the image's own region against the good parts joins its look), the rest
     among the good classes on their index. `held[i]`: (class_id, kind) an enrolled image
-    is held out of; `exclude[i]`: its position in the memory (a good image's region is
-    found without its own patches). None where the group is not served that way."""
+    is held out of; `maps`: the images' distance maps where already computed (an
+    enrolled good image's without its own patches: `held_out_maps`). None where the
+    group is not served that way."""
     gp = served.good_parts
     if gp is None or served.defects is None or not served.regions:
         return None
+    if maps is None:
+        maps = gp.memory.distances(patches)
     col = {e.class_id: k for k, e in enumerate(served.index.entries)}
     out = np.zeros((len(vectors), len(served.index.entries)))
-    for i, x in enumerate(vectors):
+    fused_all = fuse_region(vectors, gp.memory.regions(patches, maps), metric_dim)
+    for i, (x, fused) in enumerate(zip(vectors, fused_all, strict=True)):
         spot = None if held is None else held[i]
-        pos = None if exclude is None else exclude[i]
-        dist = gp.memory.distances(patches[i][None], exclude=pos)
-        fused = fuse_region(x[None], gp.memory.regions(patches[i][None], dist), metric_dim)[0]
         for idx, share, v in ((served.defects, defect_p[i], fused),
                               (served.goods, 1.0 - defect_p[i], x)):
             if idx is None:
@@ -246,28 +247,23 @@ def as_served(served: ServedGroup, vectors: np.ndarray, patches: np.ndarray,
     return out
 
 
-def held_out_scores(served: ServedGroup, picks: Sequence[tuple[int, str]],
-                    patches_of: Callable[[list[int]], dict[int, np.ndarray]]
-                    ) -> np.ndarray | None:
-    """(image id, kind) -> each image's anomaly score against the group's good parts
-    without itself (a good image scored without its own patches, a defect image as it
-    is), or None where the group has no good parts or an image has no patch features."""
+def held_out_maps(served: ServedGroup, picks: Sequence[tuple[int, str]],
+                  patches: Mapping[int, np.ndarray]) -> np.ndarray | None:
+    """(image id, kind) -> each image's distance map against the group's good parts
+    without itself (a good image without its own patches, a defect image as it is), or
+    None where the group has no good parts, an image has no patch features, or a good
+    image is the memory's only one."""
     gp = served.good_parts
-    if gp is None:
-        return None
-    got = patches_of([i for i, _ in picks])
-    if any(i not in got for i, _ in picks):
+    if gp is None or any(i not in patches for i, _ in picks):
         return None
     position = {image_id: k for k, image_id in enumerate(gp.image_ids)}
-    out = np.empty(len(picks), np.float64)
-    for row, (i, kind) in enumerate(picks):
-        p = got[i][None]
-        if kind == "good" and i in position:
-            out[row] = gp.memory.scores_without(p, np.array([position[i]]))[0] \
-                if gp.memory.n_good > 1 else np.nan
-        else:
-            out[row] = gp.memory.image_scores(gp.memory.distances(p))[0]
-    return None if np.isnan(out).any() else out
+    maps = []
+    for i, kind in picks:
+        own = position.get(i) if kind == "good" else None
+        if own is not None and gp.memory.n_good < 2:
+            return None
+        maps.append(gp.memory.distances(patches[i][None], exclude=own)[0])
+    return np.stack(maps)
 
 
 def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
@@ -296,39 +292,35 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
     different_pairs = (len(picks) * (len(picks) - 1)) // 2 - same_pairs
     if same_pairs < MIN_PAIRS or different_pairs < MIN_PAIRS:
         return None
-    index = build_served_group("verify", [replace(c, patches=None) for c in ordered],
-                               metric_dim, config).index
-    probs = np.zeros((len(picks), len(ordered)))
-    for row, (c, j) in enumerate(picks):
-        x = ordered[c].vectors[j]
-        entries = list(index.entries)
-        cols = list(range(len(ordered)))
-        if len(entries[c].image_ids) > 1:
-            entries[c] = _without(entries[c], x, metric_dim)
-        else:
-            del entries[c], cols[c]
-        held = GroupIndex.build("verify", entries, metric_dim, index.temperature,
-                                index.runtime, index.rank_by, calibrate=False)
-        probs[row, cols] = held.posteriors(x[None])[0]
     labels = np.array([c for c, _ in picks])
     a, b = np.triu_indices(len(picks), k=1)
+
+    def class_posteriors() -> np.ndarray:
+        """Each pick's posteriors on the group's classes alone, held out of its class."""
+        index = build_served_group("verify", [replace(c, patches=None) for c in ordered],
+                                   metric_dim, config).index
+        return np.stack([_posteriors(index, ordered[c].vectors[j], c, metric_dim)
+                         for c, j in picks])
+
+    probs = None
     verdict = None
     good = np.array([c.kind == "good" for c in ordered])
     if served is not None and patches_of is not None and good.any() and not good.all():
         kinds = [(ordered[c].image_ids[j], ordered[c].kind) for c, j in picks]
-        scores = held_out_scores(served, kinds, patches_of)
-        if scores is not None:
+        got = patches_of([i for i, _ in kinds])
+        maps = held_out_maps(served, kinds, got)
+        if maps is not None and served.good_parts is not None:
+            scores = served.good_parts.memory.image_scores(maps)
             verdict = VerdictModel.fit(scores, ~good[labels])
             q = verdict.defect_probability(scores)
-            got = patches_of([i for i, _ in kinds])
-            position = {image_id: k for k, image_id in enumerate(served.good_parts.image_ids)} \
-                if served.good_parts is not None else {}
-            fused = as_served(
+            probs = as_served(
                 served, np.stack([ordered[c].vectors[j] for c, j in picks]),
                 np.stack([got[i] for i, _ in kinds]), q, metric_dim,
-                held=[(ordered[c].class_id, ordered[c].kind) for c, _ in picks],
-                exclude=[position.get(i) if k == "good" else None for i, k in kinds])
-            probs = with_verdict(probs, q, good) if fused is None else fused
+                held=[(ordered[c].class_id, ordered[c].kind) for c, _ in picks], maps=maps)
+            if probs is None:
+                probs = with_verdict(class_posteriors(), q, good)
+    if probs is None:
+        probs = class_posteriors()
     cal = fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group")
     return replace(cal, verdict=verdict)
 

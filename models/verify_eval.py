@@ -128,9 +128,10 @@ def _verify_episode(ep: Episode, f: Features, n_way: int, pm: PairModel, glob: C
         post = served.index.posteriors(q)
         if cal.verdict is not None and served.good_parts is not None:
             gp = served.good_parts
-            scores = gp.memory.image_scores(gp.memory.distances(f.patches[ep.query]))
-            p_defect = cal.verdict.defect_probability(scores)
-            fused = as_served(served, q, f.patches[ep.query], p_defect, f.metric_dim)
+            maps = gp.memory.distances(f.patches[ep.query])
+            p_defect = cal.verdict.defect_probability(gp.memory.image_scores(maps))
+            fused = as_served(served, q, f.patches[ep.query], p_defect, f.metric_dim,
+                              maps=maps)
             post = with_verdict(post, p_defect, np.array([k == "good" for k in kinds])) \
                 if fused is None else fused
         out[mode] = cal.probability(agreement_logits(post[a], post[b]))

@@ -109,9 +109,10 @@ class Verifier:
             post = served.index.posteriors(np.stack([a, b]))
             gp = served.good_parts
             if cal.verdict is not None and gp is not None and patches is not None:
-                scores = gp.memory.image_scores(gp.memory.distances(patches))
-                q = cal.verdict.defect_probability(scores)
-                fused = as_served(served, np.stack([a, b]), patches, q, self.metric_dim)
+                maps = gp.memory.distances(patches)
+                q = cal.verdict.defect_probability(gp.memory.image_scores(maps))
+                fused = as_served(served, np.stack([a, b]), patches, q, self.metric_dim,
+                                  maps=maps)
                 good = np.array([e.kind == "good" for e in served.index.entries])
                 post = with_verdict(post, q, good) if fused is None else fused
             return float(cal.probability(agreement_logits(post[:1], post[1:]))[0])
