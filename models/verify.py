@@ -19,7 +19,10 @@ p(same) = sigmoid(slope * score + intercept), "same" when p >= 0.5: same and dif
 pairs are weighed to equal prior, so this is the balanced decision. The slope is kept
 positive (a calibration may sharpen or soften a score, never reverse it), and a weak
 prior pulls both towards the identity (1, 0) so that a handful of pairs cannot fit
-noise.
+noise. In a group with good parts and two defect classes or more, how alike the two
+images' defect regions look (`pair_looks`) is weighed beside the score: direct evidence
+of "the same defect". A group's fits (this one and its verdict's) answer through their
+uncertainty (`moderated`): a group of a few images is less sure than one of many.
 """
 
 from __future__ import annotations
@@ -81,25 +84,29 @@ class PairModel:
 @dataclass(frozen=True)
 class VerdictModel:
     """P(defective | anomaly score) = sigmoid(slope * (score - centre) / scale + intercept),
-    fitted on a group's held-out scores (good and defect images weighed equally)."""
+    fitted on a group's held-out scores (good and defect images weighed equally),
+    moderated by the fit's uncertainty (`moderated`)."""
     centre: float
     scale: float
     slope: float
     intercept: float
+    covariance: tuple[tuple[float, ...], ...] | None = None  # of (slope, intercept)
 
     def defect_probability(self, scores: np.ndarray) -> np.ndarray:
-        z = self.slope * (np.asarray(scores, np.float64) - self.centre) / self.scale \
-            + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+        x = (np.asarray(scores, np.float64).reshape(-1) - self.centre) / self.scale
+        a = np.stack([x, np.ones_like(x)], axis=1)
+        p = moderated(a, np.array([self.slope, self.intercept]), _matrix(self.covariance))
+        return p.reshape(np.shape(scores))
 
     @classmethod
     def fit(cls, scores: np.ndarray, defective: np.ndarray,
             prior: float = PRIOR_STRENGTH) -> VerdictModel:
         x = np.asarray(scores, np.float64)
         centre, scale = float(x.mean()), float(x.std()) or 1.0
-        slope, intercept = logistic(((x - centre) / scale)[:, None], np.asarray(defective, bool),
-                                    np.array([1.0, 0.0]), prior)
-        return cls(centre, scale, float(max(slope, 1e-3)), float(intercept))
+        (slope, intercept), cov = logistic(((x - centre) / scale)[:, None],
+                                           np.asarray(defective, bool), np.array([1.0, 0.0]),
+                                           prior)
+        return cls(centre, scale, float(max(slope, 1e-3)), float(intercept), _rows(cov))
 
 
 @dataclass(frozen=True)
@@ -110,30 +117,59 @@ class Calibration:
     pairs: int = 0  # the pairs it was fitted on
     # In a group with good parts and defect images: the verdict's part of p(c | x).
     verdict: VerdictModel | None = None
+    # Of the weights (slope[, look weight], intercept): a fit on few pairs is moderated.
+    covariance: tuple[tuple[float, ...], ...] | None = None
+    # In a group with good parts and two defect classes or more: the weight of how alike
+    # the pair's defect looks are (`pair_looks`), standardised by the centre and scale
+    # it had on the fitted pairs: (weight, centre, scale).
+    look: tuple[float, float, float] | None = None
 
-    def probability(self, logit: np.ndarray | float) -> np.ndarray:
-        z = self.slope * np.asarray(logit, np.float64) + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+    def probability(self, logit: np.ndarray | float,
+                    look: np.ndarray | float | None = None) -> np.ndarray:
+        """p(same) of agreement logits (and, where this calibration weighs it, the
+        pairs' `pair_looks`; missing, it counts as the fitted pairs' mean)."""
+        x = np.asarray(logit, np.float64)
+        cols, theta = [x.reshape(-1)], [self.slope]
+        if self.look is not None:
+            weight, centre, scale = self.look
+            cols.append(np.zeros(x.size) if look is None else
+                        (np.asarray(look, np.float64).reshape(-1) - centre) / scale)
+            theta.append(weight)
+        a = np.stack([*cols, np.ones(x.size)], axis=1)
+        return moderated(a, np.array([*theta, self.intercept]),
+                         _matrix(self.covariance)).reshape(x.shape)
 
 
 def fit(logits: np.ndarray, same: np.ndarray, source: str,
-        prior: float = PRIOR_STRENGTH) -> Calibration:
-    """Platt scaling of pair logits: same and different pairs weighed to equal prior, a
-    Gaussian pull of `prior` pairs' weight towards the identity, the slope kept
-    positive."""
-    x = np.asarray(logits, np.float64)
+        prior: float = PRIOR_STRENGTH, look: np.ndarray | None = None) -> Calibration:
+    """Platt scaling of pair logits (with `look`: each pair's `pair_looks` beside them,
+    standardised): same and different pairs weighed to equal prior, a Gaussian pull of
+    `prior` pairs' weight towards the identity (the look's weight towards 0), the slope
+    kept positive and the look's weight not negative (defects that look more alike
+    never argue for "different")."""
+    x = np.asarray(logits, np.float64)[:, None]
     y = np.asarray(same, bool)
     if y.all() or not y.any():
         raise ValueError("a calibration needs same and different pairs")
-    slope, intercept = logistic(x[:, None], y, np.array([1.0, 0.0]), prior)
-    return Calibration(float(max(slope, 1e-3)), float(intercept), source, int(len(y)))
+    centre, scale = 0.0, 1.0
+    if look is not None:
+        raw = np.asarray(look, np.float64)
+        centre, scale = float(raw.mean()), float(raw.std()) or 1.0
+        x = np.concatenate([x, ((raw - centre) / scale)[:, None]], axis=1)
+    theta, cov = logistic(x, y, np.r_[1.0, np.zeros(x.shape[1])], prior)
+    return Calibration(float(max(theta[0], 1e-3)), float(theta[-1]), source, int(len(y)),
+                       covariance=_rows(cov),
+                       look=None if look is None else (float(max(theta[1], 0.0)), centre, scale))
 
 
-def logistic(x: np.ndarray, y: np.ndarray, centre: np.ndarray, prior: float) -> np.ndarray:
+def logistic(x: np.ndarray, y: np.ndarray, centre: np.ndarray, prior: float
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Weights (one per column of x, then the intercept) of a logistic regression of y on
     x, the two classes weighed equally, with a Gaussian pull of `prior` rows' weight
     towards `centre`: Newton steps with a backtracking line search (the objective is
-    convex, so each step that does not lower it is halved)."""
+    convex, so each step that does not lower it is halved). With them, their covariance
+    (Laplace: the inverse Hessian of the objective at the optimum), how far a few rows
+    leave them uncertain."""
     a = np.concatenate([x, np.ones((len(x), 1))], axis=1)
     wts = np.where(y, 0.5 / y.sum(), 0.5 / (~y).sum()) * len(y)
     t = y.astype(np.float64)
@@ -160,7 +196,30 @@ def logistic(x: np.ndarray, y: np.ndarray, centre: np.ndarray, prior: float) -> 
         theta, gain, current = theta - step, current - new, new
         if gain < 1e-10 * max(1.0, abs(current)):
             break
-    return theta
+    p = 1.0 / (1.0 + np.exp(-np.clip(a @ theta, -60, 60)))
+    hess = (a * (wts * p * (1 - p))[:, None]).T @ a + prior * np.eye(len(theta))
+    return theta, np.linalg.inv(hess + 1e-9 * np.eye(len(theta)))
+
+
+def moderated(a: np.ndarray, theta: np.ndarray, covariance: np.ndarray | None
+              ) -> np.ndarray:
+    """sigmoid(a @ theta) averaged over the weights' uncertainty (MacKay's probit
+    approximation: the logit shrunk by sqrt(1 + pi/8 var)): a fit on a few images
+    answers less surely where it has seen little, and as fitted where it has seen
+    much. Rows of `a` end with the intercept's 1."""
+    z = a @ theta
+    if covariance is not None:
+        var = np.maximum(np.einsum("ij,jk,ik->i", a, covariance, a), 0.0)
+        z = z / np.sqrt(1.0 + np.pi * var / 8.0)
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -60, 60))), np.float64)
+
+
+def _matrix(c: tuple[tuple[float, ...], ...] | None) -> np.ndarray | None:
+    return None if c is None else np.array(c, np.float64)
+
+
+def _rows(c: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(v) for v in row) for row in c)
 
 
 def enrolled_pairs(model: PairModel, vectors: np.ndarray, labels: np.ndarray
@@ -175,7 +234,7 @@ def enrolled_pairs(model: PairModel, vectors: np.ndarray, labels: np.ndarray
 def agreement_logits(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
     """(n, N), (n, N) class probabilities -> (n,) log-odds that each pair shows one class:
     the probability that both fall in the same class, sum_c pa_c * pb_c."""
-    p = np.clip((pa * pb).sum(axis=-1), 1e-9, 1 - 1e-9)
+    p = np.clip((np.asarray(pa, np.float64) * pb).sum(axis=-1), 1e-9, 1 - 1e-9)
     return np.asarray(np.log(p) - np.log1p(-p), np.float64)
 
 
@@ -218,15 +277,16 @@ def _posteriors(index: GroupIndex, x: np.ndarray, hold: int | None, metric_dim: 
 def as_served(served: ServedGroup, vectors: np.ndarray, patches: np.ndarray,
               defect_p: np.ndarray, metric_dim: int,
               held: Sequence[tuple[int, str] | None] | None = None,
-              maps: np.ndarray | None = None) -> np.ndarray | None:
+              maps: np.ndarray | None = None, regions: np.ndarray | None = None
+              ) -> np.ndarray | None:
     """(n, D) vectors and (n, h, w, C) patches -> (n, N) class probabilities as /classify
     decides in a group with good parts (columns: `served.index.entries`): P(defective)
     shared among the defect classes as its defects index ranks them, on region-fused
     vectors (the image's own region against the good parts joins its look), the rest
     among the good classes on their index. `held[i]`: (class_id, kind) an enrolled image
     is held out of; `maps`: the images' distance maps where already computed (an
-    enrolled good image's without its own patches: `held_out_maps`). None where the
-    group is not served that way."""
+    enrolled good image's without its own patches: `held_out_maps`), `regions` their
+    defect-region descriptors likewise. None where the group is not served that way."""
     gp = served.good_parts
     if gp is None or served.defects is None or not served.regions:
         return None
@@ -234,7 +294,9 @@ def as_served(served: ServedGroup, vectors: np.ndarray, patches: np.ndarray,
         maps = gp.memory.distances(patches)
     col = {e.class_id: k for k, e in enumerate(served.index.entries)}
     out = np.zeros((len(vectors), len(served.index.entries)))
-    fused_all = fuse_region(vectors, gp.memory.regions(patches, maps), metric_dim)
+    if regions is None:
+        regions = gp.memory.regions(patches, maps)
+    fused_all = fuse_region(vectors, regions, metric_dim)
     for i, (x, fused) in enumerate(zip(vectors, fused_all, strict=True)):
         spot = None if held is None else held[i]
         for idx, share, v in ((served.defects, defect_p[i], fused),
@@ -302,27 +364,71 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
         return np.stack([_posteriors(index, ordered[c].vectors[j], c, metric_dim)
                          for c, j in picks])
 
-    probs = None
-    verdict = None
+    probs, verdict, looks = None, None, None
     good = np.array([c.kind == "good" for c in ordered])
     if served is not None and patches_of is not None and good.any() and not good.all():
         kinds = [(ordered[c].image_ids[j], ordered[c].kind) for c, j in picks]
         got = patches_of([i for i, _ in kinds])
         maps = held_out_maps(served, kinds, got)
         if maps is not None and served.good_parts is not None:
-            scores = served.good_parts.memory.image_scores(maps)
+            gp = served.good_parts
+            scores = gp.memory.image_scores(maps)
             verdict = VerdictModel.fit(scores, ~good[labels])
             q = verdict.defect_probability(scores)
+            patches = np.stack([got[i] for i, _ in kinds])
+            regions = gp.memory.regions(patches, maps)
             probs = as_served(
-                served, np.stack([ordered[c].vectors[j] for c, j in picks]),
-                np.stack([got[i] for i, _ in kinds]), q, metric_dim,
-                held=[(ordered[c].class_id, ordered[c].kind) for c, _ in picks], maps=maps)
+                served, np.stack([ordered[c].vectors[j] for c, j in picks]), patches, q,
+                metric_dim, held=[(ordered[c].class_id, ordered[c].kind) for c, _ in picks],
+                maps=maps, regions=regions)
             if probs is None:
                 probs = with_verdict(class_posteriors(), q, good)
+            elif (~good).sum() >= 2:  # which defect is a question only among two or more
+                looks = defect_looks(q, regions)
     if probs is None:
         probs = class_posteriors()
-    cal = fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group")
+    cal = fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group",
+              look=None if looks is None else pair_looks(looks, a, b))
     return replace(cal, verdict=verdict)
+
+
+def defect_looks(defect_p: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """(n,) P(defective), (n, C) unit defect-region descriptors -> (n, C): each image's
+    defect region, as far as it is defective (a good part's region is noise)."""
+    return np.asarray(defect_p, np.float64)[:, None] * regions
+
+
+def pair_looks(looks: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """How alike pairs' defects look: P(a defective) P(b defective) cos(region a, region b)
+    - direct evidence of "the same defect" beside the classes both fall in."""
+    return np.asarray((looks[a] * looks[b]).sum(axis=-1), np.float64)
+
+
+def seen(served: ServedGroup, cal: Calibration, vectors: np.ndarray,
+         patches: np.ndarray | None, metric_dim: int
+         ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n, D) embeddings (and their (n, h, w, C) patch features) -> their class
+    probabilities as the group's calibration `cal` was fitted on them (columns:
+    `served.index.entries`) and, where `cal` weighs them, their `defect_looks`."""
+    post = served.index.posteriors(vectors)
+    gp = served.good_parts
+    if cal.verdict is None or gp is None or patches is None:
+        return post, None
+    maps = gp.memory.distances(patches)
+    q = cal.verdict.defect_probability(gp.memory.image_scores(maps))
+    regions = gp.memory.regions(patches, maps)
+    fused = as_served(served, vectors, patches, q, metric_dim, maps=maps, regions=regions)
+    if fused is None:
+        good = np.array([e.kind == "good" for e in served.index.entries])
+        return with_verdict(post, q, good), None
+    return fused, None if cal.look is None else defect_looks(q, regions)
+
+
+def same_probability(cal: Calibration, post: np.ndarray, looks: np.ndarray | None,
+                     a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """p(same) of the pairs (a[i], b[i]) of images `seen` by a group."""
+    return cal.probability(agreement_logits(post[a], post[b]),
+                           None if looks is None else pair_looks(looks, a, b))
 
 
 def _without(entry: ClassEntry, vector: np.ndarray, metric_dim: int) -> ClassEntry:

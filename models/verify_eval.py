@@ -20,13 +20,12 @@ from models.reporting import mean_ci
 from models.verify import (
     Calibration,
     PairModel,
-    agreement_logits,
-    as_served,
     fit,
     group_calibration,
     load_global,
+    same_probability,
     save_global,
-    with_verdict,
+    seen,
 )
 
 # (name, n_way) of the sets each side uses; the images come from `_sets`.
@@ -125,16 +124,8 @@ def _verify_episode(ep: Episode, f: Features, n_way: int, pm: PairModel, glob: C
         if cal is None:
             out[mode] = out["global"]
             continue
-        post = served.index.posteriors(q)
-        if cal.verdict is not None and served.good_parts is not None:
-            gp = served.good_parts
-            maps = gp.memory.distances(f.patches[ep.query])
-            p_defect = cal.verdict.defect_probability(gp.memory.image_scores(maps))
-            fused = as_served(served, q, f.patches[ep.query], p_defect, f.metric_dim,
-                              maps=maps)
-            post = with_verdict(post, p_defect, np.array([k == "good" for k in kinds])) \
-                if fused is None else fused
-        out[mode] = cal.probability(agreement_logits(post[a], post[b]))
+        post, looks = seen(served, cal, q, f.patches[ep.query], f.metric_dim)
+        out[mode] = same_probability(cal, post, looks, a, b)
     order = ("group", "group, classes only", "global", "none")
     return ({m: out[m] for m in order if m in out}, ep.query_labels[a] == ep.query_labels[b],
             own)

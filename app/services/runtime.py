@@ -35,11 +35,10 @@ from models.patchcore.memory import set_search_threads
 from models.verify import (
     Calibration,
     PairModel,
-    agreement_logits,
-    as_served,
     group_calibration,
     load_global,
-    with_verdict,
+    same_probability,
+    seen,
 )
 from models.zoo import create_backbone, describe_backbone
 from storage import repositories as repo
@@ -106,16 +105,8 @@ class Verifier:
         classes with its own `cal` (and the verdict, where it has one), else the Siamese
         pair logit with the global calibration."""
         if served is not None and cal is not None:
-            post = served.index.posteriors(np.stack([a, b]))
-            gp = served.good_parts
-            if cal.verdict is not None and gp is not None and patches is not None:
-                maps = gp.memory.distances(patches)
-                q = cal.verdict.defect_probability(gp.memory.image_scores(maps))
-                fused = as_served(served, np.stack([a, b]), patches, q, self.metric_dim,
-                                  maps=maps)
-                good = np.array([e.kind == "good" for e in served.index.entries])
-                post = with_verdict(post, q, good) if fused is None else fused
-            return float(cal.probability(agreement_logits(post[:1], post[1:]))[0])
+            post, looks = seen(served, cal, np.stack([a, b]), patches, self.metric_dim)
+            return float(same_probability(cal, post, looks, np.array([0]), np.array([1]))[0])
         z = self.model.logits(a[None, :self.metric_dim], b[None, :self.metric_dim])
         return float(self.global_calibration.probability(z[0, 0]))
 

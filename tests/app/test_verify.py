@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from app.services.classification import enrolled_classes, enrolled_patches
 from bench.imagegen import CLASSES, flat, sample
-from models.inference import EnrolledClass, ServingConfig
+from models.inference import EnrolledClass, ServingConfig, build_served_group
 from models.verify import (
     MIN_PAIRS,
     PairModel,
@@ -16,6 +16,9 @@ from models.verify import (
     fit,
     group_calibration,
     load_global,
+    moderated,
+    same_probability,
+    seen,
     with_verdict,
 )
 from tests.app.test_api import enrol, error_of, group
@@ -186,3 +189,74 @@ def test_the_verdict_shares_a_posterior_between_the_kinds() -> None:
                          np.r_[np.zeros(20, bool), np.ones(20, bool)])
     p = v.defect_probability(np.array([0.05, 0.2, 0.35]))
     assert p[0] < 0.1 and abs(p[1] - 0.5) < 0.05 and p[2] > 0.9
+
+
+def test_a_fit_on_few_images_answers_less_surely_than_its_weights_alone() -> None:
+    """The Laplace moderation: the same weights answer closer to 0.5 where the fit was
+    uncertain, never on the other side of it, and as fitted when it was sure."""
+    a = np.array([[-3.0, 1.0], [-0.5, 1.0], [0.0, 1.0], [2.0, 1.0], [6.0, 1.0]])
+    theta = np.array([1.5, 0.2])
+    plain = moderated(a, theta, None)
+    unsure = moderated(a, theta, np.array([[0.8, 0.1], [0.1, 0.5]]))
+    sure = moderated(a, theta, np.array([[0.8, 0.1], [0.1, 0.5]]) * 1e-6)
+    assert np.all(np.abs(unsure - 0.5) < np.abs(plain - 0.5))
+    assert np.all(np.sign(unsure - 0.5) == np.sign(plain - 0.5))
+    assert np.allclose(sure, plain, atol=1e-5)
+    # a verdict fitted on 4 images is less sure of an extreme score than one on 400
+    rng = np.random.default_rng(0)
+    few = VerdictModel.fit(np.r_[0.1, 0.12, 0.3, 0.33], np.r_[False, False, True, True])
+    many = VerdictModel.fit(np.r_[rng.normal(0.11, 0.01, 200), rng.normal(0.31, 0.01, 200)],
+                            np.r_[np.zeros(200, bool), np.ones(200, bool)])
+    assert 0.5 < few.defect_probability(np.array([0.5]))[0] \
+        < many.defect_probability(np.array([0.5]))[0]
+
+
+def _line(defects: int, rng: np.random.Generator) -> list[EnrolledClass]:
+    """Good parts (noise patches) and `defects` defect classes, each a patch region of
+    its own direction on the same noise; vectors: one look for the whole line."""
+    h, c, dim = 6, 16, 32
+    look = rng.normal(size=dim)
+    out = []
+    for k in range(defects + 1):
+        n = 8 if k == 0 else 5
+        patches = rng.normal(size=(n, h, h, c)).astype(np.float32)
+        if k:
+            direction = np.eye(c)[k] * 6
+            for p in patches:
+                y, x = rng.integers(0, h - 1, 2)
+                p[y:y + 2, x:x + 2] += direction
+        v = look + 0.3 * rng.normal(size=(n, dim))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        out.append(EnrolledClass(k + 1, f"c{k}", "good" if k == 0 else "defect",
+                                 tuple(range(100 * k, 100 * k + n)),
+                                 np.concatenate([v, v], axis=1).astype(np.float32), patches))
+    return out
+
+
+def test_the_defects_looks_weigh_only_where_the_line_has_several_defect_classes() -> None:
+    """With good parts and two defect classes, "the same defect?" also asks how alike the
+    two defect regions look: the calibration weighs that, positively, and two images of
+    one defect are "same", of two defects "different". With one defect class the
+    question is the verdict's alone: no look is weighed. Defects that look more alike
+    never argue for "different": the look's weight is not negative."""
+    rng = np.random.default_rng(3)
+    config = ServingConfig()
+    classes = _line(2, rng)
+    served = build_served_group("g", classes, 32, config)
+    patches = {i: c.patches[j] for c in classes if c.patches is not None
+               for j, i in enumerate(c.image_ids)}
+    cal = group_calibration(classes, 32, config, served=served,
+                            patches_of=lambda ids: {i: patches[i] for i in ids})
+    assert cal is not None and cal.verdict is not None and cal.look is not None
+    assert cal.look[0] >= 0  # kept so: here the fit alone would weigh it -0.09
+    fresh = _line(2, np.random.default_rng(4))
+    x = np.concatenate([fresh[1].vectors[:2], fresh[2].vectors[:1]])
+    p = np.concatenate([fresh[1].patches[:2], fresh[2].patches[:1]])  # type: ignore[index]
+    post, looks = seen(served, cal, x, p, 32)
+    assert looks is not None
+    same, different = same_probability(cal, post, looks, np.array([0, 0]), np.array([1, 2]))
+    assert same > 0.5 > different
+    one = classes[:2]
+    lone = group_calibration(one, 32, config, served=build_served_group("g", one, 32, config),
+                             patches_of=lambda ids: {i: patches[i] for i in ids})
+    assert lone is not None and lone.verdict is not None and lone.look is None
