@@ -7,12 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from models.data.episodes import EpisodeSampler
 from models.inference import ServingConfig
 from models.patchcore.evaluate import served_features
 from models.verify import PairModel, load_global
-from models.verify_eval import EVAL_SETS, _sets, _verify_episode
+from models.verify_eval import EVAL_SETS, _missing, _sets, _verify_episode
 
 
 def test_an_episode_with_good_parts_is_judged_with_the_verdict(model_cache: Path) -> None:
@@ -40,3 +41,19 @@ def test_an_episode_with_good_parts_is_judged_with_the_verdict(model_cache: Path
                                      ServingConfig(), ["defect"] * n_way)
     assert "group, classes only" not in plain and own2 is not None and own2.verdict is None
     assert np.allclose(plain["group"], probs["group, classes only"])
+
+
+def test_the_report_names_the_sets_it_could_not_measure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without Fashion-MNIST or ELPV gets a report that says which sets are
+    missing and how to install them, not one that is silently shorter."""
+    from models.data import elpv, sources
+
+    monkeypatch.setattr(sources, "FMNIST_DIR", tmp_path)
+    monkeypatch.setattr(elpv, "available", lambda: False)
+    missing = _missing(EVAL_SETS)
+    assert len(missing) == 2
+    assert "Fashion-MNIST" in missing[0] and "apt-get install dataset-fashion-mnist" in missing[0]
+    assert "ELPV" in missing[1] and "pip install elpv-dataset" in missing[1]
+    monkeypatch.setattr(elpv, "available", lambda: True)
+    assert [m.split(" (")[0] for m in _missing(EVAL_SETS)] == [EVAL_SETS[1][0]]
