@@ -353,6 +353,10 @@ def bump_group(s: Session, group: str) -> None:
     notify_change(s)
 
 
+def group_version(s: Session, group: str) -> int | None:
+    return s.scalar(select(GroupVersion.version).where(GroupVersion.group_name == group))
+
+
 def group_versions(s: Session) -> dict[str, int]:
     return {g: v for g, v in s.execute(select(GroupVersion.group_name, GroupVersion.version))}
 

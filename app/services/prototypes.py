@@ -59,6 +59,9 @@ class PrototypeCache:
         self._regions: dict[str, tuple[tuple[int, ...], dict[int, np.ndarray]]] = {}
         self._lock = threading.Lock()
         self._published: dict[str, int] = {}  # per group: snapshots published so far
+        # per group: the stored version (repo.group_version) its snapshot is known to hold,
+        # where the whole group was read after reading that version
+        self._versions: dict[str, int | None] = {}
 
     def snapshot(self, group: str) -> GroupIndex | None:
         """The group's class index (every class, good and defect)."""
@@ -178,6 +181,12 @@ class PrototypeCache:
             self._groups = {g: self._build(g, e, good.get(g), fused.get(g))
                             for g, e in entries.items()}
 
+    def holds(self, group: str, version: int) -> bool:
+        """Whether the group's snapshot already holds its stored `version`: it was read
+        whole, after that version was committed (a change this replica made and read
+        back itself), so a replica sync need not read it again."""
+        return self._versions.get(group) == version
+
     def refresh_group(self, s: Session, group: str) -> bool:
         """Re-read a whole group (another replica changed it). Returns False, publishing
         nothing, when a local change to the group was published while this read ran:
@@ -220,11 +229,14 @@ class PrototypeCache:
         """Read the group and publish it, unless another publication of it came while the
         read ran (then publish nothing and return False)."""
         seen = self._published.get(group, 0)
+        # the version first: the rows read after it hold at least that version's changes
+        version = repo.group_version(s, group)
         entries, good, fused = self._read_group(s, group)
         with self._lock:
             if self._published.get(group, 0) != seen:
                 return False
             self._publish(group, entries.get(group, {}), good.get(group), fused.get(group))
+            self._versions[group] = version
         return True
 
     def _read_group(self, s: Session, group: str) -> Read:
@@ -249,6 +261,7 @@ class PrototypeCache:
         self._good = goods
         self._groups = groups  # the atomic swap readers see
         self._published[group] = self._published.get(group, 0) + 1
+        self._versions.pop(group, None)  # a whole read sets it again after this
 
     def _build(self, group: str, entries: dict[int, ClassEntry], good: GoodParts | None,
                fused: list[ClassEntry] | None) -> ServedGroup:

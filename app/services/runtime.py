@@ -414,7 +414,9 @@ class Runtime:
             self.key_cache.observe(repo.keys_stamp(s))
             self.load_push_targets(s, generation)
             versions = repo.group_versions(s)
-            changed = [g for g, v in versions.items() if self._seen_versions.get(g) != v]
+            # not a change this replica made and then read whole itself
+            changed = [g for g, v in versions.items()
+                       if self._seen_versions.get(g) != v and not self.cache.holds(g, v)]
             for g in changed:
                 if not self.cache.refresh_group(s, g):
                     versions.pop(g)  # raced with a local change: read it again next time

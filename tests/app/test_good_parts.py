@@ -180,6 +180,35 @@ def test_replicas_pick_up_good_parts_and_their_rate(client: TestClient,
     assert other.cache.served(grp).good_parts.false_alarm_rate == 0.3
 
 
+def test_a_replica_does_not_read_again_what_it_changed_itself(
+        client: TestClient, quiet_client: TestClient) -> None:
+    """A change this replica made and then read whole is not read again by its own sync
+    (a group of thousands of good images would be re-read after each enrolment, and
+    /verify's calibration computed again for the new snapshot); a change another replica
+    makes still is."""
+    rt = quiet_client.app.state.runtime  # type: ignore[attr-defined]
+    rt.sync_once()  # whatever other tests changed
+    grp, good_id, _ = good_group(quiet_client, n_good=8)
+    mine = rt.cache.served(grp)
+    assert mine is not None and mine.good_parts is not None
+    assert grp not in rt.sync_once()
+    assert rt.cache.served(grp) is mine  # the same snapshot: nothing was rebuilt
+    r = client.post(f"/api/v1/classes/{good_id}/images",
+                    files=as_files([("late.png", sample("brick", None, 590))]))
+    assert r.status_code == 201, r.text
+    assert grp in rt.sync_once()
+    theirs = rt.cache.served(grp)
+    assert theirs is not None and theirs.good_parts is not None
+    assert len(theirs.good_parts.image_ids) == 9
+    # a local change to a defect class of a group with good parts reads it whole too
+    bad = quiet_client.post("/api/v1/classes", json={"name": "dent", "group": grp})
+    r = quiet_client.post(f"/api/v1/classes/{bad.json()['id']}/images",
+                          files=as_files([("d.png", sample("brick", "hole", 591))]))
+    assert r.status_code == 201, r.text
+    now = rt.cache.served(grp)
+    assert grp not in rt.sync_once() and rt.cache.served(grp) is now
+
+
 def test_a_results_kept_image_and_its_heatmap(client: TestClient) -> None:
     grp, _, _ = good_group(client)
     res = client.post("/api/v1/classify", params={"group": grp, "heatmap": "true"},
