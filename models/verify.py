@@ -274,28 +274,20 @@ def _posteriors(index: GroupIndex, x: np.ndarray, hold: int | None, metric_dim: 
     return out
 
 
-def as_served(served: ServedGroup, vectors: np.ndarray, patches: np.ndarray,
+def as_served(served: ServedGroup, vectors: np.ndarray, regions: np.ndarray,
               defect_p: np.ndarray, metric_dim: int,
-              held: Sequence[tuple[int, str] | None] | None = None,
-              maps: np.ndarray | None = None, regions: np.ndarray | None = None
-              ) -> np.ndarray | None:
-    """(n, D) vectors and (n, h, w, C) patches -> (n, N) class probabilities as /classify
-    decides in a group with good parts (columns: `served.index.entries`): P(defective)
-    shared among the defect classes as its defects index ranks them, on region-fused
-    vectors (the image's own region against the good parts joins its look), the rest
-    among the good classes on their index. `held[i]`: (class_id, kind) an enrolled image
-    is held out of; `maps`: the images' distance maps where already computed (an
-    enrolled good image's without its own patches: `held_out_maps`), `regions` their
-    defect-region descriptors likewise. None where the group is not served that way."""
-    gp = served.good_parts
-    if gp is None or served.defects is None or not served.regions:
+              held: Sequence[tuple[int, str] | None] | None = None) -> np.ndarray | None:
+    """(n, D) vectors and their (n, C) defect-region descriptors against the good parts
+    (an enrolled good image's found without its own patches: `held_out_maps`) -> (n, N)
+    class probabilities as /classify decides in a group with good parts (columns:
+    `served.index.entries`): P(defective) shared among the defect classes as its defects
+    index ranks them, on region-fused vectors (the image's own region joins its look),
+    the rest among the good classes on their index. `held[i]`: (class_id, kind) an
+    enrolled image is held out of. None where the group is not served that way."""
+    if served.good_parts is None or served.defects is None or not served.regions:
         return None
-    if maps is None:
-        maps = gp.memory.distances(patches)
     col = {e.class_id: k for k, e in enumerate(served.index.entries)}
     out = np.zeros((len(vectors), len(served.index.entries)))
-    if regions is None:
-        regions = gp.memory.regions(patches, maps)
     fused_all = fuse_region(vectors, regions, metric_dim)
     for i, (x, fused) in enumerate(zip(vectors, fused_all, strict=True)):
         spot = None if held is None else held[i]
@@ -378,9 +370,8 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
             patches = np.stack([got[i] for i, _ in kinds])
             regions = gp.memory.regions(patches, maps)
             probs = as_served(
-                served, np.stack([ordered[c].vectors[j] for c, j in picks]), patches, q,
-                metric_dim, held=[(ordered[c].class_id, ordered[c].kind) for c, _ in picks],
-                maps=maps, regions=regions)
+                served, np.stack([ordered[c].vectors[j] for c, j in picks]), regions, q,
+                metric_dim, held=[(ordered[c].class_id, ordered[c].kind) for c, _ in picks])
             if probs is None:
                 probs = with_verdict(class_posteriors(), q, good)
             elif (~good).sum() >= 2:  # which defect is a question only among two or more
@@ -410,17 +401,16 @@ def seen(served: ServedGroup, cal: Calibration, vectors: np.ndarray,
     """(n, D) embeddings (and their (n, h, w, C) patch features) -> their class
     probabilities as the group's calibration `cal` was fitted on them (columns:
     `served.index.entries`) and, where `cal` weighs them, their `defect_looks`."""
-    post = served.index.posteriors(vectors)
     gp = served.good_parts
     if cal.verdict is None or gp is None or patches is None:
-        return post, None
+        return served.index.posteriors(vectors), None
     maps = gp.memory.distances(patches)
     q = cal.verdict.defect_probability(gp.memory.image_scores(maps))
     regions = gp.memory.regions(patches, maps)
-    fused = as_served(served, vectors, patches, q, metric_dim, maps=maps, regions=regions)
+    fused = as_served(served, vectors, regions, q, metric_dim)
     if fused is None:
         good = np.array([e.kind == "good" for e in served.index.entries])
-        return with_verdict(post, q, good), None
+        return with_verdict(served.index.posteriors(vectors), q, good), None
     return fused, None if cal.look is None else defect_looks(q, regions)
 
 

@@ -235,15 +235,18 @@ class PrototypeCache:
         with self._lock:
             if self._published.get(group, 0) != seen:
                 return False
-            self._publish(group, entries.get(group, {}), good.get(group), fused.get(group))
-            self._versions[group] = version
+            self._publish(group, entries.get(group, {}), good.get(group), fused.get(group),
+                          version)
         return True
 
     def _read_group(self, s: Session, group: str) -> Read:
         return self._read(s, {c.id: c for c in repo.list_classes(s, group)}, group)
 
     def _publish(self, group: str, group_entries: dict[int, ClassEntry],
-                 good: GoodParts | None, fused: list[ClassEntry] | None) -> None:
+                 good: GoodParts | None, fused: list[ClassEntry] | None,
+                 version: int | None = None) -> None:
+        """Swap in the group's new snapshot; `version`: the stored version it was read
+        whole after (None: a partial update, which holds no version for certain)."""
         entries = dict(self._entries)
         goods = dict(self._good)
         groups = dict(self._groups)
@@ -261,7 +264,7 @@ class PrototypeCache:
         self._good = goods
         self._groups = groups  # the atomic swap readers see
         self._published[group] = self._published.get(group, 0) + 1
-        self._versions.pop(group, None)  # a whole read sets it again after this
+        self._versions[group] = version
 
     def _build(self, group: str, entries: dict[int, ClassEntry], good: GoodParts | None,
                fused: list[ClassEntry] | None) -> ServedGroup:
