@@ -21,8 +21,11 @@ positive (a calibration may sharpen or soften a score, never reverse it), and a 
 prior pulls both towards the identity (1, 0) so that a handful of pairs cannot fit
 noise. In a group with good parts and two defect classes or more, how alike the two
 images' defect regions look (`pair_looks`) is weighed beside the score: direct evidence
-of "the same defect". A group's fits (this one and its verdict's) answer through their
-uncertainty (`moderated`): a group of a few images is less sure than one of many.
+of "the same defect". In a group without good parts, its classes are ranked on each
+image's defect region found against the group's other classes (`Surface`) where its
+own held-out images name their class more surely so than by the whole frame. A group's
+fits (this one and its verdict's) answer through their uncertainty (`moderated`): a
+group of a few images is less sure than one of many.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from models.inference import (
     ServingConfig,
     build_served_group,
     fuse_region,
+    make_entry,
 )
+from models.patchcore.memory import PatchMemory
 
 WEIGHTS = Path(__file__).parent / "weights" / "methods"
 GLOBAL_PATH = WEIGHTS / "siamese.verify.json"
@@ -123,6 +128,9 @@ class Calibration:
     # the pair's defect looks are (`pair_looks`), standardised by the centre and scale
     # it had on the fitted pairs: (weight, centre, scale).
     look: tuple[float, float, float] | None = None
+    # In a group without good parts whose own held-out images are told apart better so:
+    # its classes ranked on region-fused vectors, the region found against the others.
+    surface: Surface | None = None
 
     def probability(self, logit: np.ndarray | float,
                     look: np.ndarray | float | None = None) -> np.ndarray:
@@ -138,6 +146,70 @@ class Calibration:
         a = np.stack([*cols, np.ones(x.size)], axis=1)
         return moderated(a, np.array([*theta, self.intercept]),
                          _matrix(self.covariance)).reshape(x.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Surface:
+    """A group without good parts, where its classes are defects on one surface: an
+    image's defect is what it shares with few of the group's classes, the surface what
+    it shares with all. Each class keeps a patch memory of its images; a patch's rarity
+    is the median over the classes of its distance to the class's nearest patch (low on
+    the surface every class shows, high on a defect only its own class shows), and the
+    image's region descriptor is the mean of its rarest patches (`PatchMemory.regions`'s
+    top fraction). The classes are then ranked on region-fused vectors (`fuse_region`), as
+    the defect classes of a group with good parts are."""
+    memories: tuple[PatchMemory, ...]  # one per class, in `index.entries`' order
+    index: GroupIndex  # the classes on region-fused vectors
+
+    @classmethod
+    def build(cls, group: str, classes: Sequence[EnrolledClass],
+              picks: Sequence[tuple[int, int]], patches: Mapping[int, np.ndarray],
+              metric_dim: int, config: ServingConfig) -> tuple[Surface, np.ndarray] | None:
+        """From the picked (class position, image position) images of `classes` and their
+        patch features by image id: the surface and each pick's region-fused vector, its
+        region found without its own patches. None where it cannot apply: fewer than two
+        classes, a pick without patch features, or a layout without an appearance part."""
+        layout = config.layout(metric_dim, classes[0].vectors.shape[1])
+        ids = [classes[c].image_ids[j] for c, j in picks]
+        if len(classes) < 2 or layout.app_calib is None or any(i not in patches for i in ids):
+            return None
+        mine = [[k for k, (c, _) in enumerate(picks) if c == n] for n in range(len(classes))]
+        if any(not m for m in mine):
+            return None
+        own = np.stack([patches[i] for i in ids]).astype(np.float32)
+        # searched in full: a subspace fitted on one class's few images is that class's
+        # own, where another class's defect is what has to stand out
+        memories = tuple(PatchMemory(own[m], dims=None) for m in mine)
+        slot = {k: (c, m.index(k)) for c, m in enumerate(mine) for k in m}
+        regions = _rarest(memories, own, [slot[k] for k in range(len(picks))])
+        vectors = np.stack([classes[c].vectors[j] for c, j in picks])
+        fused = fuse_region(vectors, regions, metric_dim)
+        entries = [make_entry(cl.class_id, cl.name, group,
+                              tuple(ids[k] for k in mine[c]), fused[mine[c]], layout, cl.kind)
+                   for c, cl in enumerate(classes)]
+        index = GroupIndex.build(group, entries, metric_dim, config.temperature,
+                                 config.runtime, layout.rank_by, config.calibrate_scores)
+        return cls(memories, index), fused
+
+    def regions(self, patches: np.ndarray) -> np.ndarray:
+        """(n, h, w, C) patches -> (n, C) unit descriptors of their defect regions."""
+        return _rarest(self.memories, patches)
+
+    def fused(self, vectors: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        """(n, D) vectors and their (n, h, w, C) patches -> their region-fused vectors."""
+        return fuse_region(vectors, self.regions(patches), self.index.metric_dim)
+
+
+def _rarest(memories: Sequence[PatchMemory], patches: np.ndarray,
+            own: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """(n, h, w, C) -> (n, C) `Surface` region descriptors; `own[i]`: the (class, image)
+    a memory image i is, left out of that class's memory (a class of one image then has
+    no say on it)."""
+    dist = np.stack([m.distances(patches) for m in memories], axis=1)  # (n, N, h, w)
+    for i, (c, j) in enumerate(own or ()):
+        dist[i, c] = memories[c].distances(patches[i][None], exclude=j)[0] \
+            if memories[c].n_good > 1 else np.nan
+    return memories[0].regions(patches, np.nanmedian(dist, axis=1))
 
 
 def fit(logits: np.ndarray, same: np.ndarray, source: str,
@@ -376,11 +448,28 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
                 probs = with_verdict(class_posteriors(), q, good)
             elif (~good).sum() >= 2:  # which defect is a question only among two or more
                 looks = defect_looks(q, regions)
+    surface = None
     if probs is None:
         probs = class_posteriors()
+        if patches_of is not None and not good.any():
+            built = Surface.build("verify", ordered, picks,
+                                  patches_of([ordered[c].image_ids[j] for c, j in picks]),
+                                  metric_dim, config)
+            if built is not None:
+                fused = np.stack([_posteriors(built[0].index, v, c, metric_dim)
+                                  for v, c in zip(built[1], labels, strict=True)])
+                # the group's own held-out images decide: on region-fused vectors only
+                # where they name their own class more surely so
+                if _log_likelihood(fused, labels) > _log_likelihood(probs, labels):
+                    probs, surface = fused, built[0]
     cal = fit(agreement_logits(probs[a], probs[b]), labels[a] == labels[b], "group",
               look=None if looks is None else pair_looks(looks, a, b))
-    return replace(cal, verdict=verdict)
+    return replace(cal, verdict=verdict, surface=surface)
+
+
+def _log_likelihood(post: np.ndarray, labels: np.ndarray) -> float:
+    """The mean log-probability held-out posteriors give each image's own class."""
+    return float(np.log(np.maximum(post[np.arange(len(labels)), labels], 1e-9)).mean())
 
 
 def defect_looks(defect_p: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -402,6 +491,8 @@ def seen(served: ServedGroup, cal: Calibration, vectors: np.ndarray,
     probabilities as the group's calibration `cal` was fitted on them (columns:
     `served.index.entries`) and, where `cal` weighs them, their `defect_looks`."""
     gp = served.good_parts
+    if cal.surface is not None and patches is not None:
+        return cal.surface.index.posteriors(cal.surface.fused(vectors, patches)), None
     if cal.verdict is None or gp is None or patches is None:
         return served.index.posteriors(vectors), None
     maps = gp.memory.distances(patches)

@@ -3,11 +3,14 @@ them, else globally; bad input is a 4xx."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from fastapi.testclient import TestClient
+from PIL import ImageDraw
 
 from app.services.classification import enrolled_classes, enrolled_patches
-from bench.imagegen import CLASSES, flat, sample
+from bench.imagegen import CLASSES, flat, png_bytes, sample, surface
 from models.inference import EnrolledClass, ServingConfig, build_served_group
 from models.verify import (
     MIN_PAIRS,
@@ -30,12 +33,12 @@ def pair(a: bytes, b: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 def test_globally_two_crops_of_a_texture_are_the_same_and_two_textures_differ(
         client: TestClient) -> None:
-    for surface in ("brick", "grass", "gravel"):
-        r = client.post("/api/v1/verify", files=pair(sample(surface, None, 1),
-                                                     sample(surface, None, 2)))
+    for texture in ("brick", "grass", "gravel"):
+        r = client.post("/api/v1/verify", files=pair(sample(texture, None, 1),
+                                                     sample(texture, None, 2)))
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["same"] is True and 0.5 <= body["score"] <= 1, (surface, body)
+        assert body["same"] is True and 0.5 <= body["score"] <= 1, (texture, body)
         assert body["calibration"] == "global" and body.get("warning") is None
     for a, b in (("brick", "gravel"), ("brick", "grass"), ("grass", "gravel")):
         r = client.post("/api/v1/verify", files=pair(sample(a, None, 3), sample(b, None, 4)))
@@ -93,6 +96,49 @@ def test_in_a_line_with_good_parts_the_verdict_takes_part(client: TestClient) ->
     diff = client.post("/api/v1/verify", params={"group": grp}, files=pair(a, d))
     assert diff.json()["same"] is False, diff.json()
     assert diff.json()["score"] < same.json()["score"]
+
+
+def small_defect(kind: str, seed: int) -> bytes:
+    """A brick part with a small defect (a tenth of the frame or less): the frame as a
+    whole is the brick's; only where it differs says which defect."""
+    rng = np.random.default_rng(seed)
+    img = surface("brick", rng)
+    d = ImageDraw.Draw(img)
+    x, y = (int(v) for v in rng.integers(40, 120, 2))
+    if kind == "pit":
+        d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=(0, 0, 0))
+    elif kind == "spot":
+        d.ellipse([x - 6, y - 6, x + 6, y + 6], fill=(250, 250, 250))
+    else:
+        d.line([(x - 10, y), (x + 10, y + 4)], fill=(200, 40, 40), width=3)
+    return png_bytes(img)
+
+
+def test_a_line_without_good_parts_ranks_its_defects_by_where_they_are(
+        client: TestClient) -> None:
+    """Three small defect types on one surface, no good parts enrolled (the frames look
+    alike: the whole-frame ranking names their classes little better than chance): the
+    group's own held-out images chose to rank its classes by each image's defect region,
+    found against its other classes, and /verify answers on it: two pits "same", a pit
+    and a spot, a spot and a nick "different"."""
+    grp = group()
+    for n, kind in enumerate(("pit", "spot", "nick")):
+        r = client.post("/api/v1/classes", json={"name": kind, "group": grp})
+        client.post(f"/api/v1/classes/{r.json()['id']}/images", files=[
+            ("files", (f"{kind}{i}.png", small_defect(kind, 500 + 10 * n + i), "image/png"))
+            for i in range(5)])
+    rt = client.app.state.runtime  # type: ignore[attr-defined]
+    pit, pit2, spot, nick = (small_defect(k, 911 + i)
+                             for i, k in enumerate(("pit", "pit", "spot", "nick")))
+    same = client.post("/api/v1/verify", params={"group": grp}, files=pair(pit, pit2))
+    assert same.status_code == 200, same.text
+    assert same.json()["calibration"] == "group" and same.json()["same"] is True
+    cal = rt.siamese.calibration(grp, rt.cache.served(grp), lambda: enrolled_classes(rt, grp),
+                                 lambda ids: enrolled_patches(rt, ids))
+    assert cal is not None and cal.surface is not None and cal.verdict is None
+    for a, b in ((pit, spot), (spot, nick)):
+        diff = client.post("/api/v1/verify", params={"group": grp}, files=pair(a, b))
+        assert diff.json()["same"] is False, diff.json()
 
 
 def test_a_group_too_small_falls_back_to_the_global_calibration_with_a_warning(
@@ -260,3 +306,81 @@ def test_the_defects_looks_weigh_only_where_the_line_has_several_defect_classes(
     lone = group_calibration(one, 32, config, served=build_served_group("g", one, 32, config),
                              patches_of=lambda ids: {i: patches[i] for i in ids})
     assert lone is not None and lone.verdict is not None and lone.look is None
+
+
+def _defects_on_one_surface(rng: np.random.Generator, n: int = 5, apart: float = 0.0
+                            ) -> list[EnrolledClass]:
+    """Three defect classes and no good parts: each a small patch region of its own
+    direction on the same noisy surface. Their whole-frame vectors share one look (plus
+    `apart` times a look of their own): the surface dominates the frame."""
+    h, c, dim = 8, 16, 32
+    look = rng.normal(size=dim)
+    out = []
+    for k in range(3):
+        own = rng.normal(size=dim)
+        patches = (np.eye(c)[0] * 3 + 0.5 * rng.normal(size=(n, h, h, c))).astype(np.float32)
+        for p in patches:
+            y, x = rng.integers(0, h - 1, 2)
+            p[y:y + 2, x:x + 2] += np.eye(c)[k + 1] * 4
+        patches /= np.linalg.norm(patches, axis=-1, keepdims=True)
+        v = look + apart * own + 0.3 * rng.normal(size=(n, dim))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        out.append(EnrolledClass(k + 1, f"d{k}", "defect", tuple(range(100 * k, 100 * k + n)),
+                                 np.concatenate([v, v], axis=1).astype(np.float32), patches))
+    return out
+
+
+def _patches_of(classes: list[EnrolledClass]):  # type: ignore[no-untyped-def]
+    got = {i: c.patches[j] for c in classes if c.patches is not None
+           for j, i in enumerate(c.image_ids)}
+    return lambda ids: {i: got[i] for i in ids}
+
+
+def test_without_good_parts_a_defect_is_found_against_the_groups_other_classes() -> None:
+    """A line that enrolled defect classes but no good parts, whose frames look alike:
+    where an image differs from what every class shows (the surface) is its defect, and
+    the classes ranked on it tell same from different where the whole frame cannot. The
+    group's own held-out images chose it: they name their class more surely so."""
+    config = ServingConfig()
+    classes = _defects_on_one_surface(np.random.default_rng(5))
+    served = build_served_group("g", classes, 32, config)
+    cal = group_calibration(classes, 32, config, served=served,
+                            patches_of=_patches_of(classes))
+    assert cal is not None and cal.surface is not None and cal.verdict is None
+    fresh = _defects_on_one_surface(np.random.default_rng(6))
+    x = np.concatenate([fresh[0].vectors[:2], fresh[1].vectors[:1]])
+    p = np.concatenate([c.patches[:k] for c, k in ((fresh[0], 2), (fresh[1], 1))
+                        if c.patches is not None])
+    post, looks = seen(served, cal, x, p, 32)
+    assert looks is None
+    same, different = same_probability(cal, post, looks, np.array([0, 0]), np.array([1, 2]))
+    assert same > 0.5 > different
+    # the region found is the defect: each image's descriptor points along its direction
+    regions = cal.surface.regions(p)
+    assert list(regions[:, 1:4].argmax(axis=1)) == [0, 0, 1]
+    assert np.all(regions[[0, 1, 2], [1, 1, 2]] > 0.7)
+    # the whole frame alone (no patch features) cannot tell these classes apart
+    plain = group_calibration(classes, 32, config, served=served)
+    assert plain is not None and plain.surface is None
+    flat_post, _ = seen(served, plain, x, p, 32)
+    flat_same, flat_diff = same_probability(plain, flat_post, None, np.array([0, 0]),
+                                            np.array([1, 2]))
+    assert abs(flat_same - flat_diff) < abs(same - different)
+
+
+def test_a_group_whose_classes_differ_as_wholes_keeps_its_whole_frame_ranking() -> None:
+    """Classes that differ as whole frames and share no defect region (the noise is all
+    there is locally): the held-out images name their class more surely on the whole
+    frame, so no surface is used and the answers are the plain group's."""
+    rng = np.random.default_rng(7)
+    config = ServingConfig()
+    classes = []
+    for c in _defects_on_one_surface(rng, apart=3.0):
+        noise = rng.normal(size=(len(c.image_ids), 8, 8, 16))  # no region: noise alone
+        classes.append(replace(c, patches=(noise / np.linalg.norm(
+            noise, axis=-1, keepdims=True)).astype(np.float32)))
+    served = build_served_group("g", classes, 32, config)
+    cal = group_calibration(classes, 32, config, served=served,
+                            patches_of=_patches_of(classes))
+    assert cal is not None and cal.surface is None
+    assert cal == group_calibration(classes, 32, config, served=served)

@@ -1,6 +1,7 @@
 """`fsdi evaluate verify`'s episode, through the served network and builder: in a set
 with good parts the served group score carries the verdict, and the classes-only score
-(the baseline) is reported beside it on the same pairs."""
+(the baseline) is reported beside it on the same pairs; without them, defect classes on
+one surface are ranked by where their images differ."""
 
 from __future__ import annotations
 
@@ -36,11 +37,14 @@ def test_an_episode_with_good_parts_is_judged_with_the_verdict(model_cache: Path
     for p in probs.values():
         assert p.shape == same.shape and np.all((p >= 0) & (p <= 1))
     assert not np.allclose(probs["group"], probs["group, classes only"])
-    # without good parts the served score is the classes-only one
+    # without good parts (every class enrolled as a defect class) no verdict; these
+    # classes share one surface, so the group's held-out images chose to rank them on
+    # where each image differs from the others, not on the whole frame (classes only)
     plain, _, own2 = _verify_episode(ep, f, n_way, PairModel(), load_global(),
                                      ServingConfig(), ["defect"] * n_way)
     assert "group, classes only" not in plain and own2 is not None and own2.verdict is None
-    assert np.allclose(plain["group"], probs["group, classes only"])
+    assert own2.surface is not None
+    assert not np.allclose(plain["group"], probs["group, classes only"])
 
 
 def test_the_report_names_the_sets_it_could_not_measure(
