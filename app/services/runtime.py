@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ def layout_for(bb: Backbone, s: Settings) -> EmbeddingLayout:
 
 
 T = TypeVar("T")
+# The groups whose /verify calibration a replica keeps (the most recently verified).
+KEPT_CALIBRATIONS = 16
 
 
 def _built(part: T | None, missing: str) -> T:
@@ -72,14 +75,20 @@ class Verifier:
     images' probability of falling in one of its classes, calibrated on its own
     enrolment; else the Siamese pair logit, calibrated globally. A group's calibration is
     computed on its first /verify after each change (from the stored vectors, so every
-    replica computes the same) and kept until the group's served snapshot changes."""
+    replica computes the same) and kept until the group's served snapshot changes, for
+    the `kept` groups verified most recently (a calibration that ranks a group on its
+    surface holds patch memories, megabytes: a replica serving many groups must not
+    keep one for each of them; an evicted one is computed again when asked)."""
 
-    def __init__(self, config: ServingConfig, metric_dim: int) -> None:
+    def __init__(self, config: ServingConfig, metric_dim: int, kept: int = KEPT_CALIBRATIONS
+                 ) -> None:
         self.model = PairModel()
         self.global_calibration = load_global()
-        self.config, self.metric_dim = config, metric_dim
-        # group -> (its snapshot, weakly: a replaced one is not kept alive; calibration)
-        self._groups: dict[str, tuple[weakref.ref[ServedGroup], Calibration | None]] = {}
+        self.config, self.metric_dim, self.kept = config, metric_dim, kept
+        # group -> (its snapshot, weakly: a replaced one is not kept alive; calibration),
+        # the least recently verified first
+        self._groups: OrderedDict[str, tuple[weakref.ref[ServedGroup], Calibration | None]] \
+            = OrderedDict()
         self._lock = threading.Lock()
 
     def calibration(self, group: str, served: ServedGroup,
@@ -91,12 +100,16 @@ class Verifier:
         part in a group with good parts)."""
         with self._lock:
             known = self._groups.get(group)
-        if known is not None and known[0]() is served:
-            return known[1]
+            if known is not None and known[0]() is served:
+                self._groups.move_to_end(group)
+                return known[1]
         cal = group_calibration(read(), self.metric_dim, self.config, served=served,
                                 patches_of=patches_of)
         with self._lock:
             self._groups[group] = (weakref.ref(served), cal)
+            self._groups.move_to_end(group)
+            while len(self._groups) > self.kept:
+                self._groups.popitem(last=False)
         return cal
 
     def probability(self, a: np.ndarray, b: np.ndarray, served: ServedGroup | None,

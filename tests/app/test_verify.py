@@ -10,10 +10,12 @@ from fastapi.testclient import TestClient
 from PIL import ImageDraw
 
 from app.services.classification import enrolled_classes, enrolled_patches
+from app.services.runtime import Verifier
 from bench.imagegen import CLASSES, flat, png_bytes, sample, surface
 from models.inference import EnrolledClass, ServingConfig, build_served_group
 from models.verify import (
     MIN_PAIRS,
+    Calibration,
     PairModel,
     VerdictModel,
     fit,
@@ -384,3 +386,33 @@ def test_a_group_whose_classes_differ_as_wholes_keeps_its_whole_frame_ranking() 
                             patches_of=_patches_of(classes))
     assert cal is not None and cal.surface is None
     assert cal == group_calibration(classes, 32, config, served=served)
+
+
+def test_a_replica_keeps_the_calibrations_of_its_recently_verified_groups_only() -> None:
+    """A calibration ranked on a group's surface holds patch memories: a replica keeps
+    those of the groups verified most recently, and one it let go is computed again,
+    the same, when asked."""
+    config = ServingConfig()
+    verifier = Verifier(config, 32, kept=2)
+    classes = _defects_on_one_surface(np.random.default_rng(5))
+    reads: list[str] = []
+    served = {g: build_served_group(g, classes, 32, config) for g in "abc"}
+
+    def calibrate(g: str) -> Calibration | None:
+        def read() -> list[EnrolledClass]:
+            reads.append(g)
+            return classes
+        return verifier.calibration(g, served[g], read, _patches_of(classes))
+
+    first = calibrate("a")
+    assert first is not None and first.surface is not None
+    calibrate("b")
+    calibrate("a")  # kept: not read again, and now the most recent
+    calibrate("c")  # "b" is let go, not "a"
+    assert reads == ["a", "b", "c"]
+    calibrate("a")
+    calibrate("b")
+    assert reads == ["a", "b", "c", "b"]
+    again = calibrate("c")  # let go when "b" came back: computed again, the same
+    assert reads[-1] == "c" and again is not None
+    assert (again.slope, again.intercept) == (first.slope, first.intercept)
