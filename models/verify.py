@@ -408,7 +408,10 @@ def group_calibration(classes: Sequence[EnrolledClass], metric_dim: int,
     on every replica, and a bounded cost for a good class of thousands or a group of
     hundreds of classes. With `served` (the group as served, good parts included) and
     `patches_of` (image ids -> their patch features), a group with good and defect
-    images also fits its `VerdictModel` on the picked images' held-out anomaly scores."""
+    images also fits its `VerdictModel` on the picked images' held-out anomaly scores,
+    and a group without good parts is ranked on its `Surface` where the picked images,
+    each held out, give their own class a higher mean log-probability so than on the
+    whole frame."""
     ordered = sorted(classes, key=lambda c: c.class_id)
     take = max(2, min(per_class, most // max(1, len(ordered))))
     picks = [(c, j) for c, cls in enumerate(ordered) for j in
@@ -488,8 +491,9 @@ def seen(served: ServedGroup, cal: Calibration, vectors: np.ndarray,
          patches: np.ndarray | None, metric_dim: int
          ) -> tuple[np.ndarray, np.ndarray | None]:
     """(n, D) embeddings (and their (n, h, w, C) patch features) -> their class
-    probabilities as the group's calibration `cal` was fitted on them (columns:
-    `served.index.entries`) and, where `cal` weighs them, their `defect_looks`."""
+    probabilities as the group's calibration `cal` was fitted on them (columns: the
+    group's classes, `served.index.entries` or, ranked on its surface, `cal.surface`'s)
+    and, where `cal` weighs them, their `defect_looks`."""
     gp = served.good_parts
     if cal.surface is not None and patches is not None:
         return cal.surface.index.posteriors(cal.surface.fused(vectors, patches)), None
