@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from alembic import command
@@ -13,6 +14,7 @@ from storage.db import make_engine, make_sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x46534449  # "FSDI": the advisory lock replicas migrate under
+LOCK_POLL_S = 0.2  # how often a replica waiting for it tries again
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -29,10 +31,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if engine.dialect.name != "sqlite":
         # The lock's session stays out of any transaction (autocommit), so it holds back
-        # neither vacuum nor a CONCURRENTLY built index.
+        # neither vacuum nor a CONCURRENTLY built index; and it waits for the lock in
+        # short tries, never inside one statement: a statement blocked on the lock holds
+        # a snapshot, which the holder's CONCURRENTLY built index would wait for, while
+        # the holder keeps the lock until its index is built (two replicas starting
+        # together on a database that needs such a migration would wait forever).
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock, \
                 engine.connect() as conn:
-            lock.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+            while not lock.exec_driver_sql(
+                    f"SELECT pg_try_advisory_lock({MIGRATION_LOCK})").scalar():
+                time.sleep(LOCK_POLL_S)
             try:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)

@@ -584,3 +584,51 @@ def test_ids_widen_to_64_bit_while_results_keep_being_written_and_read(pg_url: s
         assert conn.execute(text("SELECT count(*) FROM feedback WHERE result_id = :i"),
                             {"i": big}).scalar() == 0
     engine.dispose()
+
+
+def test_replicas_starting_together_on_a_new_database_both_come_up(pg_url: str) -> None:
+    """Two replicas migrate a new PostgreSQL database at once: one migrates (the 64-bit
+    ids migration builds indexes CONCURRENTLY), the other waits for the migration lock,
+    then finds the work done. Neither waits forever: a replica blocked on the lock
+    inside a statement would hold a snapshot that the concurrent index build waits for."""
+    import threading
+
+    from storage.migrate import MIGRATION_LOCK
+
+    holder = make_engine(pg_url)
+    done: list[str] = []
+    errors: list[BaseException] = []
+
+    def replica() -> None:
+        engine = make_engine(pg_url)
+        try:
+            upgrade(engine)
+            done.append("up")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            engine.dispose()
+
+    with holder.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+        # both replicas are waiting for the lock before either may take it
+        lock.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK})")
+        threads = [threading.Thread(target=replica, daemon=True) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        lock.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK})")
+    for t in threads:
+        t.join(timeout=90)
+    assert not errors, errors
+    assert done == ["up", "up"], "a replica never finished migrating"
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from storage.migrate import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with holder.connect() as conn:
+        at = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    assert at == ScriptDirectory.from_config(cfg).get_current_head()
+    holder.dispose()
