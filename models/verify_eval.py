@@ -114,10 +114,12 @@ def _verify_episode(ep: Episode, f: Features, n_way: int, pm: PairModel, glob: C
                     config: ServingConfig, kinds: list[str]
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, Calibration | None]:
     """One episode's held-out pairs: p(same) by mode (the group's own calibration as
-    served, or the global one where the group is too small; the same on the classes
-    alone, without the good parts' verdict, where the episode has good parts; the global
-    one; the Siamese probability uncalibrated), whether each pair is the same class, and
-    the group's calibration. `kinds`: each episode class's kind ("good" | "defect")."""
+    served, or the global one where the group is too small; where the episode has good
+    parts, the same images with the good parts enrolled as a defect class, as served to
+    a line without good parts, and the classes alone on the whole frame, without patch
+    features: what /verify served before either; the global one; the Siamese
+    probability uncalibrated), whether each pair is the same class, and the group's
+    calibration. `kinds`: each episode class's kind ("good" | "defect")."""
     classes = [EnrolledClass(c, f"class{c}", kinds[c],
                              tuple(int(i) for i in ep.support[ep.support_labels == c]),
                              f.embeddings[ep.support[ep.support_labels == c]],
@@ -128,20 +130,30 @@ def _verify_episode(ep: Episode, f: Features, n_way: int, pm: PairModel, glob: C
     siamese = pm.logits(q[:, :f.metric_dim], q[:, :f.metric_dim])[a, b]
     out = {"global": glob.probability(siamese),
            "none": Calibration(1.0, 0.0, "none").probability(siamese)}
+    def patches_of(ids: list[int]) -> dict[int, np.ndarray]:
+        return {i: f.patches[i] for i in ids}
+
     served = build_served_group("eval", classes, f.metric_dim, config)
     own = group_calibration(classes, f.metric_dim, config, served=served,
-                            patches_of=lambda ids: {i: f.patches[i] for i in ids})
-    modes = [("group", own)]
+                            patches_of=patches_of)
+    modes = [("group", served, own)]
     if "good" in kinds:
+        # the same images, the good parts enrolled as one more defect class: as served
+        # to a line that enrolled no good parts
+        lone = [replace(c, kind="defect") for c in classes]
+        lone_served = build_served_group("eval", lone, f.metric_dim, config)
+        modes.append(("group, no good parts", lone_served, group_calibration(
+            lone, f.metric_dim, config, served=lone_served, patches_of=patches_of)))
         plain = [replace(c, kind="defect", patches=None) for c in classes]
-        modes.append(("group, classes only", group_calibration(plain, f.metric_dim, config)))
-    for mode, cal in modes:
+        modes.append(("group, classes only", served,
+                      group_calibration(plain, f.metric_dim, config)))
+    for mode, grp, cal in modes:
         if cal is None:
             out[mode] = out["global"]
             continue
-        post, looks = seen(served, cal, q, f.patches[ep.query], f.metric_dim)
+        post, looks = seen(grp, cal, q, f.patches[ep.query], f.metric_dim)
         out[mode] = same_probability(cal, post, looks, a, b)
-    order = ("group", "group, classes only", "global", "none")
+    order = ("group", "group, no good parts", "group, classes only", "global", "none")
     return ({m: out[m] for m in order if m in out}, ep.query_labels[a] == ep.query_labels[b],
             own)
 
@@ -177,12 +189,14 @@ def verify_report(out: Path, backbone: str = "fsdi_lite0_meta",
                 fell_back += own is None
                 if "good" in kinds and n_way > 2:  # the group score where good parts are
                     probs["group, episodes with good parts"] = probs["group"]
+                # the pairs ECE pools: every same pair and as many different ones, drawn
+                # once per episode, so every mode is judged on the same pairs
+                pick = np.concatenate([np.flatnonzero(same), rng.choice(
+                    np.flatnonzero(~same), same.sum(), replace=False)])
                 for mode, p in probs.items():
                     got.setdefault(mode, ([], [], []))
                     said = p >= 0.5
                     got[mode][0].append(float(said[same].mean() + (~said[~same]).mean()) / 2)
-                    pick = np.concatenate([np.flatnonzero(same), rng.choice(
-                        np.flatnonzero(~same), same.sum(), replace=False)])
                     got[mode][1].append(np.maximum(p[pick], 1 - p[pick]))
                     got[mode][2].append(said[pick] == same[pick])
             for mode, (ba, conf, right) in got.items():

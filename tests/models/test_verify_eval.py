@@ -30,7 +30,8 @@ def test_an_episode_with_good_parts_is_judged_with_the_verdict(model_cache: Path
             break
     probs, same, own = _verify_episode(ep, f, n_way, PairModel(), load_global(),
                                        ServingConfig(), kinds)
-    assert list(probs) == ["group", "group, classes only", "global", "none"]
+    assert list(probs) == ["group", "group, no good parts", "group, classes only", "global",
+                           "none"]
     assert own is not None and own.source == "group" and own.verdict is not None
     n = len(ep.query)
     assert same.shape == (n * (n - 1) // 2,) and same.any() and (~same).any()
@@ -45,6 +46,7 @@ def test_an_episode_with_good_parts_is_judged_with_the_verdict(model_cache: Path
     assert "group, classes only" not in plain and own2 is not None and own2.verdict is None
     assert own2.surface is not None
     assert not np.allclose(plain["group"], probs["group, classes only"])
+    assert np.allclose(plain["group"], probs["group, no good parts"])
 
 
 def test_the_report_names_the_sets_it_could_not_measure(
