@@ -174,8 +174,6 @@ class Surface:
         if len(classes) < 2 or layout.app_calib is None or any(i not in patches for i in ids):
             return None
         mine = [[k for k, (c, _) in enumerate(picks) if c == n] for n in range(len(classes))]
-        if any(not m for m in mine):
-            return None
         own = np.stack([patches[i] for i in ids]).astype(np.float32)
         # searched in full: a subspace fitted on one class's few images is that class's
         # own, where another class's defect is what has to stand out
@@ -205,10 +203,17 @@ def _rarest(memories: Sequence[PatchMemory], patches: np.ndarray,
     """(n, h, w, C) -> (n, C) `Surface` region descriptors; `own[i]`: the (class, image)
     a memory image i is, left out of that class's memory (a class of one image then has
     no say on it)."""
-    dist = np.stack([m.distances(patches) for m in memories], axis=1)  # (n, N, h, w)
-    for i, (c, j) in enumerate(own or ()):
-        dist[i, c] = memories[c].distances(patches[i][None], exclude=j)[0] \
-            if memories[c].n_good > 1 else np.nan
+    n, h, w, _ = patches.shape
+    slots: Sequence[tuple[int, int] | None] = own if own is not None else [None] * n
+    dist = np.empty((n, len(memories), h, w), np.float32)
+    for c, m in enumerate(memories):
+        rest = [i for i, o in enumerate(slots) if o is None or o[0] != c]
+        if rest:  # one search for every image that is not this class's own
+            dist[rest, c] = m.distances(patches[rest])
+        for i, o in enumerate(slots):
+            if o is not None and o[0] == c:
+                dist[i, c] = m.distances(patches[i][None], exclude=o[1])[0] \
+                    if m.n_good > 1 else np.nan
     return memories[0].regions(patches, np.nanmedian(dist, axis=1))
 
 

@@ -44,16 +44,12 @@ def _sets(names: tuple[tuple[str, int], ...], per_class: int, seed: int) -> list
     for each set that is installed. A class of good parts is enrolled as one (kind
     "good"), as a line enrols its good parts."""
     from models.data import elpv, synthetic
-    from models.data.sources import (
-        FMNIST_DIR,
-        FMNIST_EVAL,
-        FMNIST_TRAIN,
-        fashion_mnist,
-    )
+    from models.data.sources import FMNIST_EVAL, FMNIST_TRAIN, fashion_mnist
 
-    have_fmnist = (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
     out: list[Set] = []
     for name, n_way in names:
+        if _how_to_install(name) is not None:
+            continue
         if name.startswith("synthetic training"):
             x, y, g = synthetic.make_surface_set(synthetic.TRAIN_TYPES, per_class, seed)
             out.append((name, n_way, x, y, g, synthetic.TRAIN_TYPES.index("ok")))
@@ -61,29 +57,33 @@ def _sets(names: tuple[tuple[str, int], ...], per_class: int, seed: int) -> list
             x, y, g = synthetic.make_surface_set(("ok", *synthetic.EVAL_TYPES), per_class,
                                                  seed + 6)
             out.append((name, n_way, x, y, g, 0))
-        elif name.startswith("Fashion-MNIST") and have_fmnist:
+        elif name.startswith("Fashion-MNIST"):
             classes = FMNIST_TRAIN if "training" in name else FMNIST_EVAL
             fx, fy, _ = fashion_mnist(classes, per_class, seed + 2)
             out.append((name, n_way, fx, fy, None, None))
-        elif name.startswith("ELPV") and elpv.available():
+        elif name.startswith("ELPV"):
             ex, ey = elpv.load_mono()
             out.append((name, n_way, ex, ey, None, 0))  # 0: a good cell
     return out
 
 
-def _missing(names: tuple[tuple[str, int], ...]) -> list[str]:
-    """The sets of `names` that are not installed here, each with how to install it."""
+def _how_to_install(name: str) -> str | None:
+    """How to install the set `name`, or None where it is installed here."""
     from models.data import elpv
     from models.data.sources import FMNIST_DIR
 
-    out = []
-    for name, _ in names:
-        if name.startswith("Fashion-MNIST") and \
-                not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-            out.append(f"{name} (apt-get install dataset-fashion-mnist)")
-        elif name.startswith("ELPV") and not elpv.available():
-            out.append(f"{name} (pip install elpv-dataset; evaluation only)")
-    return out
+    if name.startswith("Fashion-MNIST") and \
+            not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        return "apt-get install dataset-fashion-mnist"
+    if name.startswith("ELPV") and not elpv.available():
+        return "pip install elpv-dataset; evaluation only"
+    return None
+
+
+def _missing(names: tuple[tuple[str, int], ...]) -> list[str]:
+    """The sets of `names` that are not installed here, each with how to install it."""
+    return [f"{name} ({how})" for name, _ in names
+            if (how := _how_to_install(name)) is not None]
 
 
 def fit_global(backbone: str = "fsdi_lite0_meta", per_class: int = 60, episodes: int = 200,
